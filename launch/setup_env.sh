@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv with pinned torch/torchvision first (a bare `torch` may pull a newer CUDA build),
+# then pixparse and its test extras. Safe to re-run: a finished install is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import pixparse, deepspeed, timm, transformers, webdataset, pytest" 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+fi

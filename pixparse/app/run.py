@@ -1,0 +1,78 @@
+"""Entry points that glue the config to the engine: validation first, then the process group."""
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import yaml
+
+from pixparse.config import PretrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def run_pretrain(cfg: PretrainConfig) -> list[dict[str, float]]:
+    """Validate, set up distributed, build the task and train. Returns rank 0's log records."""
+    from pixparse.data.loader import check_shards_cover
+    from pixparse.engine import dist as pdist
+    from pixparse.engine import logging as plogging
+    from pixparse.engine.ds_config import resolve_ds_config
+    from pixparse.engine.train import RunPaths, Trainer, make_plan, seed_everything
+
+    # Everything a user can get wrong is checked before the process group starts.
+    rank, _, world_size = pdist.world_info()
+    ds_config = resolve_ds_config(
+        cfg.deepspeed_config, cfg.data.train.batch_size, cfg.task.opt.grad_accum_steps,
+        world_size, cfg.task.opt.clip_grad_value,
+    )
+    plan = make_plan(cfg.data.train, cfg.task.opt, cfg.task.num_intervals,
+                     cfg.task.warmup_intervals, world_size)
+    check_shards_cover(cfg.data.train, world_size)
+    from pixparse.models import get_model_config
+
+    model_cfg = get_model_config(cfg.task.model_name)
+
+    plogging.setup(rank)
+    pdist.init_distributed()
+    experiment = pdist.broadcast_object(
+        cfg.train.experiment
+        or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.path.basename(cfg.task.model_name).removesuffix('.json')}"
+    )
+    run_dir = os.path.join(cfg.train.output_dir, experiment)
+    paths = RunPaths(
+        run_dir=run_dir,
+        checkpoint_dir=os.path.join(cfg.train.checkpoint_dir, experiment)
+        if cfg.train.checkpoint_dir else os.path.join(run_dir, "checkpoints"),
+        tensorboard_dir=os.path.join(run_dir, "tensorboard"),
+    )
+    config_dict = dataclasses.asdict(cfg)
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        plogging.add_file(os.path.join(run_dir, cfg.train.log_filename))
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(config_dict, f, sort_keys=False)
+        with open(os.path.join(run_dir, "ds_config.json"), "w") as f:
+            json.dump(ds_config, f, indent=2)
+        with open(os.path.join(run_dir, "model_config.json"), "w") as f:
+            json.dump(model_cfg.to_dict(), f, indent=2)
+    logger.info("run %s: %d rank(s), %d steps/interval x %d intervals, global batch %d",
+                run_dir, world_size, plan.steps_per_interval, cfg.task.num_intervals, plan.global_batch_size)
+
+    from pixparse.tasks.pretrain import TaskCrullerPretrain
+
+    seed_everything(cfg.train.seed)
+    task = TaskCrullerPretrain(cfg.task, model_cfg)
+    num_params = sum(p.numel() for p in task.parameters())
+    logger.info("model %s: %.2fM parameters, tokenizer vocab %d",
+                cfg.task.model_name, num_params / 1e6, len(task.tokenizer))
+    trainer = Trainer(
+        task, cfg.data.train, cfg.train, cfg.task.opt, plan, cfg.task.num_intervals, ds_config,
+        paths, config_dict,
+    )
+    if cfg.train.resume:
+        trainer.resume(cfg.train.resume)
+    history = trainer.fit()
+    logger.info("done: logs %s, checkpoints %s%s", os.path.join(run_dir, cfg.train.log_filename),
+                paths.checkpoint_dir, f", tensorboard {paths.tensorboard_dir}" if cfg.train.tensorboard else "")
+    return history

@@ -1,0 +1,73 @@
+"""`pixparse <subcommand>`: parse the typed config tree, then hand it to the engine."""
+import dataclasses
+import logging
+import os
+import sys
+import typing
+from typing import Any
+
+from jsonargparse import auto_cli, set_parsing_settings
+
+from pixparse.config import PretrainConfig
+
+logger = logging.getLogger(__name__)
+
+COMMANDS: dict[str, type] = {"pretrain": PretrainConfig}
+
+
+def _tuple_flags(cls: type, prefix: str = "--") -> dict[str, int]:
+    """Flags of fixed-length tuple fields ('--task.opt.betas': 2) in a config dataclass tree."""
+    flags: dict[str, int] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            flags.update(_tuple_flags(tp, f"{prefix}{f.name}."))
+        elif typing.get_origin(tp) is tuple and Ellipsis not in typing.get_args(tp):
+            flags[f"{prefix}{f.name}"] = len(typing.get_args(tp))
+    return flags
+
+
+def normalize_argv(argv: list[str], root: type) -> list[str]:
+    """Accept huggingface/pixparse spellings: dashes in flag names (--data.train.batch-size) and
+    space-separated tuples (--task.opt.betas 0.9 0.98)."""
+    tuple_flags = _tuple_flags(root)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            arg = "--" + name[2:].replace("-", "_") + eq + value
+            n = tuple_flags.get(arg)
+            rest = argv[i + 1 : i + 1 + (n or 0)]
+            if n and len(rest) == n and not any(r.startswith("--") for r in rest):
+                out += [arg, "[" + ", ".join(rest) + "]"]
+                i += 1 + n
+                continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def parse(argv: list[str]) -> tuple[str, Any]:
+    """argv ('pretrain', flags...) -> (command, root config instance)."""
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    if argv and argv[0] in COMMANDS:
+        argv = [argv[0]] + normalize_argv(argv[1:], COMMANDS[argv[0]])
+    result = auto_cli(COMMANDS, args=argv, as_positional=False)
+    # auto_cli returns the instance of the chosen subcommand's class
+    command = argv[0] if argv else ""
+    return command, result
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        command, cfg = parse(argv)
+    except ValueError as e:  # a config value the dataclasses rejected: one clear line, no traceback
+        raise SystemExit(f"pixparse: error: {e}") from None
+    if command == "pretrain":
+        from pixparse.app.run import run_pretrain
+
+        run_pretrain(cfg)

@@ -1,0 +1,52 @@
+"""Data configuration. Imports only the stdlib."""
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(kw_only=True)
+class DataLoaderConfig:
+    source: str
+    """Shards: a local path, brace pattern ('idl-{000000..000699}.tar'), 'pipe:<command>' or URL;
+    several joined with '::'."""
+    batch_size: int = 8
+    """Micro-batch size on each rank (one forward/backward)."""
+    num_samples: int
+    """Samples in one interval, summed over all ranks; sets the steps per interval."""
+    num_workers: int = 4
+    """DataLoader worker processes per rank."""
+    resampled: bool = False
+    """Sample shards with replacement (needed when there are fewer shards than ranks x workers)."""
+    image_pipeline: Literal["resize_pad"] = "resize_pad"
+    """Image transform: 'resize_pad' keeps the aspect ratio and pads to the encoder size."""
+    page_sampling: Literal["random", "first"] = "random"
+    """Which page of a multi-page document becomes the sample (random is seeded per interval)."""
+    shuffle_buffer: int = 256
+    """Samples held in the in-worker shuffle buffer (0 turns sample shuffling off)."""
+    max_skip_fraction: float = 0.1
+    """Stop the run once this fraction of read samples was skipped as unreadable."""
+    pad_to_multiple_of: int = 8
+    """Pad text batches to a multiple of this length (1 pads to the longest only)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"--data.train.batch_size must be > 0, got {self.batch_size}")
+        if self.num_samples <= 0:
+            raise ValueError(f"--data.train.num_samples must be > 0, got {self.num_samples}")
+        if self.num_workers < 0:
+            raise ValueError(f"--data.train.num_workers must be >= 0, got {self.num_workers}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(
+                f"--data.train.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}"
+            )
+        if self.pad_to_multiple_of < 1:
+            raise ValueError(
+                f"--data.train.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}"
+            )
+        if not self.source.strip():
+            raise ValueError("--data.train.source is empty: give a shard path or pattern")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    train: DataLoaderConfig
+    """Training data."""

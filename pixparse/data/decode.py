@@ -1,0 +1,85 @@
+"""Decode IDL/PDFA-format samples: annotation JSON -> page texts, image bytes -> one PIL page."""
+import io
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "tif", "tiff", "webp")
+
+
+class SampleError(Exception):
+    """A sample that cannot be used; `reason` is the counter key (e.g. 'bad_json')."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class Page:
+    image: Image.Image
+    text: str
+    page_index: int
+
+
+def page_lines(page: dict[str, Any]) -> list[str]:
+    """Line texts of one page in IDL/PDFA format, new ({'lines': {'text': [...]}}) or old
+    ({'text': [...]})."""
+    if "lines" in page and isinstance(page["lines"], dict):
+        lines = page["lines"].get("text", [])
+    else:
+        lines = page.get("text", [])
+    if isinstance(lines, str):
+        lines = [lines]
+    return [str(t) for t in lines]
+
+
+def find_image_key(sample: dict[str, Any]) -> str:
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return ext
+    raise SampleError("missing_image", f"no image entry among {IMAGE_EXTS}; keys {sorted(sample)}")
+
+
+def decode_document_page(
+    sample: dict[str, Any], page_sampling: str, rng: random.Random
+) -> Page:
+    """Pick one annotated page of a document sample and decode its image.
+
+    Args:
+        sample: webdataset sample: 'json' bytes plus one image entry (multi-page tif allowed).
+        page_sampling: 'random' (any page with text, drawn from `rng`) or 'first'.
+    """
+    if "json" not in sample:
+        raise SampleError("missing_json", f"keys {sorted(k for k in sample if not k.startswith('__'))}")
+    try:
+        anno = json.loads(sample["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SampleError("bad_json", str(e)) from e
+    pages = anno.get("pages") if isinstance(anno, dict) else None
+    if not isinstance(pages, list) or not pages:
+        raise SampleError("bad_json", "no 'pages' list")
+    image_key = find_image_key(sample)
+    try:
+        image = Image.open(io.BytesIO(sample[image_key]))
+        num_frames = getattr(image, "n_frames", 1)
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise SampleError("bad_image", f"{image_key}: {e}") from e
+    candidates = [
+        i for i, p in enumerate(pages[:num_frames])
+        if isinstance(p, dict) and any(t.strip() for t in page_lines(p))
+    ]
+    if not candidates:
+        raise SampleError("empty_page", f"no page with text among {min(len(pages), num_frames)}")
+    index = candidates[0] if page_sampling == "first" else rng.choice(candidates)
+    try:
+        if num_frames > 1:
+            image.seek(index)
+        image.load()
+    except Exception as e:
+        raise SampleError("bad_image", f"{image_key} page {index}: {e}") from e
+    text = "\n".join(t for t in page_lines(pages[index]) if t.strip())
+    return Page(image=image, text=text, page_index=index)

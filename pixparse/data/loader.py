@@ -1,0 +1,199 @@
+"""WebDataset loader: shard stream split by rank and worker, decode + preprocess + collate in
+workers, exactly `num_batches` batches per interval on every rank."""
+import itertools
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.shardlists import expand_urls
+
+from pixparse.data.config import DataLoaderConfig
+from pixparse.data.decode import SampleError
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_KEY = "skipped"  # batch entry: {reason: count} of samples dropped since the last batch
+
+
+def expand_source(source: str) -> list[str]:
+    """Brace-expand a source ('a-{000..009}.tar', several joined by '::') into shard URLs."""
+    urls = expand_urls(source)
+    if not urls:
+        raise ValueError(f"--data.train.source {source!r} expands to no shards")
+    return urls
+
+
+def _worker_position() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class ShardStream(IterableDataset):
+    """Endless stream of {'url': ...} for this rank and worker.
+
+    Finite mode: each pass shuffles all shards with (seed, interval, pass), then this rank takes
+    every world_size-th and this worker every num_workers-th of those, so every sample is read
+    exactly once per pass across ranks and workers. Resampled mode draws shards with replacement
+    from a generator seeded by (seed, interval, rank, worker).
+    """
+
+    def __init__(self, urls: list[str], seed: int, rank: int, world_size: int, resampled: bool) -> None:
+        self.urls = urls
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.resampled = resampled
+        self.interval = 0  # set by the main process before each interval's workers start
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        worker, num_workers = _worker_position()
+        if self.resampled:
+            rng = random.Random(f"{self.seed}/{self.interval}/{self.rank}/{worker}")
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        for epoch in itertools.count():
+            urls = list(self.urls)
+            random.Random(f"{self.seed}/{self.interval}/{epoch}").shuffle(urls)
+            mine = urls[self.rank :: self.world_size][worker::num_workers]
+            for url in mine:
+                yield {"url": url}
+
+
+class _SkipCounter:
+    """Counts dropped samples by reason in the worker; logs at most one warning per 10 s."""
+
+    def __init__(self) -> None:
+        self.pending: Counter = Counter()
+        self._last_warn = 0.0
+
+    def add(self, reason: str, where: str, err: BaseException) -> None:
+        self.pending[reason] += 1
+        now = time.monotonic()
+        if now - self._last_warn > 10.0:
+            self._last_warn = now
+            logger.warning("skipped sample %s (%s): %s", where, reason, err)
+
+    def take(self) -> dict[str, int]:
+        out, self.pending = dict(self.pending), Counter()
+        return out
+
+
+class SamplePipeline(IterableDataset):
+    """shards -> tar members -> shuffle -> decode/preprocess (errors skipped and counted) -> batches."""
+
+    def __init__(
+        self,
+        shards: ShardStream,
+        preprocess: Callable[[dict[str, Any], random.Random], dict[str, Any]],
+        collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+        batch_size: int,
+        shuffle_buffer: int,
+        seed: int,
+    ) -> None:
+        self.shards = shards
+        self.preprocess = preprocess
+        self.collate = collate
+        self.batch_size = batch_size
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+
+    @property
+    def interval(self) -> int:
+        return self.shards.interval
+
+    def set_interval(self, interval: int) -> None:
+        self.shards.interval = interval
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, _ = _worker_position()
+        skips = _SkipCounter()
+
+        def tar_error(exn: Exception) -> bool:
+            skips.add("bad_tar", str(exn.args[-1]) if exn.args else "?", exn)
+            return True  # keep going with the next member / shard
+
+        samples = wds.tarfile_to_samples(handler=tar_error)(iter(self.shards))
+        if self.shuffle_buffer > 0:
+            rng = random.Random(f"{self.seed}/{self.interval}/{self.shards.rank}/{worker}/shuffle")
+            samples = wds.filters._shuffle(samples, self.shuffle_buffer, min(self.shuffle_buffer, 16), rng)
+        batch: list[dict[str, Any]] = []
+        for sample in samples:
+            where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+            # Per-sample RNG: the same sample gets the same page/augmentation for a given
+            # seed and interval, whichever worker reads it.
+            rng = random.Random(f"{self.seed}/{self.interval}/{where}")
+            try:
+                out = self.preprocess(sample, rng)
+            except SampleError as e:
+                skips.add(e.reason, where, e)
+                continue
+            except Exception as e:  # an unknown failure must not kill the worker silently
+                skips.add("error", where, e)
+                continue
+            batch.append(out)
+            if len(batch) == self.batch_size:
+                collated = self.collate(batch)
+                collated[SKIPPED_KEY] = skips.take()
+                yield collated
+                batch = []
+
+
+class Loader:
+    """Yields exactly `num_batches` micro-batches per interval; call set_interval first."""
+
+    def __init__(self, pipeline: SamplePipeline, num_batches: int, num_workers: int) -> None:
+        self.pipeline = pipeline
+        self.num_batches = num_batches
+        self.num_workers = num_workers
+        # Not persistent: workers copy the pipeline (and its interval) at each iter().
+        self.dataloader = DataLoader(
+            pipeline,
+            batch_size=None,
+            num_workers=num_workers,
+            persistent_workers=False,
+            prefetch_factor=4 if num_workers > 0 else None,
+        )
+
+    def set_interval(self, interval: int) -> None:
+        self.pipeline.set_interval(interval)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        # Workers take turns, so islice takes ceil(num_batches / num_workers) or fewer from each.
+        return itertools.islice(iter(self.dataloader), self.num_batches)
+
+
+def check_shards_cover(cfg: DataLoaderConfig, world_size: int) -> list[str]:
+    """Expand the source and check that every rank and worker gets a shard (finite mode)."""
+    urls = expand_source(cfg.source)
+    readers = world_size * max(cfg.num_workers, 1)
+    if not cfg.resampled and len(urls) < readers:
+        raise ValueError(
+            f"--data.train.source has {len(urls)} shard(s) but {world_size} rank(s) x "
+            f"{max(cfg.num_workers, 1)} worker(s) = {readers} readers need one each. Write more "
+            f"shards, lower --data.train.num_workers, or set --data.train.resampled true."
+        )
+    return urls
+
+
+def create_loader(
+    cfg: DataLoaderConfig,
+    preprocess: Callable[[dict[str, Any], random.Random], dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    num_batches: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+) -> Loader:
+    urls = check_shards_cover(cfg, world_size)
+    shards = ShardStream(urls, seed, rank, world_size, cfg.resampled)
+    pipeline = SamplePipeline(shards, preprocess, collate, cfg.batch_size, cfg.shuffle_buffer, seed)
+    return Loader(pipeline, num_batches, cfg.num_workers)

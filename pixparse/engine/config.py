@@ -1,0 +1,34 @@
+"""Engine (run folder, logging, checkpoints) configuration. Imports only the stdlib."""
+from dataclasses import dataclass
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    output_dir: str = "runs"
+    """Parent folder of run folders (logs, TensorBoard, config.yaml, ds_config.json)."""
+    checkpoint_dir: str | None = None
+    """Parent folder for checkpoints. Unset: <output_dir>/<experiment>/checkpoints."""
+    experiment: str | None = None
+    """Run name. Unset: a timestamp plus model name, chosen on rank 0."""
+    tensorboard: bool = False
+    """Write TensorBoard event files to <output_dir>/<experiment>/tensorboard."""
+    log_filename: str = "out.log"
+    """Log file name inside the run folder (rank 0)."""
+    log_every_n_steps: int = 10
+    """Optimizer steps between log lines; step 1 and the last step of an interval always log."""
+    seed: int = 42
+    """Seed for model init, data order and augmentation."""
+    keep_last_k: int = 3
+    """Checkpoints to keep; older ones are deleted after a newer one is complete."""
+    resume: str | None = None
+    """'latest' or a checkpoint folder to resume from."""
+
+    def __post_init__(self) -> None:
+        if self.log_every_n_steps <= 0:
+            raise ValueError(f"--train.log_every_n_steps must be > 0, got {self.log_every_n_steps}")
+        if self.keep_last_k <= 0:
+            raise ValueError(f"--train.keep_last_k must be > 0, got {self.keep_last_k}")
+        if self.experiment is not None and ("/" in self.experiment or not self.experiment.strip()):
+            raise ValueError(
+                f"--train.experiment must be a plain folder name, got {self.experiment!r}"
+            )

@@ -1,0 +1,44 @@
+"""Rank/world from the launcher's variables, process-group setup, small collectives."""
+import os
+import socket
+from typing import Any
+
+import torch.distributed as dist
+
+
+def world_info() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) as set by deepspeed/torchrun/srun; (0, 0, 1) without one."""
+    if "SLURM_PROCID" in os.environ and "RANK" not in os.environ:
+        # srun-launched: DeepSpeed/torch read RANK etc., so mirror SLURM's variables.
+        os.environ["RANK"] = os.environ["SLURM_PROCID"]
+        os.environ["LOCAL_RANK"] = os.environ["SLURM_LOCALID"]
+        os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    return rank, local_rank, world_size
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Start the process group (a 1-process group when run without a launcher)."""
+    import deepspeed
+
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """rank `src`'s obj on every rank."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

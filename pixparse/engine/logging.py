@@ -1,0 +1,54 @@
+"""Process-wide logging setup and rank-0 metric sinks."""
+import logging
+import os
+import sys
+from typing import Any
+
+
+def setup(rank: int, log_file: str | None = None) -> None:
+    """INFO on rank 0, WARNING elsewhere; the rank in every line. Call once per process."""
+    level = logging.INFO if rank == 0 else logging.WARNING
+    fmt = logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    root.addHandler(stream)
+    root.setLevel(level)
+    if log_file is not None:
+        add_file(log_file)
+
+
+def add_file(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    root = logging.getLogger()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(root.handlers[0].formatter if root.handlers else None)
+    root.addHandler(handler)
+
+
+class MetricSink:
+    """No-op sink: what non-zero ranks (and runs without TensorBoard) get."""
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardSink(MetricSink):
+    def __init__(self, log_dir: str) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=log_dir)
+
+    def scalars(self, step: int, values: dict[str, Any]) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,34 @@
+"""AdamW with the usual no-decay groups (norms, biases, embeddings, position/class tokens)."""
+import torch
+from torch import nn
+
+from pixparse.tasks.config import OptimConfig
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Parameter names that get no weight decay."""
+    names: set[str] = set()
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        if isinstance(module, nn.Embedding):
+            names.update(prefix + n for n, _ in module.named_parameters(recurse=False))
+        # timm's convention: modules list their token/position parameters here.
+        if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
+            names.update(prefix + n for n in module.no_weight_decay())
+    for name, p in model.named_parameters():
+        if p.ndim <= 1:
+            names.add(name)
+    return names
+
+
+def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    skip = no_decay_names(model)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name in skip else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps)

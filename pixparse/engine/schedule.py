@@ -1,0 +1,26 @@
+"""Learning-rate schedules as multipliers of the peak LR (for torch LambdaLR)."""
+import math
+from collections.abc import Callable
+
+
+def lr_multiplier(
+    schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+) -> Callable[[int], float]:
+    """Linear warmup from ~0 to 1 over warmup_steps, then cosine/linear decay to min_lr_ratio
+    at total_steps, or constant."""
+
+    def fn(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant" or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        if schedule == "cosine":
+            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif schedule == "linear":
+            decay = 1.0 - progress
+        else:
+            raise ValueError(f"unknown schedule {schedule!r}")
+        return min_lr_ratio + (1.0 - min_lr_ratio) * decay
+
+    return fn

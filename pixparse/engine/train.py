@@ -1,0 +1,257 @@
+"""The train engine: deepspeed.initialize around a task, interval loop, logging, checkpoints.
+
+It knows nothing of the objective: a task is an nn.Module whose forward(batch) returns
+{"loss": ...}, with preprocess()/collate() for the loader.
+"""
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pixparse.data.config import DataLoaderConfig
+from pixparse.data.loader import SKIPPED_KEY, create_loader
+from pixparse.engine import checkpoint
+from pixparse.engine.config import TrainConfig
+from pixparse.engine.logging import MetricSink, TensorBoardSink
+from pixparse.engine.optim import create_optimizer
+from pixparse.engine.schedule import lr_multiplier
+from pixparse.tasks.config import OptimConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunPaths:
+    run_dir: str
+    checkpoint_dir: str
+    tensorboard_dir: str
+
+
+@dataclass
+class Plan:
+    """How many steps the run takes, derived from the configs."""
+
+    global_batch_size: int
+    steps_per_interval: int
+    total_steps: int
+    warmup_steps: int
+
+
+def make_plan(
+    data: DataLoaderConfig, opt: OptimConfig, num_intervals: int, num_warmup_intervals: float,
+    world_size: int,
+) -> Plan:
+    global_batch = data.batch_size * opt.grad_accum_steps * world_size
+    steps = data.num_samples // global_batch
+    if steps == 0:
+        raise ValueError(
+            f"--data.train.num_samples={data.num_samples} is smaller than one global batch "
+            f"({data.batch_size} per rank x {opt.grad_accum_steps} accumulation x {world_size} "
+            f"rank(s) = {global_batch}); raise num_samples or lower the batch size"
+        )
+    return Plan(global_batch, steps, steps * num_intervals, round(steps * num_warmup_intervals))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def config_hash(config_dict: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config_dict, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class _Window:
+    """Sums since the last log line; reduced over ranks only on log steps (one host sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.micro_batches = 0
+        self.samples = 0
+        self.text_tokens = 0
+        self.data_s = 0.0
+        self.start = time.perf_counter()
+        self.skipped: Counter = Counter()
+
+
+class Trainer:
+    def __init__(
+        self,
+        task: nn.Module,
+        data_cfg: DataLoaderConfig,
+        train_cfg: TrainConfig,
+        opt_cfg: OptimConfig,
+        plan: Plan,
+        num_intervals: int,
+        ds_config: dict[str, Any],
+        paths: RunPaths,
+        config_dict: dict[str, Any],
+    ) -> None:
+        import deepspeed
+
+        self.task = task
+        self.data_cfg = data_cfg
+        self.train_cfg = train_cfg
+        self.plan = plan
+        self.num_intervals = num_intervals
+        self.paths = paths
+        self.config_hash = config_hash(config_dict)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.accum = opt_cfg.grad_accum_steps
+
+        optimizer = create_optimizer(task, opt_cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lr_multiplier(opt_cfg.schedule, plan.warmup_steps, plan.total_steps, opt_cfg.min_lr_ratio),
+        )
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=task, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
+        self.loader = create_loader(
+            data_cfg,
+            task.preprocess(data_cfg),
+            task.collate(data_cfg),
+            num_batches=plan.steps_per_interval * self.accum,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=train_cfg.seed,
+        )
+        self.sink: MetricSink = (
+            TensorBoardSink(paths.tensorboard_dir)
+            if train_cfg.tensorboard and self.rank == 0 else MetricSink()
+        )
+        self.step = 0
+        self.interval = 0
+        self.samples_seen = 0
+        self.samples_read = 0
+        self.skipped_total: Counter = Counter()
+        self.history: list[dict[str, float]] = []  # rank 0's logged lines, for callers and tests
+
+    # ----------------------------------------------------------------- checkpoint
+    def client_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "interval": self.interval,
+            "samples_seen": self.samples_seen,
+            "config_hash": self.config_hash,
+        }
+
+    def save(self) -> str:
+        path = checkpoint.save(
+            self.engine, self.paths.checkpoint_dir, self.step, self.client_state(),
+            self.train_cfg.keep_last_k,
+        )
+        logger.info("saved checkpoint %s", path)
+        return path
+
+    def resume(self, spec: str) -> None:
+        ckpt_dir, tag = checkpoint.resolve_resume(spec, self.paths.checkpoint_dir)
+        load_path, client = self.engine.load_checkpoint(ckpt_dir, tag=tag)
+        if load_path is None:
+            raise ValueError(f"--train.resume: DeepSpeed could not load {ckpt_dir}/{tag}")
+        state = client["pixparse"]
+        if state["config_hash"] != self.config_hash:
+            logger.warning("resuming from %s written with a different config", load_path)
+        self.step, self.interval = state["step"], state["interval"]
+        self.samples_seen = state["samples_seen"]
+        logger.info("resumed from %s at step %d, interval %d", load_path, self.step, self.interval)
+
+    # ----------------------------------------------------------------- loop
+    def fit(self) -> list[dict[str, float]]:
+        while self.interval < self.num_intervals:
+            self.train_interval()
+            self.interval += 1
+            self.save()
+        self.sink.close()
+        return self.history
+
+    def train_interval(self) -> None:
+        self.engine.train()
+        self.loader.set_interval(self.interval)
+        window = _Window(self.engine.device)
+        last_step = (self.interval + 1) * self.plan.steps_per_interval
+        data_start = time.perf_counter()
+        for micro, batch in enumerate(self.loader):
+            window.data_s += time.perf_counter() - data_start
+            skipped = batch.pop(SKIPPED_KEY, {})
+            window.skipped.update(skipped)
+            window.samples += batch["input_ids"].shape[0]
+            window.text_tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
+            batch = _to_device(batch, self.engine.device)
+            out = self.engine(batch)
+            self.engine.backward(out["loss"])
+            self.engine.step()
+            window.loss_sum += out["loss"].detach().float()
+            window.micro_batches += 1
+            if (micro + 1) % self.accum == 0:
+                self.step += 1
+                if self.step == 1 or self.step % self.train_cfg.log_every_n_steps == 0 or self.step == last_step:
+                    self.log(window)
+                    window.reset()
+            data_start = time.perf_counter()
+
+    def log(self, window: _Window) -> None:
+        elapsed = time.perf_counter() - window.start
+        stats = torch.tensor(
+            [window.loss_sum.item(), window.micro_batches, window.samples, window.text_tokens, window.data_s,
+             elapsed], dtype=torch.float64,
+        )
+        dist.all_reduce(stats)
+        loss_sum, micro, samples, tokens, data_s, elapsed_sum = stats.tolist()
+        skipped_all: list[Counter] = [Counter() for _ in range(self.world_size)]
+        dist.all_gather_object(skipped_all, window.skipped)
+        skipped = sum(skipped_all, Counter())
+        self.skipped_total.update(skipped)
+        self.samples_seen += int(samples)
+        self.samples_read += int(samples) + sum(skipped.values())
+        wall = elapsed_sum / self.world_size
+        loss = loss_sum / micro
+        lr = self.scheduler.get_last_lr()[0]
+        gnorm = self.engine.get_global_grad_norm()
+        gnorm = float(gnorm) if gnorm is not None else float("nan")
+        record = {
+            "step": self.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": gnorm,
+            "samples_per_s": samples / wall,
+            "text_tokens_per_s": tokens / wall,
+            "data_wait_pct": 100.0 * data_s / elapsed_sum,
+            "skipped": float(sum(self.skipped_total.values())),
+        }
+        self.history.append(record)
+        logger.info(
+            "interval %d | step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.1f samp/s | "
+            "%.0f tok/s | data-wait %.0f%% | skipped %d",
+            self.interval, self.step, self.plan.total_steps, loss, lr, gnorm, record["samples_per_s"],
+            record["text_tokens_per_s"], record["data_wait_pct"], record["skipped"],
+        )
+        self.sink.scalars(self.step, {f"train/{k}": v for k, v in record.items() if k != "step"})
+        self.sink.scalars(self.step, {f"data/skipped_{k}": v for k, v in self.skipped_total.items()})
+        skipped_n = sum(self.skipped_total.values())
+        if self.samples_read >= 20 and skipped_n > self.data_cfg.max_skip_fraction * self.samples_read:
+            raise RuntimeError(
+                f"{skipped_n} of {self.samples_read} samples read were unusable "
+                f"({dict(self.skipped_total)}), over --data.train.max_skip_fraction="
+                f"{self.data_cfg.max_skip_fraction}; the worker warnings name the shards and keys"
+            )

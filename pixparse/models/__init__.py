@@ -1,0 +1,3 @@
+from pixparse.models.config import ImageEncoderConfig, ModelConfig, TextDecoderConfig
+from pixparse.models.cruller import Cruller, create_model
+from pixparse.models.registry import get_model_config, list_presets

@@ -1,0 +1,76 @@
+"""Task (objective + model + optimizer) configuration. Imports only the stdlib."""
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    learning_rate: float = 3e-4
+    """Peak learning rate, reached at the end of warmup."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW betas."""
+    eps: float = 1e-6
+    """AdamW epsilon."""
+    weight_decay: float = 0.02
+    """Decoupled weight decay; norms, biases, embeddings and position tokens get none."""
+    clip_grad_value: float | None = None
+    """Gradient-norm clip. Owned by the DeepSpeed JSON ("gradient_clipping"); set here only to
+    fill an "auto" there, and it must agree with a number there."""
+    clip_grad_mode: Literal["norm"] = "norm"
+    """Only global-norm clipping is supported (what DeepSpeed implements)."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """LR decay after warmup."""
+    min_lr_ratio: float = 0.0
+    """Final LR as a fraction of the peak."""
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ValueError(f"--task.opt.learning_rate must be > 0, got {self.learning_rate}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"--task.opt.betas must be in [0, 1), got {list(self.betas)}")
+        if self.grad_accum_steps <= 0:
+            raise ValueError(f"--task.opt.grad_accum_steps must be > 0, got {self.grad_accum_steps}")
+        if self.clip_grad_value is not None and self.clip_grad_value <= 0:
+            raise ValueError(
+                f"--task.opt.clip_grad_value must be > 0 (or unset), got {self.clip_grad_value}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"--task.opt.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass(kw_only=True)
+class TaskPretrainConfig:
+    model_name: str = "cruller_base"
+    """Model preset name (see pixparse.models.list_presets()) or a path to a preset JSON."""
+    pretrained: bool = False
+    """Load pretrained encoder/decoder weights named by the preset (timm / HF hub or local)."""
+    tokenizer: str | None = None
+    """'byte' (built in), a SentencePiece .model, a tokenizer.json, an HF folder or hub name.
+    Unset: the preset's default tokenizer."""
+    max_length: int | None = None
+    """Longest target in tokens, task token included. Unset: the preset's decoder max length."""
+    opt: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and LR schedule."""
+    num_intervals: int = 30
+    """Intervals to train; an interval is the span between checkpoints (num_samples samples)."""
+    num_warmup_intervals: float | None = None
+    """LR warmup length in intervals (may be fractional). Unset: 10% of --task.num_intervals."""
+
+    @property
+    def warmup_intervals(self) -> float:
+        if self.num_warmup_intervals is None:
+            return 0.1 * self.num_intervals
+        return self.num_warmup_intervals
+
+    def __post_init__(self) -> None:
+        if self.num_intervals <= 0:
+            raise ValueError(f"--task.num_intervals must be > 0, got {self.num_intervals}")
+        if self.num_warmup_intervals is not None and not 0 <= self.num_warmup_intervals <= self.num_intervals:
+            raise ValueError(
+                f"--task.num_warmup_intervals must be in [0, --task.num_intervals="
+                f"{self.num_intervals}], got {self.num_warmup_intervals}"
+            )
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"--task.max_length must be >= 2, got {self.max_length}")

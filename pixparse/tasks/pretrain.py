@@ -1,0 +1,100 @@
+"""OCR-reading pretraining (Donut's 'read the page' objective): image -> page text."""
+import functools
+import random
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixparse.data.config import DataLoaderConfig
+from pixparse.data.decode import decode_document_page
+from pixparse.data.tokenizer import add_task_tokens, create_tokenizer
+from pixparse.data.transforms import ResizePad, TextTargets, collate_text_image
+from pixparse.models import Cruller, create_model, get_model_config
+from pixparse.models.config import ModelConfig
+from pixparse.tasks.config import TaskPretrainConfig
+
+PRETRAIN_PROMPT = "<s_pretrain>"
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token loss: logits (B, T, V) at t predict labels at t+1; -100 is ignored.
+
+    Returns (mean loss over target tokens, number of target tokens).
+    """
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+    return loss, (targets != -100).sum()
+
+
+class _Preprocess:
+    """Worker-side: sample -> {'image', 'input_ids', 'prompt_length'} (picklable)."""
+
+    def __init__(self, image_transform: ResizePad, text: TextTargets, page_sampling: str) -> None:
+        self.image_transform = image_transform
+        self.text = text
+        self.page_sampling = page_sampling
+
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        page = decode_document_page(sample, self.page_sampling, rng)
+        ids, prompt_length = self.text(page.text)
+        return {"image": self.image_transform(page.image), "input_ids": ids, "prompt_length": prompt_length}
+
+
+class TaskCrullerPretrain(nn.Module):
+    """Owns the model, tokenizer, preprocessing and loss of OCR pretraining."""
+
+    def __init__(self, cfg: TaskPretrainConfig, model_cfg: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model_cfg = model_cfg or get_model_config(cfg.model_name)
+        dec_cfg = self.model_cfg.text_decoder
+        self.tokenizer = create_tokenizer(cfg.tokenizer or dec_cfg.tokenizer)
+        add_task_tokens(self.tokenizer, [PRETRAIN_PROMPT])
+        self.max_length = cfg.max_length or dec_cfg.max_length
+        self.model: Cruller = create_model(
+            self.model_cfg,
+            vocab_size=len(self.tokenizer),
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pretrained=cfg.pretrained,
+        )
+        if self.max_length > self.model.text_decoder.max_positions:
+            raise ValueError(
+                f"--task.max_length={self.max_length} exceeds the decoder's "
+                f"{self.model.text_decoder.max_positions} positions"
+            )
+        enc = self.model.image_encoder
+        mean, std = enc.trunk.pretrained_cfg.get("mean", (0.5,)), enc.trunk.pretrained_cfg.get("std", (0.5,))
+        if self.model_cfg.image_encoder.image_fmt == "L":
+            mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+        # (1, C, 1, 1) in the 0..255 pixel scale, so uint8 pixels normalize in one step
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+
+    def preprocess(self, data_cfg: DataLoaderConfig) -> _Preprocess:
+        enc = self.model_cfg.image_encoder
+        return _Preprocess(
+            ResizePad(enc.image_size, enc.image_fmt),
+            TextTargets(self.tokenizer, PRETRAIN_PROMPT, self.max_length),
+            data_cfg.page_sampling,
+        )
+
+    def collate(self, data_cfg: DataLoaderConfig) -> functools.partial:
+        return functools.partial(
+            collate_text_image, pad_id=self.tokenizer.pad_token_id,
+            pad_to_multiple_of=data_cfg.pad_to_multiple_of,
+        )
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        # DeepSpeed casts parameters (not buffers) to bf16/fp16: the encoder's dtype is the compute dtype.
+        dtype = next(self.model.image_encoder.parameters()).dtype
+        return ((image.float() - self.pixel_mean) / self.pixel_std).to(dtype)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        image = self.normalize(batch["image"])  # (B, C, H, W)
+        logits = self.model(image, batch["input_ids"], batch["attention_mask"])  # (B, T_txt, V)
+        loss, num_tokens = token_cross_entropy(logits, batch["labels"])
+        return {"loss": loss, "num_target_tokens": num_tokens}

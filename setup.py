@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="pixparse",
+    version="0.1.0",
+    description="OCR-free document understanding: pretraining and fine-tuning with DeepSpeed",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pixparse", "pixparse.*"]),
+    package_data={"pixparse.models.presets": ["*.json"]},
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.16",
+        "timm>=1.0.9",
+        "transformers>=5.0",
+        "webdataset>=1.0",
+        "sentencepiece>=0.2",
+        "jsonargparse[signatures]>=4.35",
+        "tensorboard>=2.14",
+        "safetensors>=0.4",
+        "pillow>=10.1",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+    ],
+    extras_require={
+        # ZeRO-3 zero.Init of HF decoders needs accelerate (transformers' HfDeepSpeedConfig)
+        "zero3": ["accelerate>=0.30"],
+        "test": ["pytest>=8.0", "accelerate>=0.30"],
+        "dev": ["pytest>=8.0", "accelerate>=0.30", "ruff"],
+    },
+    entry_points={"console_scripts": ["pixparse=pixparse.cli:main"]},
+)
