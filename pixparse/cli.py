@@ -71,3 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         from pixparse.app.run import run_pretrain
 
         run_pretrain(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,27 @@ logger = logging.getLogger(__name__)
 BYTE_TOKENIZER = "byte"
 
 
+class SentencePieceTokenizer(SentencePieceBackend):
+    """transformers' generic SentencePiece wrapper, decoding through sentencepiece itself.
+
+    The generic convert_tokens_to_string only swaps the word-boundary marker, so byte-fallback
+    pieces ('<0x56>') and user-defined symbols would come back verbatim instead of as text.
+    """
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        # Each line after a newline piece was encoded as a new sentence (with sentencepiece's
+        # leading-space marker), so decode line by line and rejoin with newlines.
+        lines, line = [], []
+        for t in tokens:
+            if t == "\n":
+                lines.append(self.sp_model.decode_pieces(line))
+                line = []
+            else:
+                line.append(t)
+        lines.append(self.sp_model.decode_pieces(line))
+        return "\n".join(lines)
+
+
 def _load_sentencepiece(path: str) -> PreTrainedTokenizerBase:
     import sentencepiece as spm
 
@@ -25,7 +46,7 @@ def _load_sentencepiece(path: str) -> PreTrainedTokenizerBase:
                            ("eos_token", sp.eos_id()), ("pad_token", sp.pad_id())):
         if piece_id >= 0:
             special[attr] = sp.id_to_piece(piece_id)
-    return SentencePieceBackend(vocab_file=path, **special)
+    return SentencePieceTokenizer(vocab_file=path, **special)
 
 
 def create_tokenizer(spec: str) -> PreTrainedTokenizerBase:
@@ -80,14 +101,16 @@ def train_sentencepiece(
 ) -> str:
     """Train a SentencePiece model on `texts`; returns the '.model' path.
 
-    Newlines are kept as a token (OCR targets join lines with them), ids 0-3 are
-    pad/unk/bos/eos, and unseen characters fall back to bytes.
+    Each text is split into lines and each line is a training sentence; the newline is its
+    own piece (OCR targets join lines with it). No normalization (the text is kept as is),
+    ids 0-3 are pad/unk/bos/eos, and unseen characters fall back to bytes.
     """
     import sentencepiece as spm
 
+    lines = (line for text in texts for line in text.split("\n") if line.strip())
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
+        sentence_iterator=lines,
         model_prefix=output_prefix,
         vocab_size=vocab_size,
         model_type=model_type,
@@ -96,7 +119,6 @@ def train_sentencepiece(
         user_defined_symbols=["\n"],
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
-        split_by_whitespace=True,
         pad_id=0, unk_id=1, bos_id=2, eos_id=3,
         hard_vocab_limit=False,
         max_sentence_length=1 << 16,

@@ -1,4 +1,5 @@
 """Process-wide logging setup and rank-0 metric sinks."""
+import json
 import logging
 import os
 import sys
@@ -37,6 +38,33 @@ class MetricSink:
 
     def close(self) -> None:
         pass
+
+
+class JsonlSink(MetricSink):
+    """One JSON object per log step in <run>/metrics.jsonl (easy to diff and plot across runs)."""
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "a")
+
+    def scalars(self, step: int, values: dict[str, Any]) -> None:
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class MultiSink(MetricSink):
+    def __init__(self, sinks: list[MetricSink]) -> None:
+        self.sinks = sinks
+
+    def scalars(self, step: int, values: dict[str, Any]) -> None:
+        for s in self.sinks:
+            s.scalars(step, values)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()
 
 
 class TensorBoardSink(MetricSink):

@@ -23,7 +23,7 @@ from pixparse.data.config import DataLoaderConfig
 from pixparse.data.loader import SKIPPED_KEY, create_loader
 from pixparse.engine import checkpoint
 from pixparse.engine.config import TrainConfig
-from pixparse.engine.logging import MetricSink, TensorBoardSink
+from pixparse.engine.logging import JsonlSink, MetricSink, MultiSink, TensorBoardSink
 from pixparse.engine.optim import create_optimizer
 from pixparse.engine.schedule import lr_multiplier
 from pixparse.tasks.config import OptimConfig
@@ -136,10 +136,12 @@ class Trainer:
             world_size=self.world_size,
             seed=train_cfg.seed,
         )
-        self.sink: MetricSink = (
-            TensorBoardSink(paths.tensorboard_dir)
-            if train_cfg.tensorboard and self.rank == 0 else MetricSink()
-        )
+        self.sink: MetricSink = MetricSink()
+        if self.rank == 0:
+            sinks: list[MetricSink] = [JsonlSink(os.path.join(paths.run_dir, "metrics.jsonl"))]
+            if train_cfg.tensorboard:
+                sinks.append(TensorBoardSink(paths.tensorboard_dir))
+            self.sink = MultiSink(sinks)
         self.step = 0
         self.interval = 0
         self.samples_seen = 0
@@ -246,8 +248,11 @@ class Trainer:
             self.interval, self.step, self.plan.total_steps, loss, lr, gnorm, record["samples_per_s"],
             record["text_tokens_per_s"], record["data_wait_pct"], record["skipped"],
         )
-        self.sink.scalars(self.step, {f"train/{k}": v for k, v in record.items() if k != "step"})
-        self.sink.scalars(self.step, {f"data/skipped_{k}": v for k, v in self.skipped_total.items()})
+        self.sink.scalars(self.step, {
+            "interval": self.interval,
+            **{f"train/{k}": v for k, v in record.items() if k != "step"},
+            **{f"data/skipped_{k}": v for k, v in self.skipped_total.items()},
+        })
         skipped_n = sum(self.skipped_total.values())
         if self.samples_read >= 20 and skipped_n > self.data_cfg.max_skip_fraction * self.samples_read:
             raise RuntimeError(

@@ -1,0 +1,117 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pixparse.cli import normalize_argv, parse
+from pixparse.config import PretrainConfig
+from pixparse.engine.ds_config import resolve_ds_config
+from tests.conftest import REPO
+
+BASE = ["pretrain", "--deepspeed_config", "ds_configs/zero2_bf16.json",
+        "--data.train.source", "x-{000..003}.tar", "--data.train.num_samples", "64"]
+
+
+def test_flags_reach_the_config():
+    _, cfg = parse(BASE + ["--data.train.batch_size", "2", "--task.model_name", "cruller_tiny",
+                           "--task.opt.learning_rate", "1e-4", "--train.tensorboard", "true"])
+    assert isinstance(cfg, PretrainConfig)
+    assert cfg.data.train.batch_size == 2 and cfg.task.model_name == "cruller_tiny"
+    assert cfg.task.opt.learning_rate == 1e-4 and cfg.train.tensorboard is True
+
+
+def test_seed_readme_spellings():
+    """huggingface/pixparse wrote --data.train.batch-size and --task.opt.betas 0.9 0.98."""
+    _, cfg = parse(BASE + ["--data.train.batch-size", "3", "--task.opt.betas", "0.8", "0.95",
+                           "--task.num-warmup-intervals", "1", "--local_rank=1"])
+    assert cfg.data.train.batch_size == 3
+    assert tuple(cfg.task.opt.betas) == (0.8, 0.95)
+    assert cfg.task.num_warmup_intervals == 1 and cfg.local_rank == 1
+
+
+def test_normalize_argv_leaves_values_alone():
+    argv = normalize_argv(["--data.train.source", "pipe:aws s3 cp s3://b/x-{0..9}.tar -"], PretrainConfig)
+    assert argv[1] == "pipe:aws s3 cp s3://b/x-{0..9}.tar -"
+
+
+def test_yaml_config_then_flags_take_precedence(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"train": {"batch_size": 5}}, "task": {"num_intervals": 7}}))
+    _, cfg = parse(BASE[:1] + ["--config", str(path)] + BASE[1:] + ["--task.num_intervals", "9"])
+    assert cfg.data.train.batch_size == 5 and cfg.task.num_intervals == 9
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--data.train.batch_size", "0", "--data.train.batch_size must be > 0"),
+    ("--task.num_warmup_intervals", "50", "--task.num_warmup_intervals must be in"),
+    ("--task.opt.grad_accum_steps", "0", "--task.opt.grad_accum_steps must be > 0"),
+])
+def test_bad_values_name_the_flag(flag, value, message):
+    with pytest.raises(ValueError, match=message):
+        parse(BASE + [flag, value])
+
+
+def test_missing_required_flag_fails():
+    with pytest.raises(SystemExit):
+        parse(["pretrain", "--deepspeed_config", "x.json"])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pixparse.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_help_lists_subcommands_and_print_config_dumps_yaml():
+    out = _cli("--help")
+    assert out.returncode == 0 and "pretrain" in out.stdout
+    out = _cli(*BASE, "--print_config")
+    assert out.returncode == 0, out.stderr
+    printed = yaml.safe_load(out.stdout)
+    assert printed["data"]["train"]["source"] == "x-{000..003}.tar"
+
+
+def test_cli_error_is_one_clear_line():
+    out = _cli(*BASE, "--data.train.batch_size", "-1")
+    assert out.returncode != 0
+    assert "pixparse: error: --data.train.batch_size must be > 0" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def _write(tmp_path, d):
+    p = tmp_path / "ds.json"
+    p.write_text(json.dumps(d))
+    return str(p)
+
+
+def test_ds_config_auto_values_are_filled(tmp_path):
+    ds = resolve_ds_config(f"{REPO}/ds_configs/zero3_bf16.json", 2, 4, 2, None)
+    assert ds["train_micro_batch_size_per_gpu"] == 2
+    assert ds["gradient_accumulation_steps"] == 4
+    assert ds["train_batch_size"] == 16
+    assert ds["gradient_clipping"] == 1.0
+
+
+def test_ds_config_conflict_names_both_places(tmp_path):
+    path = _write(tmp_path, {"train_micro_batch_size_per_gpu": 4})
+    with pytest.raises(ValueError, match=r"--data.train.batch_size=2 disagrees with train_micro_batch_size_per_gpu=4 in .*ds.json"):
+        resolve_ds_config(path, 2, 1, 1, None)
+    path = _write(tmp_path, {"gradient_clipping": 1.0})
+    with pytest.raises(ValueError, match="--task.opt.clip_grad_value=0.5 disagrees with gradient_clipping=1.0"):
+        resolve_ds_config(path, 2, 1, 1, 0.5)
+    assert resolve_ds_config(_write(tmp_path, {"gradient_clipping": "auto"}), 2, 1, 1, 0.5)["gradient_clipping"] == 0.5
+
+
+def test_ds_config_rejects_what_pixparse_owns(tmp_path):
+    path = _write(tmp_path, {"optimizer": {"type": "AdamW"}})
+    with pytest.raises(ValueError, match="--task.opt"):
+        resolve_ds_config(path, 2, 1, 1, None)
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve_ds_config(str(tmp_path / "nope.json"), 2, 1, 1, None)
+
+
+def test_shipped_ds_configs_resolve():
+    for name in ("zero2_bf16", "zero3_bf16", "zero2_fp32"):
+        ds = resolve_ds_config(f"{REPO}/ds_configs/{name}.json", 2, 1, 2, None)
+        assert ds["train_batch_size"] == 4

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+import torch
+
+from pixparse.models import create_model, get_model_config, list_presets
+
+
+def test_presets_registered():
+    assert {"cruller_tiny", "cruller_base", "cruller_large"} <= set(list_presets())
+
+
+def test_tiny_forward_backward_every_parameter_gets_a_gradient():
+    cfg = get_model_config("cruller_tiny")
+    model = create_model(cfg, vocab_size=300, pad_token_id=0, eos_token_id=1)
+    h, w = cfg.image_encoder.image_size
+    image = torch.randn(2, 1, h, w)
+    ids = torch.randint(0, 300, (2, 17))
+    logits = model(image, ids, torch.ones_like(ids))
+    assert logits.shape == (2, 17, 300)
+    logits.logsumexp(-1).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_projection_only_when_widths_differ():
+    cfg = get_model_config("cruller_tiny")  # encoder 64 wide, decoder 96
+    model = create_model(cfg, 300, 0, 1)
+    assert isinstance(model.enc_to_dec_proj, torch.nn.Linear)
+    cfg.text_decoder.config["d_model"] = 64
+    assert isinstance(create_model(cfg, 300, 0, 1).enc_to_dec_proj, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("name,min_m,max_m", [("cruller_base", 150, 175), ("cruller_large", 500, 550)])
+def test_large_presets_build_offline_on_meta(name, min_m, max_m):
+    cfg = get_model_config(name)
+    with torch.device("meta"):
+        model = create_model(cfg, vocab_size=50265, pad_token_id=1, eos_token_id=2)
+    n = sum(p.numel() for p in model.parameters()) / 1e6
+    assert min_m < n < max_m
+    assert len(model.text_decoder.model.model.decoder.layers) == cfg.text_decoder.num_decoder_layers
+    h, w = cfg.image_encoder.image_size
+    assert model.image_encoder.trunk.patch_embed.img_size == (h, w)
+
+
+def test_preset_from_json_path_and_unknown_name(tmp_path):
+    path = tmp_path / "mine.json"
+    d = get_model_config("cruller_tiny").to_dict()
+    d["text_decoder"]["max_length"] = 64
+    path.write_text(json.dumps(d))
+    assert get_model_config(str(path)).text_decoder.max_length == 64
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        get_model_config("nope")
