@@ -1,0 +1,43 @@
+import math
+
+import pytest
+import torch
+
+from pixparse.data.config import DataLoaderConfig
+from pixparse.engine.optim import create_optimizer, no_decay_names
+from pixparse.engine.schedule import lr_multiplier
+from pixparse.engine.train import make_plan
+from pixparse.models import create_model, get_model_config
+from pixparse.tasks.config import OptimConfig
+
+
+def test_warmup_then_cosine_to_min():
+    f = lr_multiplier("cosine", warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0)
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(14) == pytest.approx(0.1)
+    lin = lr_multiplier("linear", 0, 10)
+    assert lin(5) == pytest.approx(0.5)
+    assert lr_multiplier("constant", 2, 10)(7) == 1.0
+
+
+def test_no_decay_groups_cover_norms_biases_embeddings_tokens():
+    model = create_model(get_model_config("cruller_tiny"), 300, 0, 1)
+    skip = no_decay_names(model)
+    assert "image_encoder.trunk.pos_embed" in skip and "image_encoder.trunk.cls_token" in skip
+    assert "text_decoder.model.model.decoder.embed_tokens.weight" in skip
+    assert any(n.endswith("norm.weight") for n in skip) and any(n.endswith(".bias") for n in skip)
+    assert "image_encoder.trunk.blocks.0.attn.qkv.weight" not in skip
+    opt = create_optimizer(model, OptimConfig(weight_decay=0.1))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_plan_counts_steps_and_rejects_tiny_intervals():
+    data = DataLoaderConfig(source="x.tar", batch_size=2, num_samples=64)
+    plan = make_plan(data, OptimConfig(grad_accum_steps=2), num_intervals=3, num_warmup_intervals=0.5, world_size=2)
+    assert (plan.global_batch_size, plan.steps_per_interval, plan.total_steps, plan.warmup_steps) == (8, 8, 24, 4)
+    with pytest.raises(ValueError, match="smaller than one global batch"):
+        make_plan(DataLoaderConfig(source="x.tar", batch_size=64, num_samples=64), OptimConfig(), 1, 0, 2)
