@@ -18,5 +18,5 @@ deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --data.train.source "$SHARDS/synth-{000000..000007}.tar" \
   --data.train.batch_size 8 --data.train.num_samples 1024 --data.train.num_workers 1 \
   --task.model_name cruller_tiny --task.opt.learning_rate 1e-3 --task.num_intervals 5 \
-  --train.output_dir runs --train.experiment demo --train.tensorboard true \
+  --train.output_dir runs --train.tensorboard true \
   --train.log_every_n_steps 16 "$@"

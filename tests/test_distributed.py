@@ -56,6 +56,11 @@ def test_single_rank_cli_trains_saves_and_resumes(synth_shards, tmp_path):
     ds = json.loads((tmp_path / "one" / "ds_config.json").read_text())
     assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["train_batch_size"] == 2
 
+    # Reusing the name without --train.resume would mix two runs: refused before any training.
+    proc = subprocess.run(train + _args(synth_shards, tmp_path, "zero2_fp32", "one"), cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "already has checkpoints" in proc.stderr + proc.stdout
+
     # Resume into a 2-interval run: continues at step 33 and checkpoints again.
     _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "one", "--task.num_intervals", "2",
                        "--train.resume", "latest"))

@@ -12,6 +12,21 @@ from pixparse.config import PretrainConfig
 logger = logging.getLogger(__name__)
 
 
+def checkpoint_dir_for(cfg: PretrainConfig, experiment: str) -> str:
+    if cfg.train.checkpoint_dir:
+        return os.path.join(cfg.train.checkpoint_dir, experiment)
+    return os.path.join(cfg.train.output_dir, experiment, "checkpoints")
+
+
+def _refuse_to_overwrite(cfg: PretrainConfig) -> None:
+    ckpt_dir = checkpoint_dir_for(cfg, cfg.train.experiment)
+    if os.path.isdir(ckpt_dir) and any(t.startswith("step_") for t in os.listdir(ckpt_dir)):
+        raise ValueError(
+            f"--train.experiment {cfg.train.experiment!r} already has checkpoints in {ckpt_dir}; "
+            f"pass --train.resume latest to continue it, or choose another --train.experiment"
+        )
+
+
 def run_pretrain(cfg: PretrainConfig) -> list[dict[str, float]]:
     """Validate, set up distributed, build the task and train. Returns rank 0's log records."""
     from pixparse.data.loader import check_shards_cover
@@ -32,6 +47,8 @@ def run_pretrain(cfg: PretrainConfig) -> list[dict[str, float]]:
     from pixparse.models import get_model_config
 
     model_cfg = get_model_config(cfg.task.model_name)
+    if cfg.train.experiment and not cfg.train.resume:
+        _refuse_to_overwrite(cfg)
 
     plogging.setup(rank)
     pdist.init_distributed()
@@ -42,8 +59,7 @@ def run_pretrain(cfg: PretrainConfig) -> list[dict[str, float]]:
     run_dir = os.path.join(cfg.train.output_dir, experiment)
     paths = RunPaths(
         run_dir=run_dir,
-        checkpoint_dir=os.path.join(cfg.train.checkpoint_dir, experiment)
-        if cfg.train.checkpoint_dir else os.path.join(run_dir, "checkpoints"),
+        checkpoint_dir=checkpoint_dir_for(cfg, experiment),
         tensorboard_dir=os.path.join(run_dir, "tensorboard"),
     )
     config_dict = dataclasses.asdict(cfg)
