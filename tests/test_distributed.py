@@ -85,3 +85,58 @@ def test_two_ranks_with_the_deepspeed_launcher_loss_falls(synth_shards, tmp_path
     tag = tmp_path / "ckpt" / "two" / "step_00000032"
     assert len(glob.glob(str(tag / "*optim_states.pt"))) == 2  # optimizer state sharded per rank
     assert glob.glob(str(tmp_path / "two" / "tensorboard" / "events.out.tfevents.*"))
+
+
+def _weights(tag_dir):
+    import torch
+
+    states = glob.glob(os.path.join(tag_dir, "mp_rank_00_model_states.pt"))
+    assert states, f"no model states in {tag_dir}"
+    return torch.load(states[0], map_location="cpu", weights_only=False)["module"]
+
+
+def test_resume_mid_interval_reaches_the_same_parameters(synth_shards, tmp_path):
+    """fp32: an uninterrupted run and one resumed from a step-10 checkpoint end bit-identical."""
+    import torch
+
+    train = [sys.executable, "-m", "pixparse.app.train"]
+    common = ["--task.num_intervals", "2", "--train.keep_last_k", "10"]
+    _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "full", *common))
+    _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "part", *common,
+                       "--train.checkpoint_every_n_steps", "10"))
+    mid = tmp_path / "part" / "checkpoints" / "step_00000010"
+    state = json.loads((mid / "pixparse_state.json").read_text())
+    assert (state["interval"], state["batches_done"]) == (0, 10)
+    _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "resumed", *common, "--train.resume", str(mid)))
+    full = _weights(tmp_path / "full" / "checkpoints" / "step_00000064")
+    resumed = _weights(tmp_path / "resumed" / "checkpoints" / "step_00000064")
+    assert full.keys() == resumed.keys()
+    different = [k for k in full if not torch.equal(full[k], resumed[k])]
+    assert not different, different
+    steps = [r["step"] for r in _metrics(tmp_path, "resumed")]
+    assert steps[0] == 12 and steps[-1] == 64
+
+
+def test_sigterm_checkpoints_and_stops(synth_shards, tmp_path):
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "pixparse.app.train"] + _args(
+        synth_shards, tmp_path, "zero2_fp32", "pre", "--task.num_intervals", "200",
+        "--train.log_every_n_steps", "1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "step 3/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, _ = proc.communicate(timeout=120)
+    text = "".join(lines) + out
+    assert proc.returncode == 0, text[-3000:]
+    assert "stopped on signal" in text
+    ckpt = tmp_path / "pre" / "checkpoints"
+    tag = (ckpt / "latest").read_text().strip()
+    state = json.loads((ckpt / tag / "pixparse_state.json").read_text())
+    assert 3 <= state["step"] < 200 * 32
+

@@ -27,8 +27,8 @@ def _refuse_to_overwrite(cfg: PretrainConfig) -> None:
         )
 
 
-def run_pretrain(cfg: PretrainConfig) -> list[dict[str, float]]:
-    """Validate, set up distributed, build the task and train. Returns rank 0's log records."""
+def run_pretrain(cfg: PretrainConfig) -> bool:
+    """Validate, set up distributed, build the task and train. False if stopped by a signal."""
     from pixparse.data.loader import check_shards_cover
     from pixparse.engine import dist as pdist
     from pixparse.engine import logging as plogging
@@ -88,7 +88,7 @@ def run_pretrain(cfg: PretrainConfig) -> list[dict[str, float]]:
     )
     if cfg.train.resume:
         trainer.resume(cfg.train.resume)
-    history = trainer.fit()
+    finished = trainer.fit()
     logger.info("done: logs %s, checkpoints %s%s", os.path.join(run_dir, cfg.train.log_filename),
                 paths.checkpoint_dir, f", tensorboard {paths.tensorboard_dir}" if cfg.train.tensorboard else "")
-    return history
+    return finished

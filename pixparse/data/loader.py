@@ -167,8 +167,16 @@ class Loader:
         return self.num_batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[dict[str, Any]]:
+        """Batches start..num_batches-1 of the interval, exactly as a full pass would yield them.
+
+        The first `start` batches are still produced by the workers and dropped: the pipeline is
+        deterministic but which raw samples fill a batch depends on how many were skipped as bad.
+        """
         # Workers take turns, so islice takes ceil(num_batches / num_workers) or fewer from each.
-        return itertools.islice(iter(self.dataloader), self.num_batches)
+        return itertools.islice(iter(self.dataloader), start, self.num_batches)
 
 
 def check_shards_cover(cfg: DataLoaderConfig, world_size: int) -> list[str]:

@@ -1,43 +1,88 @@
-"""DeepSpeed checkpoints: step_XXXXXXXX tags, a 'latest' pointer, keep-last-k pruning."""
+"""DeepSpeed checkpoints made atomic: step_XXXXXXXX tags, a completion marker, a 'latest' pointer
+that only ever names a complete tag, per-rank RNG states, keep-last-k pruning.
+
+Save order: every rank writes its DeepSpeed shards and RNG file -> barrier -> rank 0 writes the
+tag's marker -> rank 0 replaces 'latest' (write tmp + rename) -> old tags are pruned. A crash at
+any point leaves 'latest' on the previous complete tag.
+"""
+import json
 import logging
 import os
+import random
 import re
 import shutil
 from typing import Any
 
+import numpy as np
+import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
 _TAG = re.compile(r"^step_(\d{8})$")
+MARKER = "pixparse_state.json"
+LATEST = "latest"
 
 
 def tag_for_step(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def list_tags(ckpt_dir: str) -> list[str]:
+def list_complete_tags(ckpt_dir: str) -> list[str]:
     if not os.path.isdir(ckpt_dir):
         return []
-    return sorted(t for t in os.listdir(ckpt_dir) if _TAG.match(t))
+    return sorted(t for t in os.listdir(ckpt_dir)
+                  if _TAG.match(t) and os.path.isfile(os.path.join(ckpt_dir, t, MARKER)))
 
 
-def save(engine: Any, ckpt_dir: str, step: int, client_state: dict[str, Any], keep_last_k: int) -> str:
-    """Save on all ranks (collective); rank 0 then prunes older tags. Returns the tag folder."""
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(engine: Any, ckpt_dir: str, step: int, state: dict[str, Any], keep_last_k: int) -> str:
+    """Collective: call on all ranks. Returns the tag folder."""
     tag = tag_for_step(step)
-    engine.save_checkpoint(ckpt_dir, tag=tag, client_state={"pixparse": client_state})
-    dist.barrier()  # every rank's shard is on disk before anything is deleted
-    if dist.get_rank() == 0:
-        for old in list_tags(ckpt_dir)[:-keep_last_k]:
+    path = os.path.join(ckpt_dir, tag)
+    rank = dist.get_rank()
+    if rank == 0 and os.path.exists(os.path.join(path, MARKER)):
+        os.remove(os.path.join(path, MARKER))  # being rewritten: not complete until re-marked
+    engine.save_checkpoint(ckpt_dir, tag=tag, client_state={"pixparse": state}, save_latest=False)
+    torch.save(rng_state(), os.path.join(path, f"rng_state_rank{rank}.pt"))
+    dist.barrier()  # every rank's files are on disk
+    if rank == 0:
+        meta = dict(state, world_size=dist.get_world_size())
+        _atomic_write(os.path.join(path, MARKER), json.dumps(meta, indent=2))
+        _atomic_write(os.path.join(ckpt_dir, LATEST), tag)
+        for old in list_complete_tags(ckpt_dir)[:-keep_last_k]:
             shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
     dist.barrier()
-    return os.path.join(ckpt_dir, tag)
+    return path
 
 
 def resolve_resume(resume: str, ckpt_dir: str) -> tuple[str, str]:
-    """(checkpoint dir, tag) for --train.resume 'latest' or a step folder path."""
+    """(checkpoint dir, tag) for --train.resume 'latest' or a step folder; the tag must be complete."""
     if resume == "latest":
-        latest = os.path.join(ckpt_dir, "latest")
+        latest = os.path.join(ckpt_dir, LATEST)
         if not os.path.isfile(latest):
             raise ValueError(f"--train.resume latest: no {latest}; no checkpoint to resume from")
         with open(latest) as f:
@@ -48,4 +93,23 @@ def resolve_resume(resume: str, ckpt_dir: str) -> tuple[str, str]:
         ckpt_dir, tag = os.path.dirname(path), os.path.basename(path)
     if not os.path.isdir(path):
         raise ValueError(f"--train.resume: checkpoint folder {path} does not exist")
+    if not os.path.isfile(os.path.join(path, MARKER)):
+        raise ValueError(
+            f"--train.resume: {path} is incomplete (no {MARKER}: the save did not finish); "
+            f"resume from an earlier tag: {list_complete_tags(ckpt_dir) or 'none complete'}"
+        )
     return ckpt_dir, tag
+
+
+def read_state(ckpt_dir: str, tag: str) -> dict[str, Any]:
+    with open(os.path.join(ckpt_dir, tag, MARKER)) as f:
+        return json.load(f)
+
+
+def load_rng(ckpt_dir: str, tag: str, rank: int) -> bool:
+    """Restore this rank's RNG state if the checkpoint has one for it."""
+    path = os.path.join(ckpt_dir, tag, f"rng_state_rank{rank}.pt")
+    if not os.path.isfile(path):
+        return False
+    set_rng_state(torch.load(path, weights_only=False))
+    return True

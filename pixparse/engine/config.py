@@ -18,6 +18,8 @@ class TrainConfig:
     """Optimizer steps between log lines; step 1 and the last step of an interval always log."""
     seed: int = 42
     """Seed for model init, data order and augmentation."""
+    checkpoint_every_n_steps: int = 0
+    """Also checkpoint every N optimizer steps inside an interval (0: interval ends only)."""
     keep_last_k: int = 3
     """Checkpoints to keep; older ones are deleted after a newer one is complete."""
     resume: str | None = None
@@ -26,6 +28,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.log_every_n_steps <= 0:
             raise ValueError(f"--train.log_every_n_steps must be > 0, got {self.log_every_n_steps}")
+        if self.checkpoint_every_n_steps < 0:
+            raise ValueError(
+                f"--train.checkpoint_every_n_steps must be >= 0, got {self.checkpoint_every_n_steps}"
+            )
         if self.keep_last_k <= 0:
             raise ValueError(f"--train.keep_last_k must be > 0, got {self.keep_last_k}")
         if self.experiment is not None and ("/" in self.experiment or not self.experiment.strip()):

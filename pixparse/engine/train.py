@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -144,56 +145,90 @@ class Trainer:
             self.sink = MultiSink(sinks)
         self.step = 0
         self.interval = 0
-        self.samples_seen = 0
+        self.batches_done = 0
         self.samples_read = 0
+        self._signal = 0
         self.skipped_total: Counter = Counter()
         self.history: list[dict[str, float]] = []  # rank 0's logged lines, for callers and tests
 
     # ----------------------------------------------------------------- checkpoint
-    def client_state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "interval": self.interval,
-            "samples_seen": self.samples_seen,
+            "batches_done": self.batches_done,  # micro-batches of `interval` already trained on
+            "samples_seen": self.step * self.plan.global_batch_size,
+            "steps_per_interval": self.plan.steps_per_interval,
+            "global_batch_size": self.plan.global_batch_size,
             "config_hash": self.config_hash,
         }
 
     def save(self) -> str:
         path = checkpoint.save(
-            self.engine, self.paths.checkpoint_dir, self.step, self.client_state(),
-            self.train_cfg.keep_last_k,
+            self.engine, self.paths.checkpoint_dir, self.step, self.state(), self.train_cfg.keep_last_k
         )
         logger.info("saved checkpoint %s", path)
         return path
 
     def resume(self, spec: str) -> None:
         ckpt_dir, tag = checkpoint.resolve_resume(spec, self.paths.checkpoint_dir)
-        load_path, client = self.engine.load_checkpoint(ckpt_dir, tag=tag)
+        state = checkpoint.read_state(ckpt_dir, tag)
+        if state["global_batch_size"] != self.plan.global_batch_size:
+            raise ValueError(
+                f"--train.resume: {tag} was trained with global batch {state['global_batch_size']}, "
+                f"this run has {self.plan.global_batch_size}; the data position would not match"
+            )
+        load_path, _ = self.engine.load_checkpoint(ckpt_dir, tag=tag)
         if load_path is None:
             raise ValueError(f"--train.resume: DeepSpeed could not load {ckpt_dir}/{tag}")
-        state = client["pixparse"]
         if state["config_hash"] != self.config_hash:
             logger.warning("resuming from %s written with a different config", load_path)
-        self.step, self.interval = state["step"], state["interval"]
-        self.samples_seen = state["samples_seen"]
-        logger.info("resumed from %s at step %d, interval %d", load_path, self.step, self.interval)
+        self.step, self.interval, self.batches_done = state["step"], state["interval"], state["batches_done"]
+        if not checkpoint.load_rng(ckpt_dir, tag, self.rank):
+            logger.warning("no RNG state for rank %d in %s: random streams restart", self.rank, load_path)
+        logger.info("resumed from %s at step %d (interval %d, %d batches in)",
+                    load_path, self.step, self.interval, self.batches_done)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signal = signum
+
+    def _stop_requested(self) -> bool:
+        """True on every rank once any rank got SIGTERM/SIGUSR1 (one tiny all-reduce per step)."""
+        flag = torch.tensor([1.0 if self._signal else 0.0], device=self.engine.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     # ----------------------------------------------------------------- loop
-    def fit(self) -> list[dict[str, float]]:
-        while self.interval < self.num_intervals:
-            self.train_interval()
-            self.interval += 1
-            self.save()
-        self.sink.close()
-        return self.history
+    def fit(self) -> bool:
+        """Train to the end (True) or until a pre-emption signal, after checkpointing (False)."""
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        try:
+            while self.interval < self.num_intervals:
+                if not self.train_interval():
+                    self.save()
+                    logger.info("stopped on signal %d at step %d; resume with --train.resume latest",
+                                self._signal, self.step)
+                    return False
+                self.interval += 1
+                self.batches_done = 0
+                self.save()
+            return True
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            self.sink.close()
 
-    def train_interval(self) -> None:
+    def train_interval(self) -> bool:
+        """Train the rest of the current interval; False if stopped early by a signal."""
         self.engine.train()
         self.loader.set_interval(self.interval)
         window = _Window(self.engine.device)
         last_step = (self.interval + 1) * self.plan.steps_per_interval
+        every = self.train_cfg.checkpoint_every_n_steps
+        if self.batches_done:
+            logger.info("skipping %d batches already trained on in interval %d", self.batches_done, self.interval)
         data_start = time.perf_counter()
-        for micro, batch in enumerate(self.loader):
+        for batch in self.loader.iter_from(self.batches_done):
             window.data_s += time.perf_counter() - data_start
             skipped = batch.pop(SKIPPED_KEY, {})
             window.skipped.update(skipped)
@@ -205,12 +240,18 @@ class Trainer:
             self.engine.step()
             window.loss_sum += out["loss"].detach().float()
             window.micro_batches += 1
-            if (micro + 1) % self.accum == 0:
+            self.batches_done += 1
+            if self.batches_done % self.accum == 0:
                 self.step += 1
                 if self.step == 1 or self.step % self.train_cfg.log_every_n_steps == 0 or self.step == last_step:
                     self.log(window)
                     window.reset()
+                if self._stop_requested():
+                    return False
+                if every and self.step % every == 0 and self.step != last_step:
+                    self.save()
             data_start = time.perf_counter()
+        return True
 
     def log(self, window: _Window) -> None:
         elapsed = time.perf_counter() - window.start
@@ -224,7 +265,6 @@ class Trainer:
         dist.all_gather_object(skipped_all, window.skipped)
         skipped = sum(skipped_all, Counter())
         self.skipped_total.update(skipped)
-        self.samples_seen += int(samples)
         self.samples_read += int(samples) + sum(skipped.values())
         wall = elapsed_sum / self.world_size
         loss = loss_sum / micro
