@@ -85,6 +85,34 @@ def test_two_ranks_with_the_deepspeed_launcher_loss_falls(synth_shards, tmp_path
     tag = tmp_path / "ckpt" / "two" / "step_00000032"
     assert len(glob.glob(str(tag / "*optim_states.pt"))) == 2  # optimizer state sharded per rank
     assert glob.glob(str(tmp_path / "two" / "tensorboard" / "events.out.tfevents.*"))
+    _check_export(str(tag), tmp_path / "export")
+
+
+def _check_export(tag_dir: str, out) -> None:
+    """Export the sharded checkpoint; the plain and HF folders give the logits of the consolidated
+    fp32 masters loaded straight from DeepSpeed's own zero_to_fp32."""
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import VisionEncoderDecoderModel
+
+    from pixparse.app.export import export
+    from pixparse.models.export import load_exported
+
+    export(tag_dir, str(out), dtype="float32", hf=True)
+    model, tokenizer, info = load_exported(str(out))
+    masters = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(tag_dir), tag=os.path.basename(tag_dir))
+    for k, v in model.state_dict().items():
+        if "model." + k not in masters:
+            assert k == "text_decoder.model.lm_head.weight", k  # tied: stored as the embedding
+            continue
+        assert torch.equal(v, masters["model." + k]), k
+    h, w = model.cfg.image_encoder.image_size
+    image = torch.randn(2, 1, h, w)
+    ids = torch.randint(0, info["vocab_size"], (2, 12))
+    with torch.no_grad():
+        expected = model(image, ids, torch.ones_like(ids))
+        hf = VisionEncoderDecoderModel.from_pretrained(str(out / "hf")).eval()
+        assert torch.allclose(hf(pixel_values=image, decoder_input_ids=ids).logits, expected, atol=1e-5)
 
 
 def _weights(tag_dir):

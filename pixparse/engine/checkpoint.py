@@ -11,6 +11,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -59,8 +60,19 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save(engine: Any, ckpt_dir: str, step: int, state: dict[str, Any], keep_last_k: int) -> str:
-    """Collective: call on all ranks. Returns the tag folder."""
+ASSETS = "assets"
+
+
+def save(
+    engine: Any,
+    ckpt_dir: str,
+    step: int,
+    state: dict[str, Any],
+    keep_last_k: int,
+    save_assets: Callable[[str], None] | None = None,
+) -> str:
+    """Collective: call on all ranks. `save_assets(dir)` (rank 0) writes what export needs
+    (preset, tokenizer) into <tag>/assets. Returns the tag folder."""
     tag = tag_for_step(step)
     path = os.path.join(ckpt_dir, tag)
     rank = dist.get_rank()
@@ -70,6 +82,8 @@ def save(engine: Any, ckpt_dir: str, step: int, state: dict[str, Any], keep_last
     torch.save(rng_state(), os.path.join(path, f"rng_state_rank{rank}.pt"))
     dist.barrier()  # every rank's files are on disk
     if rank == 0:
+        if save_assets is not None:
+            save_assets(os.path.join(path, ASSETS))
         meta = dict(state, world_size=dist.get_world_size())
         _atomic_write(os.path.join(path, MARKER), json.dumps(meta, indent=2))
         _atomic_write(os.path.join(ckpt_dir, LATEST), tag)

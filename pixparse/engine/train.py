@@ -165,7 +165,8 @@ class Trainer:
 
     def save(self) -> str:
         path = checkpoint.save(
-            self.engine, self.paths.checkpoint_dir, self.step, self.state(), self.train_cfg.keep_last_k
+            self.engine, self.paths.checkpoint_dir, self.step, self.state(), self.train_cfg.keep_last_k,
+            save_assets=self.task.save_assets,
         )
         logger.info("saved checkpoint %s", path)
         return path

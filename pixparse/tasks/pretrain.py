@@ -1,5 +1,7 @@
 """OCR-reading pretraining (Donut's 'read the page' objective): image -> page text."""
 import functools
+import json
+import os
 import random
 from typing import Any
 
@@ -87,6 +89,28 @@ class TaskCrullerPretrain(nn.Module):
             collate_text_image, pad_id=self.tokenizer.pad_token_id,
             pad_to_multiple_of=data_cfg.pad_to_multiple_of,
         )
+
+    def export_info(self) -> dict[str, Any]:
+        """What a loader of the exported weights needs besides the preset."""
+        tok = self.tokenizer
+        return {
+            "task": "cruller_pretrain",
+            "prompt": PRETRAIN_PROMPT,
+            "vocab_size": len(tok),
+            "pad_token_id": tok.pad_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "decoder_start_token_id": tok.convert_tokens_to_ids(PRETRAIN_PROMPT),
+            "max_length": self.max_length,
+            "pixel_mean": self.pixel_mean.flatten().tolist(),
+            "pixel_std": self.pixel_std.flatten().tolist(),
+        }
+
+    def save_assets(self, out_dir: str) -> None:
+        """Model preset, tokenizer and task info beside a checkpoint, so it exports on its own."""
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "model_config.json"), "w") as f:
+            json.dump({**self.model_cfg.to_dict(), "pixparse": self.export_info()}, f, indent=2)
+        self.tokenizer.save_pretrained(os.path.join(out_dir, "tokenizer"))
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         # DeepSpeed casts parameters (not buffers) to bf16/fp16: the encoder's dtype is the compute dtype.

@@ -1,0 +1,43 @@
+import torch
+
+from pixparse.models.export import load_exported, save_exported, to_hf_vision_encoder_decoder
+from pixparse.tasks.config import TaskPretrainConfig
+from pixparse.tasks.pretrain import TaskCrullerPretrain
+
+
+def _inputs(task, n=2, t=9):
+    h, w = task.model_cfg.image_encoder.image_size
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 1, h, w, generator=g), torch.randint(0, len(task.tokenizer), (n, t), generator=g)
+
+
+def test_plain_export_round_trip_keeps_ties_and_logits(tmp_path):
+    task = TaskCrullerPretrain(TaskPretrainConfig(model_name="cruller_tiny")).eval()
+    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path), task.export_info())
+    model, tokenizer, info = load_exported(str(tmp_path))
+    dec = model.text_decoder.model
+    assert dec.lm_head.weight.data_ptr() == dec.model.decoder.embed_tokens.weight.data_ptr()
+    assert len(tokenizer) == info["vocab_size"] == len(task.tokenizer)
+    assert tokenizer.convert_tokens_to_ids(info["prompt"]) == info["decoder_start_token_id"]
+    image, ids = _inputs(task)
+    with torch.no_grad():
+        assert torch.equal(task.model(image, ids, torch.ones_like(ids)), model(image, ids, torch.ones_like(ids)))
+
+
+def test_hf_vision_encoder_decoder_matches_and_generates(tmp_path):
+    from transformers import VisionEncoderDecoderModel
+
+    task = TaskCrullerPretrain(TaskPretrainConfig(model_name="cruller_tiny")).eval()
+    start = task.export_info()["decoder_start_token_id"]
+    hf = to_hf_vision_encoder_decoder(task.model, start)
+    hf.save_pretrained(str(tmp_path))
+    reloaded = VisionEncoderDecoderModel.from_pretrained(str(tmp_path)).eval()
+    dec = reloaded.decoder
+    assert dec.lm_head.weight.data_ptr() == dec.model.decoder.embed_tokens.weight.data_ptr()
+    image, ids = _inputs(task)
+    with torch.no_grad():
+        ours = task.model(image, ids, torch.ones_like(ids))
+        theirs = reloaded(pixel_values=image, decoder_input_ids=ids).logits
+        assert torch.allclose(ours, theirs, atol=1e-5)
+        out = reloaded.generate(pixel_values=image, max_new_tokens=4, do_sample=False)
+    assert out.shape[0] == 2 and (out[:, 0] == start).all()
