@@ -168,3 +168,18 @@ def test_sigterm_checkpoints_and_stops(synth_shards, tmp_path):
     state = json.loads((ckpt / tag / "pixparse_state.json").read_text())
     assert 3 <= state["step"] < 200 * 32
 
+
+
+def test_zero3_offload_trains(synth_shards, tmp_path):
+    """Parameters and optimizer offloaded to CPU (DeepSpeedCPUAdam, JIT-compiled once)."""
+    _run([sys.executable, "-m", "pixparse.app.train"]
+         + _args(synth_shards, tmp_path, "zero3_offload_bf16", "off", "--task.num_intervals", "1"), timeout=600)
+    losses = [r["train/loss"] for r in _metrics(tmp_path, "off")]
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_fp16_on_cpu_fails_before_training(synth_shards, tmp_path):
+    cmd = [sys.executable, "-m", "pixparse.app.train"] + _args(synth_shards, tmp_path, "zero2_fp16", "fp16")
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "enables fp16" in proc.stderr + proc.stdout
+    assert not (tmp_path / "fp16").exists()  # nothing started

@@ -27,6 +27,21 @@ def _refuse_to_overwrite(cfg: PretrainConfig) -> None:
         )
 
 
+def _check_precision_supported(ds_config: dict, path: str) -> None:
+    from deepspeed.accelerator import get_accelerator
+
+    from pixparse.engine.ds_config import compute_dtype_name
+
+    acc = get_accelerator()
+    dtype = compute_dtype_name(ds_config)
+    if dtype == "float16" and not acc.is_fp16_supported():
+        raise ValueError(f"{path} enables fp16, which the {acc.device_name()} accelerator does not "
+                         f"support; use a bf16 or fp32 config (ds_configs/zero2_bf16.json)")
+    if dtype == "bfloat16" and not acc.is_bf16_supported():
+        raise ValueError(f"{path} enables bf16, which this {acc.device_name()} device does not "
+                         f"support; use ds_configs/zero2_fp16.json or zero2_fp32.json")
+
+
 def run_pretrain(cfg: PretrainConfig) -> bool:
     """Validate, set up distributed, build the task and train. False if stopped by a signal."""
     from pixparse.data.loader import check_shards_cover
@@ -41,6 +56,7 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
         cfg.deepspeed_config, cfg.data.train.batch_size, cfg.task.opt.grad_accum_steps,
         world_size, cfg.task.opt.clip_grad_value,
     )
+    _check_precision_supported(ds_config, cfg.deepspeed_config)
     plan = make_plan(cfg.data.train, cfg.task.opt, cfg.task.num_intervals,
                      cfg.task.warmup_intervals, world_size)
     check_shards_cover(cfg.data.train, world_size)

@@ -1,4 +1,6 @@
 """AdamW with the usual no-decay groups (norms, biases, embeddings, position/class tokens)."""
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,7 +23,16 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
+    zero = ds_config.get("zero_optimization", {})
+    return zero.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme")
+
+
+def create_optimizer(
+    model: nn.Module, cfg: OptimConfig, ds_config: dict[str, Any] | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over decay / no-decay groups. With ZeRO optimizer offload, DeepSpeed's CPU Adam
+    (the only optimizer DeepSpeed accepts there; JIT-compiled on first use)."""
     skip = no_decay_names(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -31,4 +42,8 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if ds_config is not None and offloads_optimizer(ds_config):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps, adamw_mode=True)
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps)

@@ -120,7 +120,7 @@ class Trainer:
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.accum = opt_cfg.grad_accum_steps
 
-        optimizer = create_optimizer(task, opt_cfg)
+        optimizer = create_optimizer(task, opt_cfg, ds_config)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lr_multiplier(opt_cfg.schedule, plan.warmup_steps, plan.total_steps, opt_cfg.min_lr_ratio),
