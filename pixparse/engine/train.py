@@ -24,6 +24,8 @@ from pixparse.data.config import DataLoaderConfig
 from pixparse.data.loader import SKIPPED_KEY, create_loader
 from pixparse.engine import checkpoint
 from pixparse.engine.config import TrainConfig
+from pixparse.engine.ds_config import compute_dtype_name
+from pixparse.engine.metrics import mfu, peak_tflops
 from pixparse.engine.logging import JsonlSink, MetricSink, MultiSink, TensorBoardSink
 from pixparse.engine.optim import create_optimizer
 from pixparse.engine.schedule import lr_multiplier
@@ -89,7 +91,9 @@ class _Window:
         self.loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         self.micro_batches = 0
         self.samples = 0
-        self.text_tokens = 0
+        self.text_tokens = 0.0
+        self.image_tokens = 0.0
+        self.flops = 0.0
         self.data_s = 0.0
         self.start = time.perf_counter()
         self.skipped: Counter = Counter()
@@ -143,6 +147,8 @@ class Trainer:
             if train_cfg.tensorboard:
                 sinks.append(TensorBoardSink(paths.tensorboard_dir))
             self.sink = MultiSink(sinks)
+        device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        self.peak_tflops = peak_tflops(device_name, compute_dtype_name(ds_config))
         self.step = 0
         self.interval = 0
         self.batches_done = 0
@@ -234,7 +240,10 @@ class Trainer:
             skipped = batch.pop(SKIPPED_KEY, {})
             window.skipped.update(skipped)
             window.samples += batch["input_ids"].shape[0]
-            window.text_tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
+            work = self.task.batch_stats(batch)  # from the CPU batch: no device sync
+            window.text_tokens += work["text_tokens"]
+            window.image_tokens += work["image_tokens"]
+            window.flops += work["flops"]
             batch = _to_device(batch, self.engine.device)
             out = self.engine(batch)
             self.engine.backward(out["loss"])
@@ -257,11 +266,11 @@ class Trainer:
     def log(self, window: _Window) -> None:
         elapsed = time.perf_counter() - window.start
         stats = torch.tensor(
-            [window.loss_sum.item(), window.micro_batches, window.samples, window.text_tokens, window.data_s,
-             elapsed], dtype=torch.float64,
+            [window.loss_sum.item(), window.micro_batches, window.samples, window.text_tokens,
+             window.image_tokens, window.flops, window.data_s, elapsed], dtype=torch.float64,
         )
         dist.all_reduce(stats)
-        loss_sum, micro, samples, tokens, data_s, elapsed_sum = stats.tolist()
+        loss_sum, micro, samples, tokens, image_tokens, flops, data_s, elapsed_sum = stats.tolist()
         skipped_all: list[Counter] = [Counter() for _ in range(self.world_size)]
         dist.all_gather_object(skipped_all, window.skipped)
         skipped = sum(skipped_all, Counter())
@@ -272,6 +281,8 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         gnorm = self.engine.get_global_grad_norm()
         gnorm = float(gnorm) if gnorm is not None else float("nan")
+        tflops_per_device = flops / wall / self.world_size / 1e12
+        utilization = mfu(tflops_per_device, self.peak_tflops)
         record = {
             "step": self.step,
             "loss": loss,
@@ -279,15 +290,23 @@ class Trainer:
             "grad_norm": gnorm,
             "samples_per_s": samples / wall,
             "text_tokens_per_s": tokens / wall,
+            "image_tokens_per_s": image_tokens / wall,
+            "tflops_per_device": tflops_per_device,
             "data_wait_pct": 100.0 * data_s / elapsed_sum,
             "skipped": float(sum(self.skipped_total.values())),
         }
+        if utilization is not None:
+            record["mfu"] = utilization
+        if torch.cuda.is_available():
+            record["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         self.history.append(record)
         logger.info(
             "interval %d | step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.1f samp/s | "
-            "%.0f tok/s | data-wait %.0f%% | skipped %d",
+            "%.0f tok/s | %.0f img tok/s | %.3g TFLOP/s/dev%s | data-wait %.0f%% | skipped %d",
             self.interval, self.step, self.plan.total_steps, loss, lr, gnorm, record["samples_per_s"],
-            record["text_tokens_per_s"], record["data_wait_pct"], record["skipped"],
+            record["text_tokens_per_s"], record["image_tokens_per_s"], tflops_per_device,
+            f" | MFU {100 * utilization:.1f}%" if utilization is not None else "",
+            record["data_wait_pct"], record["skipped"],
         )
         self.sink.scalars(self.step, {
             "interval": self.interval,

@@ -51,6 +51,10 @@ class TaskPretrainConfig:
     Unset: the preset's default tokenizer."""
     max_length: int | None = None
     """Longest target in tokens, task token included. Unset: the preset's decoder max length."""
+    encoder_grad_checkpointing: bool = False
+    """Recompute image-encoder blocks in backward instead of storing their activations."""
+    decoder_grad_checkpointing: bool = False
+    """Recompute text-decoder layers in backward instead of storing their activations."""
     opt: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and LR schedule."""
     num_intervals: int = 30

@@ -15,6 +15,7 @@ from pixparse.data.tokenizer import add_task_tokens, create_tokenizer
 from pixparse.data.transforms import ResizePad, TextTargets, collate_text_image
 from pixparse.models import Cruller, create_model, get_model_config
 from pixparse.models.config import ModelConfig
+from pixparse.models.flops import cruller_flops
 from pixparse.tasks.config import TaskPretrainConfig
 
 PRETRAIN_PROMPT = "<s_pretrain>"
@@ -68,6 +69,8 @@ class TaskCrullerPretrain(nn.Module):
                 f"--task.max_length={self.max_length} exceeds the decoder's "
                 f"{self.model.text_decoder.max_positions} positions"
             )
+        self.model.image_encoder.set_grad_checkpointing(cfg.encoder_grad_checkpointing)
+        self.model.text_decoder.set_grad_checkpointing(cfg.decoder_grad_checkpointing)
         enc = self.model.image_encoder
         mean, std = enc.trunk.pretrained_cfg.get("mean", (0.5,)), enc.trunk.pretrained_cfg.get("std", (0.5,))
         if self.model_cfg.image_encoder.image_fmt == "L":
@@ -89,6 +92,18 @@ class TaskCrullerPretrain(nn.Module):
             collate_text_image, pad_id=self.tokenizer.pad_token_id,
             pad_to_multiple_of=data_cfg.pad_to_multiple_of,
         )
+
+    def batch_stats(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Work in a (CPU) batch, for throughput: model FLOPs of one training step on it, image
+        tokens and real text tokens."""
+        size, text_len = batch["input_ids"].shape
+        _, train_flops = cruller_flops(self.model, text_len)  # padded length: the kernels do that work
+        trunk = self.model.image_encoder.trunk
+        return {
+            "flops": float(train_flops * size),
+            "image_tokens": float(size * trunk.patch_embed.num_patches),
+            "text_tokens": float(batch["attention_mask"].sum()),
+        }
 
     def export_info(self) -> dict[str, Any]:
         """What a loader of the exported weights needs besides the preset."""
