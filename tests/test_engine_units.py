@@ -41,3 +41,24 @@ def test_plan_counts_steps_and_rejects_tiny_intervals():
     assert (plan.global_batch_size, plan.steps_per_interval, plan.total_steps, plan.warmup_steps) == (8, 8, 24, 4)
     with pytest.raises(ValueError, match="smaller than one global batch"):
         make_plan(DataLoaderConfig(source="x.tar", batch_size=64, num_samples=64), OptimConfig(), 1, 0, 2)
+
+
+def test_interval_unit_makes_a_staircase():
+    f = lr_multiplier("linear", warmup_steps=0, total_steps=40, steps_per_interval=10)
+    assert [f(s) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert f(10) == f(19) == pytest.approx(0.75)
+
+
+def test_layer_decay_scales_encoder_blocks_only():
+    model = create_model(get_model_config("cruller_tiny"), 300, 0, 1)  # 2 encoder blocks
+    opt = create_optimizer(model, OptimConfig(learning_rate=1.0, layer_decay=0.5))
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["image_encoder.trunk.patch_embed.proj.weight"])] == 0.25
+    assert lr_of[id(named["image_encoder.trunk.blocks.0.attn.qkv.weight"])] == 0.5
+    assert lr_of[id(named["image_encoder.trunk.blocks.1.attn.qkv.weight"])] == 1.0
+    assert lr_of[id(named["text_decoder.model.model.decoder.layers.0.fc1.weight"])] == 1.0
+    assert len(lr_of) == len(named)
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert wd_of[id(named["image_encoder.trunk.pos_embed"])] == 0.0
+    assert wd_of[id(named["image_encoder.trunk.blocks.0.attn.qkv.weight"])] > 0

@@ -4,12 +4,22 @@ from collections.abc import Callable
 
 
 def lr_multiplier(
-    schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+    schedule: str,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float = 0.0,
+    steps_per_interval: int | None = None,
 ) -> Callable[[int], float]:
     """Linear warmup from ~0 to 1 over warmup_steps, then cosine/linear decay to min_lr_ratio
-    at total_steps, or constant."""
+    at total_steps, or constant. With steps_per_interval, the value only changes at interval
+    starts (the value of the interval's first step)."""
 
     def fn(step: int) -> float:
+        if steps_per_interval:
+            step = step - step % steps_per_interval
+        return _at(step)
+
+    def _at(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         if schedule == "constant" or total_steps <= warmup_steps:

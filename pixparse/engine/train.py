@@ -127,7 +127,10 @@ class Trainer:
         optimizer = create_optimizer(task, opt_cfg, ds_config)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lr_multiplier(opt_cfg.schedule, plan.warmup_steps, plan.total_steps, opt_cfg.min_lr_ratio),
+            lr_multiplier(
+                opt_cfg.schedule, plan.warmup_steps, plan.total_steps, opt_cfg.min_lr_ratio,
+                plan.steps_per_interval if opt_cfg.schedule_unit == "interval" else None,
+            ),
         )
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=task, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config

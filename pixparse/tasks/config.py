@@ -22,6 +22,11 @@ class OptimConfig:
     """Micro-batches accumulated per optimizer step."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """LR decay after warmup."""
+    schedule_unit: Literal["step", "interval"] = "step"
+    """Update the LR every optimizer step, or once per interval (a staircase)."""
+    layer_decay: float | None = None
+    """Layer-wise LR decay of the image encoder (e.g. 0.75: each block down gets 0.75x the LR
+    of the one above); unset: the same LR everywhere."""
     min_lr_ratio: float = 0.0
     """Final LR as a fraction of the peak."""
 
@@ -36,6 +41,8 @@ class OptimConfig:
             raise ValueError(
                 f"--task.opt.clip_grad_value must be > 0 (or unset), got {self.clip_grad_value}"
             )
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"--task.opt.layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"--task.opt.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
