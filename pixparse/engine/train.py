@@ -281,7 +281,7 @@ class Trainer:
         self.samples_read += int(samples) + sum(skipped.values())
         wall = elapsed_sum / self.world_size
         loss = loss_sum / micro
-        lr = self.scheduler.get_last_lr()[0]
+        lr = max(self.scheduler.get_last_lr())  # the peak group (others are layer-decayed)
         gnorm = self.engine.get_global_grad_norm()
         gnorm = float(gnorm) if gnorm is not None else float("nan")
         tflops_per_device = flops / wall / self.world_size / 1e12
