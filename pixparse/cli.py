@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 COMMANDS: dict[str, type] = {"pretrain": PretrainConfig}
 
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; requeue me
+
 
 def _tuple_flags(cls: type, prefix: str = "--") -> dict[str, int]:
     """Flags of fixed-length tuple fields ('--task.opt.betas': 2) in a config dataclass tree."""
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     if command == "pretrain":
         from pixparse.app.run import run_pretrain
 
-        run_pretrain(cfg)
+        if not run_pretrain(cfg):
+            raise SystemExit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,12 @@ def test_shipped_ds_configs_resolve():
     for name in ("zero2_bf16", "zero3_bf16", "zero2_fp32"):
         ds = resolve_ds_config(f"{REPO}/ds_configs/{name}.json", 2, 1, 2, None)
         assert ds["train_batch_size"] == 4
+
+
+@pytest.mark.parametrize("recipe", sorted(__import__("glob").glob(f"{REPO}/launch/recipes/*.yaml")))
+def test_every_recipe_parses(recipe):
+    _, cfg = parse(["pretrain", "--deepspeed_config", "ds_configs/zero2_bf16.json", "--config", recipe])
+    assert cfg.data.train.num_samples > 0 and cfg.task.num_intervals > 0
+    from pixparse.models import get_model_config
+
+    get_model_config(cfg.task.model_name)

@@ -45,6 +45,7 @@ def _check_precision_supported(ds_config: dict, path: str) -> None:
 def run_pretrain(cfg: PretrainConfig) -> bool:
     """Validate, set up distributed, build the task and train. False if stopped by a signal."""
     from pixparse.data.loader import check_shards_cover
+    from pixparse.engine import checkpoint
     from pixparse.engine import dist as pdist
     from pixparse.engine import logging as plogging
     from pixparse.engine.ds_config import resolve_ds_config
@@ -63,6 +64,8 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
     from pixparse.models import get_model_config
 
     model_cfg = get_model_config(cfg.task.model_name)
+    if cfg.train.resume == "auto" and not cfg.train.experiment:
+        raise ValueError("--train.resume auto needs a fixed --train.experiment to find its checkpoints")
     if cfg.train.experiment and not cfg.train.resume:
         _refuse_to_overwrite(cfg)
 
@@ -102,8 +105,12 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
         task, cfg.data.train, cfg.train, cfg.task.opt, plan, cfg.task.num_intervals, ds_config,
         paths, config_dict,
     )
-    if cfg.train.resume:
-        trainer.resume(cfg.train.resume)
+    resume = cfg.train.resume
+    if resume == "auto":
+        resume = "latest" if checkpoint.list_complete_tags(paths.checkpoint_dir) else None
+        logger.info("--train.resume auto: %s", "resuming from latest" if resume else "no checkpoint, starting fresh")
+    if resume:
+        trainer.resume(resume)
     finished = trainer.fit()
     logger.info("done: logs %s, checkpoints %s%s", os.path.join(run_dir, cfg.train.log_filename),
                 paths.checkpoint_dir, f", tensorboard {paths.tensorboard_dir}" if cfg.train.tensorboard else "")

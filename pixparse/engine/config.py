@@ -23,7 +23,8 @@ class TrainConfig:
     keep_last_k: int = 3
     """Checkpoints to keep; older ones are deleted after a newer one is complete."""
     resume: str | None = None
-    """'latest' or a checkpoint folder to resume from."""
+    """'latest', a checkpoint folder, or 'auto' (latest if this experiment has one, else start
+    fresh: what a requeued job wants)."""
 
     def __post_init__(self) -> None:
         if self.log_every_n_steps <= 0:
