@@ -41,3 +41,26 @@ def test_hf_vision_encoder_decoder_matches_and_generates(tmp_path):
         assert torch.allclose(ours, theirs, atol=1e-5)
         out = reloaded.generate(pixel_values=image, max_new_tokens=4, do_sample=False)
     assert out.shape[0] == 2 and (out[:, 0] == start).all()
+
+
+def test_init_from_export_adds_tokens_and_keeps_weights(tmp_path):
+    from pixparse.data.tokenizer import create_tokenizer
+
+    # A "previous run" whose tokenizer lacks the pretrain token: it must be added, rows resized.
+    source = TaskCrullerPretrain(TaskPretrainConfig(model_name="cruller_tiny")).eval()
+    plain_tok = create_tokenizer("byte")
+    vocab = len(plain_tok)
+    source.model = __import__("pixparse.models", fromlist=["create_model"]).create_model(
+        source.model_cfg, vocab, plain_tok.pad_token_id, plain_tok.eos_token_id).eval()
+    info = dict(source.export_info(), vocab_size=vocab)
+    save_exported(source.model, source.model_cfg, plain_tok, str(tmp_path), info)
+
+    task = TaskCrullerPretrain(TaskPretrainConfig(model_name="ignored", init_from=str(tmp_path))).eval()
+    assert len(task.tokenizer) == vocab + 1
+    assert task.model.text_decoder.model.get_input_embeddings().weight.shape[0] == vocab + 1
+    image, _ = _inputs(task)
+    ids = torch.randint(0, vocab, (2, 9))
+    with torch.no_grad():
+        before = source.model(image, ids, torch.ones_like(ids))
+        after = task.model(image, ids, torch.ones_like(ids))
+    assert torch.allclose(before, after[..., :vocab], atol=1e-6)

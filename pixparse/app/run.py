@@ -63,7 +63,12 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
     check_shards_cover(cfg.data.train, world_size)
     from pixparse.models import get_model_config
 
-    model_cfg = get_model_config(cfg.task.model_name)
+    if cfg.task.init_from:
+        from pixparse.models.export import read_source
+
+        model_cfg = read_source(cfg.task.init_from)[0]
+    else:
+        model_cfg = get_model_config(cfg.task.model_name)
     if cfg.train.resume == "auto" and not cfg.train.experiment:
         raise ValueError("--train.resume auto needs a fixed --train.experiment to find its checkpoints")
     if cfg.train.experiment and not cfg.train.resume:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pixparse.models.export import CHECKPOINT_ASSETS
+
 logger = logging.getLogger(__name__)
 
 _TAG = re.compile(r"^step_(\d{8})$")
@@ -60,7 +62,7 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-ASSETS = "assets"
+ASSETS = CHECKPOINT_ASSETS
 
 
 def save(

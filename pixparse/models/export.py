@@ -2,6 +2,7 @@
 VisionEncoderDecoderModel folder so `generate()` works in transformers directly."""
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from pixparse.models.config import ModelConfig
 from pixparse.models.cruller import Cruller, create_model
 
 WEIGHTS = "model.safetensors"
+CHECKPOINT_ASSETS = "assets"  # what a checkpoint tag carries for export (see engine.checkpoint)
 MODEL_CONFIG = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
 
@@ -26,20 +28,77 @@ def save_exported(
     tokenizer.save_pretrained(os.path.join(out_dir, TOKENIZER_DIR))
 
 
-def load_exported(export_dir: str, dtype: torch.dtype = torch.float32) -> tuple[Cruller, Any, dict[str, Any]]:
-    """(model, tokenizer, extra) from a save_exported folder; needs no DeepSpeed."""
+def checkpoint_state_dict(tag_dir: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of the module a DeepSpeed checkpoint tag holds, keys as in that module.
+
+    ZeRO-2/3: the fp32 master copy, gathered from every rank's optimizer partition by
+    DeepSpeed's zero_to_fp32. ZeRO-0/1 shard nothing of the weights: read the module states
+    (in the precision they were trained in) and upcast.
+    """
+    import glob
+
+    tag_dir = tag_dir.rstrip("/")
+    ckpt_dir, tag = os.path.dirname(os.path.abspath(tag_dir)), os.path.basename(tag_dir)
+    if glob.glob(os.path.join(tag_dir, "*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        try:
+            return dict(get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag))
+        except ValueError:  # ZeRO-0/1 layouts are not zero_to_fp32 convertible
+            pass
+    states = os.path.join(tag_dir, "mp_rank_00_model_states.pt")
+    if not os.path.isfile(states):
+        raise ValueError(f"{tag_dir} holds no DeepSpeed model states (mp_rank_00_model_states.pt)")
+    module = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() for k, v in module.items()}
+
+
+def read_source(path: str) -> tuple[ModelConfig, Any, dict[str, Any], Callable[[], dict[str, torch.Tensor]]]:
+    """A previous run's export folder or checkpoint tag -> (preset, tokenizer, info, weights()).
+
+    weights() returns the Cruller state dict (tied LM head included) when called.
+    """
     from transformers import AutoTokenizer
 
-    with open(os.path.join(export_dir, MODEL_CONFIG)) as f:
+    if os.path.isfile(os.path.join(path, WEIGHTS)):  # an export
+        assets = path
+
+        def weights() -> dict[str, torch.Tensor]:
+            from safetensors.torch import load_file
+
+            return load_file(os.path.join(path, WEIGHTS))
+    elif os.path.isdir(os.path.join(path, CHECKPOINT_ASSETS)):  # a checkpoint tag
+        assets = os.path.join(path, CHECKPOINT_ASSETS)
+
+        def weights() -> dict[str, torch.Tensor]:
+            prefix = "model."  # the task module wraps the model as .model
+            return {k[len(prefix):]: v for k, v in checkpoint_state_dict(path).items() if k.startswith(prefix)}
+    else:
+        raise ValueError(f"{path} is neither a pixparse export ({WEIGHTS}) nor a checkpoint tag "
+                         f"({CHECKPOINT_ASSETS}/)")
+    with open(os.path.join(assets, MODEL_CONFIG)) as f:
         raw = json.load(f)
-    extra = raw.pop("pixparse")
-    tokenizer = AutoTokenizer.from_pretrained(os.path.join(export_dir, TOKENIZER_DIR), local_files_only=True)
-    model = create_model(
-        ModelConfig.from_dict(raw), vocab_size=extra["vocab_size"],
-        pad_token_id=extra["pad_token_id"], eos_token_id=extra["eos_token_id"],
-    )
+    info = raw.pop("pixparse")
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(assets, TOKENIZER_DIR), local_files_only=True)
+    return ModelConfig.from_dict(raw), tokenizer, info, weights
+
+
+def load_weights(model: Cruller, weights: dict[str, torch.Tensor]) -> None:
+    """Strict load; a tied LM head may be stored only as the embedding (safetensors dedup)."""
+    tied, embed = "text_decoder.model.lm_head.weight", "text_decoder.model.model.decoder.embed_tokens.weight"
+    if tied not in weights and embed in weights:
+        weights = {**weights, tied: weights[embed]}
+    elif embed not in weights and tied in weights:
+        weights = {**weights, embed: weights[tied]}
+    model.load_state_dict(weights, strict=True)
+
+
+def load_exported(export_dir: str, dtype: torch.dtype = torch.float32) -> tuple[Cruller, Any, dict[str, Any]]:
+    """(model, tokenizer, extra) from a save_exported folder; needs no DeepSpeed."""
+    model_cfg, tokenizer, info, _ = read_source(export_dir)
+    model = create_model(model_cfg, info["vocab_size"], info["pad_token_id"], info["eos_token_id"])
     load_model(model, os.path.join(export_dir, WEIGHTS), strict=True)
-    return model.to(dtype).eval(), tokenizer, extra
+    return model.to(dtype).eval(), tokenizer, info
 
 
 def to_hf_vision_encoder_decoder(model: Cruller, decoder_start_token_id: int) -> Any:

@@ -51,6 +51,9 @@ class OptimConfig:
 class TaskPretrainConfig:
     model_name: str = "cruller_base"
     """Model preset name (see pixparse.models.list_presets()) or a path to a preset JSON."""
+    init_from: str | None = None
+    """Start from a previous run's export folder or checkpoint tag: its preset, tokenizer and
+    weights (--task.model_name is then ignored); new task tokens are added, embeddings resized."""
     pretrained: bool = False
     """Load pretrained encoder/decoder weights named by the preset (timm / HF hub or local)."""
     tokenizer: str | None = None
@@ -82,6 +85,11 @@ class TaskPretrainConfig:
             raise ValueError(
                 f"--task.num_warmup_intervals must be in [0, --task.num_intervals="
                 f"{self.num_intervals}], got {self.num_warmup_intervals}"
+            )
+        if self.init_from is not None and (self.tokenizer is not None or self.pretrained):
+            raise ValueError(
+                "--task.init_from brings its own tokenizer and weights: drop --task.tokenizer and "
+                "--task.pretrained"
             )
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"--task.max_length must be >= 2, got {self.max_length}")

@@ -1,6 +1,7 @@
 """OCR-reading pretraining (Donut's 'read the page' objective): image -> page text."""
 import functools
 import json
+import logging
 import os
 import random
 from typing import Any
@@ -15,8 +16,11 @@ from pixparse.data.tokenizer import add_task_tokens, create_tokenizer
 from pixparse.data.transforms import ResizePad, TextTargets, collate_text_image
 from pixparse.models import Cruller, create_model, get_model_config
 from pixparse.models.config import ModelConfig
+from pixparse.models.export import load_weights, read_source
 from pixparse.models.flops import cruller_flops
 from pixparse.tasks.config import TaskPretrainConfig
+
+logger = logging.getLogger(__name__)
 
 PRETRAIN_PROMPT = "<s_pretrain>"
 
@@ -52,18 +56,28 @@ class TaskCrullerPretrain(nn.Module):
     def __init__(self, cfg: TaskPretrainConfig, model_cfg: ModelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.model_cfg = model_cfg or get_model_config(cfg.model_name)
-        dec_cfg = self.model_cfg.text_decoder
-        self.tokenizer = create_tokenizer(cfg.tokenizer or dec_cfg.tokenizer)
-        add_task_tokens(self.tokenizer, [PRETRAIN_PROMPT])
-        self.max_length = cfg.max_length or dec_cfg.max_length
-        self.model: Cruller = create_model(
-            self.model_cfg,
-            vocab_size=len(self.tokenizer),
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pretrained=cfg.pretrained,
-        )
+        if cfg.init_from:
+            self.model_cfg, self.tokenizer, info, weights = read_source(cfg.init_from)
+            self.model: Cruller = create_model(
+                self.model_cfg, info["vocab_size"], info["pad_token_id"], info["eos_token_id"]
+            )
+            load_weights(self.model, weights())
+            logger.info("initialized from %s (%s)", cfg.init_from, info.get("task"))
+            if add_task_tokens(self.tokenizer, [PRETRAIN_PROMPT]):
+                # HF resizing initializes the new rows around the mean of the old embeddings.
+                self.model.text_decoder.model.resize_token_embeddings(len(self.tokenizer))
+        else:
+            self.model_cfg = model_cfg or get_model_config(cfg.model_name)
+            self.tokenizer = create_tokenizer(cfg.tokenizer or self.model_cfg.text_decoder.tokenizer)
+            add_task_tokens(self.tokenizer, [PRETRAIN_PROMPT])
+            self.model = create_model(
+                self.model_cfg,
+                vocab_size=len(self.tokenizer),
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                pretrained=cfg.pretrained,
+            )
+        self.max_length = cfg.max_length or self.model_cfg.text_decoder.max_length
         if self.max_length > self.model.text_decoder.max_positions:
             raise ValueError(
                 f"--task.max_length={self.max_length} exceeds the decoder's "
