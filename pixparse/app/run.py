@@ -106,16 +106,19 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
     num_params = sum(p.numel() for p in task.parameters())
     logger.info("model %s: %.2fM parameters, tokenizer vocab %d",
                 cfg.task.model_name, num_params / 1e6, len(task.tokenizer))
-    trainer = Trainer(
-        task, cfg.data.train, cfg.train, cfg.task.opt, plan, cfg.task.num_intervals, ds_config,
-        paths, config_dict,
-    )
     resume = cfg.train.resume
     if resume == "auto":
         resume = "latest" if checkpoint.list_complete_tags(paths.checkpoint_dir) else None
         logger.info("--train.resume auto: %s", "resuming from latest" if resume else "no checkpoint, starting fresh")
-    if resume:
-        trainer.resume(resume)
+    source = checkpoint.prepare_resume(resume, paths.checkpoint_dir, world_size) if resume else None
+    if source is not None and source.universal:
+        ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    trainer = Trainer(
+        task, cfg.data.train, cfg.train, cfg.task.opt, plan, cfg.task.num_intervals, ds_config,
+        paths, config_dict,
+    )
+    if source is not None:
+        trainer.resume(source)
     finished = trainer.fit()
     logger.info("done: logs %s, checkpoints %s%s", os.path.join(run_dir, cfg.train.log_filename),
                 paths.checkpoint_dir, f", tensorboard {paths.tensorboard_dir}" if cfg.train.tensorboard else "")

@@ -11,7 +11,10 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -122,9 +125,45 @@ def read_state(ckpt_dir: str, tag: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def load_rng(ckpt_dir: str, tag: str, rank: int) -> bool:
+@dataclass
+class ResumeSource:
+    load_dir: str  # what DeepSpeed's load_checkpoint reads (the universal copy when elastic)
+    tag: str
+    rng_dir: str  # the original tag folder (RNG files, marker)
+    state: dict[str, Any]
+    universal: bool
+
+
+UNIVERSAL_DIR = "universal"
+
+
+def prepare_resume(spec: str, ckpt_dir: str, world_size: int) -> ResumeSource:
+    """Resolve --train.resume; when the world size changed, convert the tag once (rank 0) to
+    DeepSpeed's universal checkpoint format, which loads on any number of ranks. Collective."""
+    ckpt_dir, tag = resolve_resume(spec, ckpt_dir)
+    state = read_state(ckpt_dir, tag)
+    tag_dir = os.path.join(ckpt_dir, tag)
+    if state["world_size"] == world_size:
+        return ResumeSource(ckpt_dir, tag, tag_dir, state, universal=False)
+    universal_dir = os.path.join(ckpt_dir, UNIVERSAL_DIR)
+    out = os.path.join(universal_dir, tag)
+    if dist.get_rank() == 0 and not os.path.isfile(os.path.join(out, MARKER)):
+        logger.info("converting %s (%d ranks) to a universal checkpoint for %d ranks",
+                    tag_dir, state["world_size"], world_size)
+        shutil.rmtree(out, ignore_errors=True)
+        subprocess.run(
+            [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", tag_dir,
+             "--output_folder", out, "--inject_missing_state"],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        _atomic_write(os.path.join(out, MARKER), json.dumps(state))
+    dist.barrier()
+    return ResumeSource(universal_dir, tag, tag_dir, state, universal=True)
+
+
+def load_rng(tag_dir: str, rank: int) -> bool:
     """Restore this rank's RNG state if the checkpoint has one for it."""
-    path = os.path.join(ckpt_dir, tag, f"rng_state_rank{rank}.pt")
+    path = os.path.join(tag_dir, f"rng_state_rank{rank}.pt")
     if not os.path.isfile(path):
         return False
     set_rng_state(torch.load(path, weights_only=False))

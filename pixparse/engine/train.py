@@ -180,24 +180,50 @@ class Trainer:
         logger.info("saved checkpoint %s", path)
         return path
 
-    def resume(self, spec: str) -> None:
-        ckpt_dir, tag = checkpoint.resolve_resume(spec, self.paths.checkpoint_dir)
-        state = checkpoint.read_state(ckpt_dir, tag)
-        if state["global_batch_size"] != self.plan.global_batch_size:
+    def resume(self, source: "checkpoint.ResumeSource") -> None:
+        """Load model, optimizer, scheduler, data position and RNG from a complete checkpoint.
+
+        Same world size and global batch: exact (the next batches are those an uninterrupted run
+        would have seen). Another world size (loaded through DeepSpeed's universal format): the
+        interval restarts from its beginning, with the step count and LR schedule of this run.
+        """
+        state = source.state
+        elastic = state["world_size"] != self.world_size
+        if not elastic and state["global_batch_size"] != self.plan.global_batch_size:
             raise ValueError(
-                f"--train.resume: {tag} was trained with global batch {state['global_batch_size']}, "
-                f"this run has {self.plan.global_batch_size}; the data position would not match"
+                f"--train.resume: {source.tag} was trained with global batch {state['global_batch_size']}, "
+                f"this run has {self.plan.global_batch_size}; keep --data.train.batch_size and "
+                f"--task.opt.grad_accum_steps as they were"
             )
-        load_path, _ = self.engine.load_checkpoint(ckpt_dir, tag=tag)
+        load_path, _ = self.engine.load_checkpoint(source.load_dir, tag=source.tag)
         if load_path is None:
-            raise ValueError(f"--train.resume: DeepSpeed could not load {ckpt_dir}/{tag}")
+            raise ValueError(f"--train.resume: DeepSpeed could not load {source.load_dir}/{source.tag}")
         if state["config_hash"] != self.config_hash:
             logger.warning("resuming from %s written with a different config", load_path)
-        self.step, self.interval, self.batches_done = state["step"], state["interval"], state["batches_done"]
-        if not checkpoint.load_rng(ckpt_dir, tag, self.rank):
+        self.interval, self.batches_done = state["interval"], state["batches_done"]
+        self.step = state["step"]
+        if elastic:
+            redo = (state["step"] - self.interval * state["steps_per_interval"]) * state["global_batch_size"]
+            self.batches_done = 0
+            self.step = self.interval * self.plan.steps_per_interval
+            self._set_schedule_step(self.step)
+            logger.warning(
+                "checkpoint written by %d rank(s), resuming on %d: global batch %d -> %d, steps per "
+                "interval %d -> %d; interval %d restarts from its beginning (%d samples seen again)",
+                state["world_size"], self.world_size, state["global_batch_size"], self.plan.global_batch_size,
+                state["steps_per_interval"], self.plan.steps_per_interval, self.interval, redo,
+            )
+        if not checkpoint.load_rng(source.rng_dir, self.rank):
             logger.warning("no RNG state for rank %d in %s: random streams restart", self.rank, load_path)
         logger.info("resumed from %s at step %d (interval %d, %d batches in)",
                     load_path, self.step, self.interval, self.batches_done)
+
+    def _set_schedule_step(self, step: int) -> None:
+        sched = self.scheduler
+        for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * fn(step)
+        sched.last_epoch = step
+        sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signal = signum
