@@ -1,20 +1,25 @@
 """Measurements that are plain math or plain hooks: activation bytes, FLOPs, MFU."""
-from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
 
 @contextmanager
-def count_saved_activations() -> Iterator[dict[str, int]]:
-    """Bytes of tensors autograd saves for backward inside the block (device-agnostic, so it
-    measures activation memory on CPU too). Parameters saved by reference are counted as well;
-    compare two runs of the same model to see the activation part."""
+def count_saved_activations(exclude: Iterable[torch.Tensor] = ()) -> Iterator[dict[str, int]]:
+    """Memory autograd holds for backward inside the block: the bytes of the distinct storages
+    of saved tensors, leaving out those of `exclude` (pass the parameters: saved by reference,
+    they are no new memory). Device-agnostic, so it measures activation memory on CPU too."""
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    storages: dict[int, int] = {}
     stats = {"bytes": 0, "tensors": 0}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        stats["bytes"] += t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in excluded and ptr not in storages:
+            storages[ptr] = storage.nbytes()
+            stats["bytes"] += storage.nbytes()
         stats["tensors"] += 1
         return t
 
