@@ -6,11 +6,11 @@ import os
 from typing import Literal
 
 import torch
-from jsonargparse import auto_cli
 
 from pixparse.engine.checkpoint import MARKER
 from pixparse.models.cruller import create_model
 from pixparse.models.export import load_weights, read_source, save_exported, to_hf_vision_encoder_decoder
+from pixparse.app.tool import run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,7 @@ def export(
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        auto_cli(export, args=argv)
-    except ValueError as e:
-        raise SystemExit(f"pixparse.app.export: error: {e}") from None
+    run_tool(export, argv, positional=True)
 
 
 if __name__ == "__main__":

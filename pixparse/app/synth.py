@@ -1,9 +1,9 @@
 """`python -m pixparse.app.synth`: write synthetic IDL-format document shards (no download)."""
 import logging
 
-from jsonargparse import auto_cli, set_parsing_settings
 
 from pixparse.data.write import write_synth_shards
+from pixparse.app.tool import run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +34,7 @@ def synth(
 
 
 def main(argv: list[str] | None = None) -> None:
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    try:
-        auto_cli(synth, args=argv, as_positional=False)
-    except ValueError as e:
-        raise SystemExit(f"pixparse.app.synth: error: {e}") from None
+    run_tool(synth, argv)
 
 
 if __name__ == "__main__":

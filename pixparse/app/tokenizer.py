@@ -4,11 +4,11 @@ import json
 from collections.abc import Iterator
 
 import webdataset as wds
-from jsonargparse import auto_cli
 
 from pixparse.data.decode import page_lines
 from pixparse.data.loader import expand_source
 from pixparse.data.tokenizer import train_sentencepiece
+from pixparse.app.tool import run_tool
 
 
 def shard_texts(source: str, max_documents: int | None = None) -> Iterator[str]:
@@ -47,10 +47,7 @@ def train_tokenizer(
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        auto_cli(train_tokenizer, args=argv, as_positional=False)
-    except ValueError as e:
-        raise SystemExit(f"pixparse.app.tokenizer: error: {e}") from None
+    run_tool(train_tokenizer, argv)
 
 
 if __name__ == "__main__":
