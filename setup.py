@@ -23,6 +23,7 @@ setup(
         "pillow>=10.1",
         "numpy>=1.24",
         "pyyaml>=6.0",
+        "tqdm>=4.60",
     ],
     extras_require={
         # ZeRO-3 zero.Init of HF decoders needs accelerate (transformers' HfDeepSpeedConfig)

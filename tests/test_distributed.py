@@ -69,7 +69,7 @@ def test_single_rank_cli_trains_saves_and_resumes(synth_shards, tmp_path):
     assert (ckpt / "latest").read_text().strip() == "step_00000064"
 
 
-@pytest.mark.parametrize("ds_config", ["zero2_bf16", "zero3_bf16"])
+@pytest.mark.parametrize("ds_config", ["zero2_bf16", "zero3_bf16", "zero3_fp32"])
 def test_two_ranks_with_the_deepspeed_launcher_loss_falls(synth_shards, tmp_path, ds_config):
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
            "--master_port", str(free_port()), f"{REPO}/launch/train.py"]
@@ -129,7 +129,11 @@ def test_resume_mid_interval_reaches_the_same_parameters(synth_shards, tmp_path)
 
     train = [sys.executable, "-m", "pixparse.app.train"]
     common = ["--task.num_intervals", "2", "--train.keep_last_k", "10"]
-    _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "full", *common))
+    # Saving (every 8 steps, keeping 2) must not change training either.
+    _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "full", *common[:2],
+                       "--train.checkpoint_every_n_steps", "8", "--train.keep_last_k", "2"))
+    kept = sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000056", "step_00000064"]
     _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "part", *common,
                        "--train.checkpoint_every_n_steps", "10"))
     mid = tmp_path / "part" / "checkpoints" / "step_00000010"
@@ -194,10 +198,13 @@ def test_fp16_on_cpu_fails_before_training(synth_shards, tmp_path):
 def test_torchrun_two_ranks(synth_shards, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            f"{REPO}/launch/train.py"]
-    cmd += _args(synth_shards, tmp_path, "zero2_bf16", "tr", "--task.num_intervals", "1")
+    cmd += _args(synth_shards, tmp_path, "zero2_bf16", "tr", "--task.num_intervals", "1",
+                 "--task.opt.grad_accum_steps", "2")
     proc = _run(cmd)
-    assert "2 rank(s), 16 steps/interval" in proc.stdout + proc.stderr
-    assert _metrics(tmp_path, "tr")[-1]["step"] == 16
+    assert "2 rank(s), 8 steps/interval" in proc.stdout + proc.stderr  # 64 / (2 x 2 x 2)
+    assert _metrics(tmp_path, "tr")[-1]["step"] == 8
+    ds = json.loads((tmp_path / "tr" / "ds_config.json").read_text())
+    assert (ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (2, 8)
 
 
 def test_elastic_resume_two_to_one_and_back(synth_shards, tmp_path):

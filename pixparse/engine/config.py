@@ -16,6 +16,8 @@ class TrainConfig:
     """Log file name inside the run folder (rank 0)."""
     log_every_n_steps: int = 10
     """Optimizer steps between log lines; step 1 and the last step of an interval always log."""
+    progress_bar: bool = True
+    """A progress bar per interval on rank 0 (only when stderr is a terminal)."""
     seed: int = 42
     """Seed for model init, data order and augmentation."""
     checkpoint_every_n_steps: int = 0

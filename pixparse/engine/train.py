@@ -10,6 +10,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from pixparse.data.config import DataLoaderConfig
 from pixparse.data.loader import SKIPPED_KEY, create_loader
@@ -263,6 +265,17 @@ class Trainer:
         every = self.train_cfg.checkpoint_every_n_steps
         if self.batches_done:
             logger.info("skipping %d batches already trained on in interval %d", self.batches_done, self.interval)
+        bar = tqdm(
+            total=self.plan.steps_per_interval, initial=self.batches_done // self.accum,
+            desc=f"interval {self.interval}", unit="step", mininterval=2.0, dynamic_ncols=True,
+            disable=not (self.train_cfg.progress_bar and self.rank == 0 and sys.stderr.isatty()),
+        )
+        try:
+            return self._run_interval(window, last_step, every, bar)
+        finally:
+            bar.close()
+
+    def _run_interval(self, window: _Window, last_step: int, every: int, bar: tqdm) -> bool:
         data_start = time.perf_counter()
         for batch in self.loader.iter_from(self.batches_done):
             window.data_s += time.perf_counter() - data_start
@@ -282,6 +295,7 @@ class Trainer:
             self.batches_done += 1
             if self.batches_done % self.accum == 0:
                 self.step += 1
+                bar.update(1)
                 if self.step == 1 or self.step % self.train_cfg.log_every_n_steps == 0 or self.step == last_step:
                     self.log(window)
                     window.reset()
