@@ -11,7 +11,8 @@ from PIL import Image
 from pixparse.data.config import DataLoaderConfig
 from pixparse.data.decode import decode_document_page
 from pixparse.data.loader import SKIPPED_KEY, check_shards_cover, create_loader, expand_source
-from pixparse.data.write import funsd_samples, write_shards
+from pixparse.data.formats import read_funsd
+from pixparse.data.write import write_shards
 from pixparse.tasks.config import TaskPretrainConfig
 from pixparse.tasks.pretrain import TaskCrullerPretrain
 
@@ -156,7 +157,7 @@ def test_truncated_tar_is_counted(tmp_path, tiny_task):
 
 def test_real_funsd_pages_convert_and_load(shared_data, tmp_path, tiny_task):
     root = os.path.join(shared_data, "funsd", "testing_data")
-    samples = list(funsd_samples(root))
+    samples = list(read_funsd(root))
     assert len(samples) == 50
     write_shards(iter(samples), str(tmp_path / "funsd-%06d.tar"), 25)
     source = str(tmp_path / "funsd-{000000..000001}.tar")

@@ -1,7 +1,5 @@
 """Write IDL-format WebDataset shards: synthetic documents and real folders (FUNSD)."""
-import glob
 import io
-import json
 import os
 import random
 from collections.abc import Iterable, Iterator
@@ -12,36 +10,73 @@ from pixparse.data.synth import find_fonts, synth_document
 
 
 def write_shards(
-    samples: Iterable[dict[str, bytes]], pattern: str, samples_per_shard: int
+    samples: Iterable[dict[str, bytes]],
+    pattern: str,
+    samples_per_shard: int,
+    max_bytes_per_shard: int | None = None,
 ) -> list[str]:
-    """Write samples ({'__key__', ext: bytes, ...}) into tar shards named by `pattern` % index.
+    """Write samples ({'__key__', ext: bytes, ...}) into tar shards named `pattern % index`.
 
-    Shards are written to a temporary name and renamed when complete, so a crash never leaves
-    a truncated shard under the final name.
+    A shard closes at `samples_per_shard` samples or once it holds `max_bytes_per_shard` bytes
+    of payload. Each is written under a temporary name and renamed when complete, so a crash
+    never leaves a truncated shard under a final name.
     """
     if samples_per_shard <= 0:
         raise ValueError(f"samples_per_shard must be > 0, got {samples_per_shard}")
+    if max_bytes_per_shard is not None and max_bytes_per_shard <= 0:
+        raise ValueError(f"max_bytes_per_shard must be > 0, got {max_bytes_per_shard}")
     os.makedirs(os.path.dirname(os.path.abspath(pattern)), exist_ok=True)
     paths: list[str] = []
-    writer, count = None, 0
+    writer, count, size = None, 0, 0
 
     def close() -> None:
         writer.close()
-        final = pattern % (len(paths))
+        final = pattern % len(paths)
         os.replace(final + ".tmp", final)
         paths.append(final)
 
     for sample in samples:
         if writer is None:
             writer = wds.TarWriter(pattern % len(paths) + ".tmp")
-        writer.write(sample)
+        # webdataset splits the key from the extension at the first dot: keys must have none.
+        writer.write({**sample, "__key__": sample["__key__"].replace(".", "_")})
         count += 1
-        if count == samples_per_shard:
+        size += sum(len(v) for k, v in sample.items() if not k.startswith("__"))
+        if count == samples_per_shard or (max_bytes_per_shard and size >= max_bytes_per_shard):
             close()
-            writer, count = None, 0
+            writer, count, size = None, 0, 0
     if writer is not None:
         close()
     return paths
+
+
+def verify_shards(paths: list[str]) -> tuple[int, list[str]]:
+    """Re-read every sample: tar structure, JSON and every image frame. Returns
+    (samples read, problems as 'shard:key: reason')."""
+    import json
+
+    from PIL import Image
+
+    from pixparse.data.decode import IMAGE_EXTS
+
+    count, problems = 0, []
+    for path in paths:
+        try:
+            for sample in wds.tarfile_samples([{"url": path}]):
+                count += 1
+                where = f"{path}:{sample['__key__']}"
+                try:
+                    json.loads(sample["json"])
+                    ext = next(e for e in IMAGE_EXTS if e in sample)
+                    image = Image.open(io.BytesIO(sample[ext]))
+                    for frame in range(getattr(image, "n_frames", 1)):
+                        image.seek(frame)
+                        image.load()
+                except Exception as e:  # report every kind of damage, keep checking
+                    problems.append(f"{where}: {type(e).__name__}: {e}")
+        except Exception as e:
+            problems.append(f"{path}: unreadable tar: {e}")
+    return count, problems
 
 
 def synth_samples(
@@ -66,34 +101,3 @@ def write_synth_shards(
     """Write `num_shards` shards of synthetic pages as <output_dir>/synth-%06d.tar."""
     samples = synth_samples(num_shards * samples_per_shard, seed, page_size)
     return write_shards(samples, os.path.join(output_dir, "synth-%06d.tar"), samples_per_shard)
-
-
-def funsd_samples(root: str) -> Iterator[dict[str, bytes]]:
-    """FUNSD folder (<root>/annotations/*.json + <root>/images/*.png) -> IDL-format samples.
-
-    Each FUNSD entity becomes a line (its text and box), in reading order (top, then left).
-    """
-    annotations = sorted(glob.glob(os.path.join(root, "annotations", "*.json")))
-    if not annotations:
-        raise ValueError(f"no FUNSD annotations under {root}/annotations")
-    for path in annotations:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        image_path = os.path.join(root, "images", stem + ".png")
-        with open(path) as f:
-            form = json.load(f)["form"]
-        with open(image_path, "rb") as f:
-            png = f.read()
-        from PIL import Image
-
-        width, height = Image.open(io.BytesIO(png)).size
-        entities = sorted((e for e in form if e["text"].strip()), key=lambda e: (e["box"][1], e["box"][0]))
-        page = {
-            "lines": {
-                "text": [e["text"] for e in entities],
-                "bbox": [[e["box"][0] / width, e["box"][1] / height, e["box"][2] / width,
-                          e["box"][3] / height] for e in entities],
-            },
-            "width": width,
-            "height": height,
-        }
-        yield {"__key__": stem, "json": json.dumps({"pages": [page]}).encode(), "png": png}

@@ -1,0 +1,49 @@
+"""`python -m pixparse.app.write <format> <input> <output_dir>`: convert a dataset folder
+(funsd, sroie, cord, docvqa, rvl_cdip, docbank, folder) into IDL-format WebDataset shards."""
+import os
+from typing import Literal
+
+from pixparse.app.tool import run_tool
+from pixparse.data.formats import READERS
+from pixparse.data.write import verify_shards, write_shards
+
+
+def write(
+    format: Literal["funsd", "sroie", "cord", "docvqa", "rvl_cdip", "docbank", "folder"],
+    input: str,
+    output_dir: str,
+    prefix: str | None = None,
+    samples_per_shard: int = 1000,
+    max_bytes_per_shard: int | None = None,
+    verify: bool = False,
+) -> list[str]:
+    """Convert a dataset folder to shards <output_dir>/<prefix>-000000.tar, ...
+
+    Args:
+        format: The folder's layout.
+        input: The dataset folder (for FUNSD a split folder such as testing_data).
+        output_dir: Where the shards go.
+        prefix: Shard name prefix (default: the format name).
+        samples_per_shard: Most samples in one shard.
+        max_bytes_per_shard: Also close a shard once it holds this many bytes.
+        verify: Re-read every written sample (tar, JSON, every image frame) and fail on damage.
+    """
+    pattern = os.path.join(output_dir, f"{prefix or format}-%06d.tar")
+    paths = write_shards(READERS[format](input), pattern, samples_per_shard, max_bytes_per_shard)
+    if not paths:
+        raise ValueError(f"{format}: no samples found in {input}")
+    print(f"wrote {len(paths)} shard(s): {paths[0]} .. {paths[-1]}")
+    if verify:
+        count, problems = verify_shards(paths)
+        if problems:
+            raise ValueError(f"verify: {len(problems)} damaged sample(s), first: {problems[0]}")
+        print(f"verified {count} samples")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_tool(write, argv, positional=True)
+
+
+if __name__ == "__main__":
+    main()

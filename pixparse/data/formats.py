@@ -1,0 +1,234 @@
+"""Readers that turn real dataset folders into IDL-format samples plus task fields.
+
+Every sample is {'__key__', 'json': bytes, <image ext>: bytes}. The JSON always has
+{"pages": [{"lines": {"text": [...], "bbox": [[x0, y0, x1, y1] in 0..1 of the page]}, ...}]}
+(so OCR pretraining reads every format) and, per dataset, the task fields:
+  "fields": {...}               key-field parsing (SROIE, CORD gt_parse)
+  "entities": [...]             labelled form entities (FUNSD)
+  "qa": [{"question", "answers"}] document QA (DocVQA)
+  "label": "memo"               classification (RVL-CDIP)
+  "words": {"text", "bbox", "label"} token labels (DocBank)
+"""
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from PIL import Image
+
+Sample = dict[str, Any]
+
+RVL_CDIP_LABELS = (
+    "letter", "form", "email", "handwritten", "advertisement", "scientific report",
+    "scientific publication", "specification", "file folder", "news article", "budget", "invoice",
+    "presentation", "questionnaire", "resume", "memo",
+)
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(data)).size
+
+
+def _norm_box(box: list[float], width: int, height: int) -> list[float]:
+    x0, y0, x1, y1 = box
+    return [round(x0 / width, 5), round(y0 / height, 5), round(x1 / width, 5), round(y1 / height, 5)]
+
+
+def _quad_to_box(quad: list[float]) -> list[float]:
+    xs, ys = quad[0::2], quad[1::2]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+def _sample(
+    key: str, image_path: str, lines: list[tuple[str, list[float]]], columns: bool = False, **fields: Any
+) -> Sample:
+    """Lines given in pixel boxes, put in reading order: top to bottom, left to right; with
+    `columns`, lines starting right of the page middle come after those left of it."""
+    data = _read(image_path)
+    width, height = _size(data)
+    lines = [(t, b) for t, b in lines if t.strip()]
+    lines.sort(key=lambda tb: (columns and tb[1][0] > 0.45 * width,
+                               round(tb[1][1] / max(1, height) * 100), tb[1][0]))
+    page = {
+        "lines": {"text": [t for t, _ in lines], "bbox": [_norm_box(b, width, height) for _, b in lines]},
+        "width": width,
+        "height": height,
+    }
+    ext = os.path.splitext(image_path)[1].lower().lstrip(".").replace("jpeg", "jpg").replace("tiff", "tif")
+    anno = {"pages": [page], **fields}
+    return {"__key__": key, "json": json.dumps(anno).encode(), ext: data}
+
+
+def _require(path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise ValueError(f"{what}: {path} does not exist")
+
+
+def read_funsd(root: str) -> Iterator[Sample]:
+    """FUNSD split folder: annotations/*.json + images/*.png. Lines = entities."""
+    ann_dir = os.path.join(root, "annotations")
+    _require(ann_dir, "funsd")
+    for name in sorted(os.listdir(ann_dir)):
+        stem = os.path.splitext(name)[0]
+        with open(os.path.join(ann_dir, name)) as f:
+            form = json.load(f)["form"]
+        entities = [{"id": e["id"], "text": e["text"], "label": e["label"], "box": e["box"]}
+                    for e in form]
+        links = sorted({tuple(link) for e in form for link in e.get("linking", [])})
+        yield _sample(stem, os.path.join(root, "images", stem + ".png"),
+                      [(e["text"], e["box"]) for e in form], entities=entities, links=links)
+
+
+def read_sroie(root: str) -> Iterator[Sample]:
+    """SROIE: img/<id>.jpg, box/<id>.csv (8 coordinates + transcript), key/<id>.json."""
+    _require(os.path.join(root, "box"), "sroie")
+    for name in sorted(os.listdir(os.path.join(root, "box"))):
+        stem = os.path.splitext(name)[0]
+        lines = []
+        with open(os.path.join(root, "box", name), encoding="utf-8", errors="replace") as f:
+            for row in f:
+                parts = row.rstrip("\r\n").split(",", 8)  # the transcript may hold commas
+                if len(parts) == 9:
+                    lines.append((parts[8], _quad_to_box([float(v) for v in parts[:8]])))
+        with open(os.path.join(root, "key", stem + ".json")) as f:
+            fields = json.load(f)
+        yield _sample(stem, os.path.join(root, "img", stem + ".jpg"), lines, fields=fields)
+
+
+def read_cord(root: str) -> Iterator[Sample]:
+    """CORD in the Hugging Face layout: json/<id>.json holding {"ground_truth": "<json string>"}
+    (or the parsed object) with gt_parse and valid_line, and image/<id>.png|jpg."""
+    _require(os.path.join(root, "json"), "cord")
+    for name in sorted(os.listdir(os.path.join(root, "json"))):
+        stem = os.path.splitext(name)[0]
+        with open(os.path.join(root, "json", name)) as f:
+            raw = json.load(f)
+        gt = raw.get("ground_truth", raw)
+        gt = json.loads(gt) if isinstance(gt, str) else gt
+        lines = []
+        for line in gt.get("valid_line", []):
+            words = [w for w in line.get("words", []) if w.get("text", "").strip()]
+            if words:
+                boxes = [_quad_to_box([w["quad"][k] for k in ("x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4")])
+                         for w in words]
+                box = [min(b[0] for b in boxes), min(b[1] for b in boxes),
+                       max(b[2] for b in boxes), max(b[3] for b in boxes)]
+                lines.append((" ".join(w["text"] for w in words), box))
+        image = next((os.path.join(root, "image", stem + e) for e in IMAGE_EXTS
+                      if os.path.isfile(os.path.join(root, "image", stem + e))), None)
+        if image is None:
+            raise ValueError(f"cord: no image for {stem} under {root}/image")
+        yield _sample(stem, image, lines, fields=gt.get("gt_parse", {}))
+
+
+def read_docvqa(root: str, split_file: str = "") -> Iterator[Sample]:
+    """DocVQA official layout: <root>/<split>.json ({"data": [{"questionId", "question", "image",
+    "answers"}]}) with image paths relative to root. One sample per page, all its questions."""
+    path = split_file or next((os.path.join(root, f) for f in sorted(os.listdir(root)) if f.endswith(".json")), "")
+    _require(path, "docvqa annotation json")
+    with open(path) as f:
+        records = json.load(f)["data"]
+    by_image: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_image.setdefault(r["image"], []).append(
+            {"question_id": r["questionId"], "question": r["question"], "answers": r.get("answers", [])})
+    for image, qa in sorted(by_image.items()):
+        key = os.path.splitext(image)[0].replace("/", "_")
+        yield _sample(key, os.path.join(root, image), [], qa=qa)
+
+
+def read_rvl_cdip(root: str) -> Iterator[Sample]:
+    """RVL-CDIP: label lists <root>/{train,val,test}.txt of '<image path> <label index>' lines,
+    images under <root>/images; the split goes into the sample."""
+    splits = [s for s in ("train", "val", "test") if os.path.isfile(os.path.join(root, f"{s}.txt"))]
+    if not splits:
+        raise ValueError(f"rvl_cdip: no train.txt/val.txt/test.txt in {root}")
+    for split in splits:
+        with open(os.path.join(root, f"{split}.txt")) as f:
+            for row in f:
+                if not row.strip():
+                    continue
+                rel, label = row.rsplit(maxsplit=1)
+                stem = os.path.splitext(os.path.basename(rel))[0]
+                yield _sample(stem, os.path.join(root, "images", rel), [],
+                              label=RVL_CDIP_LABELS[int(label)], split=split)
+
+
+def read_docbank(root: str) -> Iterator[Sample]:
+    """DocBank: <prefix>.txt (token x0 y0 x1 y1 R G B font label, boxes in 0..1000) + <prefix>_ori.jpg.
+    Tokens become words; lines are runs of tokens on the same baseline, in file order."""
+    _require(root, "docbank")
+    for name in sorted(os.listdir(root)):
+        if not name.endswith(".txt") or name.startswith(("README", "labels")):
+            continue
+        stem = name[: -len(".txt")]
+        image = os.path.join(root, stem + "_ori.jpg")
+        if not os.path.isfile(image):
+            continue
+        width, height = _size(_read(image))
+        words, lines, current = [], [], []
+        with open(os.path.join(root, name), encoding="utf-8", errors="replace") as f:
+            for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+                if len(row) < 10 or not row[0].strip():
+                    continue
+                box = [float(v) * s / 1000 for v, s in zip(row[1:5], (width, height, width, height))]
+                words.append((row[0], box, row[9]))
+                prev = current[-1][1] if current else None
+                line_height = box[3] - box[1] + 1
+                # A new line when the baseline moves or the gap to the previous token is a column gap
+                if prev and (abs(prev[3] - box[3]) > 0.5 * line_height or box[0] - prev[2] > 2 * line_height
+                             or box[0] < prev[0]):
+                    lines.append(current)
+                    current = []
+                current.append((row[0], box))
+        if current:
+            lines.append(current)
+        line_items = [(" ".join(t for t, _ in ln), [min(b[0] for _, b in ln), min(b[1] for _, b in ln),
+                                                    max(b[2] for _, b in ln), max(b[3] for _, b in ln)])
+                      for ln in lines]
+        word_fields = {"text": [w[0] for w in words],
+                       "bbox": [_norm_box(w[1], width, height) for w in words],
+                       "label": [w[2] for w in words]}
+        yield _sample(stem, image, line_items, columns=True, words=word_fields)
+
+
+def read_folder(root: str) -> Iterator[Sample]:
+    """A plain folder: <stem>.<image ext> with <stem>.txt (one line per text line) or <stem>.json
+    (already IDL-format). Images without text are skipped."""
+    _require(root, "folder")
+    for name in sorted(os.listdir(root)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in IMAGE_EXTS:
+            continue
+        image = os.path.join(root, name)
+        if os.path.isfile(os.path.join(root, stem + ".json")):
+            data = _read(image)
+            out_ext = ext.lower().lstrip(".").replace("jpeg", "jpg").replace("tiff", "tif")
+            yield {"__key__": stem, "json": _read(os.path.join(root, stem + ".json")), out_ext: data}
+        elif os.path.isfile(os.path.join(root, stem + ".txt")):
+            with open(os.path.join(root, stem + ".txt"), encoding="utf-8") as f:
+                text = [t.rstrip("\n") for t in f]
+            sample = _sample(stem, image, [])
+            anno = json.loads(sample["json"])
+            anno["pages"][0]["lines"] = {"text": [t for t in text if t.strip()], "bbox": []}
+            sample["json"] = json.dumps(anno).encode()
+            yield sample
+
+
+READERS = {
+    "funsd": read_funsd,
+    "sroie": read_sroie,
+    "cord": read_cord,
+    "docvqa": read_docvqa,
+    "rvl_cdip": read_rvl_cdip,
+    "docbank": read_docbank,
+    "folder": read_folder,
+}

@@ -1,0 +1,134 @@
+"""Every shard writer round-trips a real folder from ../shared/data."""
+import csv
+import json
+import os
+import random
+import shutil
+
+import pytest
+import webdataset as wds
+
+from pixparse.app.write import write
+from pixparse.data.decode import decode_document_page
+from pixparse.data.formats import RVL_CDIP_LABELS
+from pixparse.data.write import verify_shards, write_shards
+
+
+def _read_back(paths):
+    out = {}
+    for s in wds.WebDataset(paths, shardshuffle=False):
+        out[s["__key__"]] = (json.loads(s["json"]), s)
+    return out
+
+
+def test_funsd(shared_data, tmp_path):
+    root = os.path.join(shared_data, "funsd", "testing_data")
+    paths = write("funsd", root, str(tmp_path), samples_per_shard=20, verify=True)
+    assert len(paths) == 3
+    back = _read_back(paths)
+    assert len(back) == 50
+    key = sorted(back)[0]
+    anno, sample = back[key]
+    form = json.load(open(os.path.join(root, "annotations", key + ".json")))["form"]
+    assert sorted(anno["pages"][0]["lines"]["text"]) == sorted(e["text"] for e in form if e["text"].strip())
+    assert {e["label"] for e in anno["entities"]} <= {"header", "question", "answer", "other"}
+    assert sample["png"] == open(os.path.join(root, "images", key + ".png"), "rb").read()
+
+
+def test_sroie(shared_data, tmp_path):
+    root = os.path.join(shared_data, "sroie")
+    back = _read_back(write("sroie", root, str(tmp_path), verify=True))
+    assert len(back) == 100
+    anno, sample = back["000"]
+    assert anno["fields"] == json.load(open(os.path.join(root, "key", "000.json")))
+    rows = [r.rstrip("\n").split(",", 8)[8] for r in open(os.path.join(root, "box", "000.csv")) if r.strip()]
+    assert sorted(anno["pages"][0]["lines"]["text"]) == sorted(t for t in rows if t.strip())
+    page = decode_document_page(sample, "first", random.Random(0))
+    assert "TAN WOON YANN" in page.text
+    assert all(0 <= v <= 1 for box in anno["pages"][0]["lines"]["bbox"] for v in box)
+
+
+def test_rvl_cdip_labels(shared_data, tmp_path):
+    back = _read_back(write("rvl_cdip", os.path.join(shared_data, "rvl_cdip_sample"), str(tmp_path), verify=True))
+    assert {k: a["label"] for k, (a, _) in back.items()} == {
+        "80035521": "memo", "2024525661": "invoice", "503210033+-0034": "handwritten"}
+    assert RVL_CDIP_LABELS[15] == "memo"
+
+
+def test_docbank_words_and_lines(shared_data, tmp_path):
+    root = os.path.join(shared_data, "docbank_samples")
+    back = _read_back(write("docbank", root, str(tmp_path), verify=True))
+    assert len(back) == 50
+    stem = "100.tar_1705.04261.gz_main_11"
+    anno, _ = back[stem.replace(".", "_")]
+    with open(os.path.join(root, stem + ".txt"), encoding="utf-8") as f:
+        tokens = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 10 and r[0].strip()]
+    assert anno["words"]["text"] == [r[0] for r in tokens]
+    assert anno["words"]["label"] == [r[9] for r in tokens]
+    line_words = " ".join(anno["pages"][0]["lines"]["text"]).split()
+    assert sorted(line_words) == sorted(r[0] for r in tokens)
+
+
+def test_docvqa_from_funsd_question_answer_pairs(shared_data, tmp_path):
+    """DocVQA's official layout, filled with FUNSD's real question->answer pairs."""
+    kv = [json.loads(line) for line in open(os.path.join(shared_data, "funsd_kv_pairs", "funsd_kv_pairs.jsonl"))]
+    kv = [r for r in kv if r["split"] == "testing_data"][:40]
+    root = tmp_path / "docvqa"
+    (root / "documents").mkdir(parents=True)
+    data = []
+    for i, r in enumerate(kv):
+        name = os.path.basename(r["image"])
+        shutil.copy(os.path.join(shared_data, "funsd", r["image"]), root / "documents" / name)
+        data.append({"questionId": i, "question": r["question_text"], "image": f"documents/{name}",
+                     "answers": [r["answer_text"]]})
+    (root / "val_v1.0.json").write_text(json.dumps({"dataset_name": "docvqa", "data": data}))
+    back = _read_back(write("docvqa", str(root), str(tmp_path / "out"), verify=True))
+    assert sum(len(a["qa"]) for a, _ in back.values()) == 40
+    assert len(back) == len({r["image"] for r in kv})
+    first = next(a for a, _ in back.values())["qa"][0]
+    assert first["answers"] and first["question"]
+
+
+def test_cord_layout_from_sroie_receipts(shared_data, tmp_path):
+    """CORD's Hugging Face layout (ground_truth string with gt_parse + valid_line quads), built
+    from real SROIE receipts and their key fields."""
+    src = os.path.join(shared_data, "sroie")
+    root = tmp_path / "cord"
+    (root / "json").mkdir(parents=True)
+    (root / "image").mkdir()
+    for stem in ("000", "001", "002"):
+        shutil.copy(os.path.join(src, "img", stem + ".jpg"), root / "image" / (stem + ".jpg"))
+        lines = []
+        for r in open(os.path.join(src, "box", stem + ".csv")):
+            parts = r.rstrip("\n").split(",", 8)
+            if len(parts) < 9 or not parts[8].strip():
+                continue
+            q = [int(v) for v in parts[:8]]
+            quad = dict(zip(("x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4"), q))
+            lines.append({"words": [{"text": parts[8], "quad": quad}], "category": "menu.nm"})
+        gt = {"gt_parse": json.load(open(os.path.join(src, "key", stem + ".json"))), "valid_line": lines}
+        (root / "json" / (stem + ".json")).write_text(json.dumps({"ground_truth": json.dumps(gt)}))
+    back = _read_back(write("cord", str(root), str(tmp_path / "out"), verify=True))
+    anno, _ = back["000"]
+    assert anno["fields"]["total"] == "9.00"
+    assert "TAN WOON YANN" in anno["pages"][0]["lines"]["text"]
+
+
+def test_plain_folder_and_byte_limit(shared_data, tmp_path):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for stem in ("000", "001", "002", "003"):
+        shutil.copy(os.path.join(shared_data, "sroie", "img", stem + ".jpg"), folder / (stem + ".jpg"))
+        (folder / (stem + ".txt")).write_text(f"receipt {stem}\nsecond line\n")
+    paths = write("folder", str(folder), str(tmp_path / "out"), max_bytes_per_shard=1, verify=True)
+    assert len(paths) == 4  # one sample per shard: each exceeds 1 byte
+    back = _read_back(paths)
+    assert back["002"][0]["pages"][0]["lines"]["text"] == ["receipt 002", "second line"]
+
+
+def test_verify_reports_damage(tmp_path):
+    paths = write_shards([{"__key__": "a.b", "json": b"{}", "png": b"not a png"}], str(tmp_path / "x-%06d.tar"), 10)
+    count, problems = verify_shards(paths)
+    assert count == 1 and len(problems) == 1 and "x-000000.tar:a_b" in problems[0]
+    with pytest.raises(ValueError, match="no samples"):
+        write("folder", str(tmp_path), str(tmp_path / "none"))
