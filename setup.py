@@ -21,6 +21,7 @@ setup(
         "tensorboard>=2.14",
         "safetensors>=0.4",
         "pillow>=10.1",
+        "pypdfium2>=4.20",  # PDF pages (Apache-2.0/BSD; PyMuPDF would be AGPL)
         "numpy>=1.24",
         "pyyaml>=6.0",
         "tqdm>=4.60",

@@ -172,3 +172,32 @@ def test_real_funsd_pages_convert_and_load(shared_data, tmp_path, tiny_task):
     assert len(batches) == 4 and all(b[SKIPPED_KEY] == {} for b in batches)
     out = tiny_task({k: v for k, v in batches[0].items() if k != SKIPPED_KEY})
     assert torch.isfinite(out["loss"])
+
+
+def test_pdf_pages_render_at_target_size_and_match_json(tmp_path, tiny_task):
+    """A two-page PDF (IDL/PDFA style): the chosen page is rendered to fit the encoder size."""
+    pages = [Image.new("L", (850, 1100), 255), Image.new("L", (850, 1100), 0)]
+    buf = io.BytesIO()
+    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:], resolution=100)
+    anno = {"pages": [{"lines": {"text": ["white page"]}}, {"lines": {"text": ["black page"]}}]}
+    sample = {"__key__": "doc", "json": json.dumps(anno).encode(), "pdf": buf.getvalue()}
+    seen = {}
+    for i in range(12):
+        page = decode_document_page(sample, "random", random.Random(i), target_size=(128, 96), grayscale=True)
+        seen[page.text] = page.image
+    assert set(seen) == {"white page", "black page"}
+    white, black = seen["white page"], seen["black page"]
+    assert max(white.size[0] / 96, white.size[1] / 128) == pytest.approx(1.0, abs=0.02)
+    assert white.getextrema()[0] > 200 and black.getextrema()[1] < 50
+    out = tiny_task.preprocess(_cfg("x.tar"))(sample, random.Random(0))
+    assert out["image"].shape == (1, 128, 96)
+
+
+def test_image_text_pairs(tiny_task):
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (10, 20, 30)).save(buf, format="JPEG")
+    sample = {"__key__": "pair", "jpg": buf.getvalue(), "txt": "a red bicycle\n".encode()}
+    page = decode_document_page(sample, "random", random.Random(0))
+    assert page.text == "a red bicycle"
+    ids = tiny_task.preprocess(_cfg("x.tar"))(sample, random.Random(0))["input_ids"]
+    assert tiny_task.tokenizer.decode(ids[1:-1]) == "a red bicycle"

@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "tif", "tiff", "webp")
+IMAGE_EXTS = ("png", "jpg", "jpeg", "tif", "tiff", "webp", "pdf")
 
 
 class SampleError(Exception):
@@ -44,15 +44,61 @@ def find_image_key(sample: dict[str, Any]) -> str:
     raise SampleError("missing_image", f"no image entry among {IMAGE_EXTS}; keys {sorted(sample)}")
 
 
+class _PdfPages:
+    """A PDF as pages rendered on demand, at the scale that fits the target size (no full-size
+    render then downscale)."""
+
+    def __init__(self, data: bytes) -> None:
+        import pypdfium2 as pdfium
+
+        self.doc = pdfium.PdfDocument(data)
+        self.n_frames = len(self.doc)
+
+    def render(self, index: int, target_size: tuple[int, int] | None, grayscale: bool) -> Image.Image:
+        page = self.doc[index]
+        width_pt, height_pt = page.get_size()
+        if target_size is None:
+            scale = 2.0  # 144 dpi
+        else:
+            scale = min(target_size[0] / height_pt, target_size[1] / width_pt)
+        return page.render(scale=scale, grayscale=grayscale).to_pil()
+
+
+def _image_text_pair(sample: dict[str, Any]) -> Page:
+    """cc12m-style pair: an image and its caption/text in 'txt'."""
+    try:
+        text = sample["txt"].decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise SampleError("bad_text", str(e)) from e
+    if not text:
+        raise SampleError("empty_page", "empty txt")
+    key = find_image_key(sample)
+    try:
+        image = Image.open(io.BytesIO(sample[key]))
+        image.load()
+    except Exception as e:
+        raise SampleError("bad_image", f"{key}: {e}") from e
+    return Page(image=image, text=text, page_index=0)
+
+
 def decode_document_page(
-    sample: dict[str, Any], page_sampling: str, rng: random.Random
+    sample: dict[str, Any],
+    page_sampling: str,
+    rng: random.Random,
+    target_size: tuple[int, int] | None = None,
+    grayscale: bool = False,
 ) -> Page:
     """Pick one annotated page of a document sample and decode its image.
 
     Args:
-        sample: webdataset sample: 'json' bytes plus one image entry (multi-page tif allowed).
+        sample: webdataset sample: 'json' bytes plus one image entry (multi-page tif or pdf
+            allowed), or an image-text pair ('txt' + image, no json).
         page_sampling: 'random' (any page with text, drawn from `rng`) or 'first'.
+        target_size: (H, W) the image is going to; PDFs are rendered to fit it directly.
+        grayscale: render PDFs in grayscale.
     """
+    if "json" not in sample and "txt" in sample:
+        return _image_text_pair(sample)
     if "json" not in sample:
         raise SampleError("missing_json", f"keys {sorted(k for k in sample if not k.startswith('__'))}")
     try:
@@ -64,7 +110,10 @@ def decode_document_page(
         raise SampleError("bad_json", "no 'pages' list")
     image_key = find_image_key(sample)
     try:
-        image = Image.open(io.BytesIO(sample[image_key]))
+        if image_key == "pdf":
+            image = _PdfPages(sample[image_key])
+        else:
+            image = Image.open(io.BytesIO(sample[image_key]))
         num_frames = getattr(image, "n_frames", 1)
     except Exception as e:  # PIL raises many types for corrupt files
         raise SampleError("bad_image", f"{image_key}: {e}") from e
@@ -76,9 +125,12 @@ def decode_document_page(
         raise SampleError("empty_page", f"no page with text among {min(len(pages), num_frames)}")
     index = candidates[0] if page_sampling == "first" else rng.choice(candidates)
     try:
-        if num_frames > 1:
-            image.seek(index)
-        image.load()
+        if isinstance(image, _PdfPages):
+            image = image.render(index, target_size, grayscale)
+        else:
+            if num_frames > 1:
+                image.seek(index)
+            image.load()
     except Exception as e:
         raise SampleError("bad_image", f"{image_key} page {index}: {e}") from e
     text = "\n".join(t for t in page_lines(pages[index]) if t.strip())

@@ -45,7 +45,11 @@ class _Preprocess:
         self.page_sampling = page_sampling
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        page = decode_document_page(sample, self.page_sampling, rng)
+        page = decode_document_page(
+            sample, self.page_sampling, rng,
+            target_size=(self.image_transform.height, self.image_transform.width),
+            grayscale=self.image_transform.image_fmt == "L",
+        )
         ids, prompt_length = self.text(page.text)
         return {"image": self.image_transform(page.image), "input_ids": ids, "prompt_length": prompt_length}
 
