@@ -201,3 +201,17 @@ def test_image_text_pairs(tiny_task):
     assert page.text == "a red bicycle"
     ids = tiny_task.preprocess(_cfg("x.tar"))(sample, random.Random(0))["input_ids"]
     assert tiny_task.tokenizer.decode(ids[1:-1]) == "a red bicycle"
+
+
+def test_doc_aug_is_random_per_seed_and_eval_is_not(synth_shards):
+    from pixparse.data.transforms import DocAugment, ResizePad
+
+    sample = _raw_samples(synth_shards)[0]
+    page = decode_document_page(sample, "first", random.Random(0)).image
+    aug = ResizePad((128, 96), "L", augment=DocAugment(p=1.0))
+    plain = ResizePad((128, 96), "L")
+    a, b = aug(page.copy(), random.Random(1)), aug(page.copy(), random.Random(1))
+    c = aug(page.copy(), random.Random(2))
+    assert a.shape == (1, 128, 96) and torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(plain(page.copy(), random.Random(1)), plain(page.copy(), random.Random(2)))
+    assert not torch.equal(a, plain(page.copy()))

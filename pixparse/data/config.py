@@ -16,8 +16,10 @@ class DataLoaderConfig:
     """DataLoader worker processes per rank."""
     resampled: bool = False
     """Sample shards with replacement (needed when there are fewer shards than ranks x workers)."""
-    image_pipeline: Literal["resize_pad"] = "resize_pad"
-    """Image transform: 'resize_pad' keeps the aspect ratio and pads to the encoder size."""
+    image_pipeline: Literal["resize_pad", "doc_aug"] = "resize_pad"
+    """Image transform. 'resize_pad': keep the aspect ratio, pad to the encoder size, no
+    randomness (eval). 'doc_aug': the same plus scale/placement jitter, small rotation and shear,
+    erosion/dilation, blur, contrast and JPEG noise (training)."""
     page_sampling: Literal["random", "first"] = "random"
     """Which page of a multi-page document becomes the sample (random is seeded per interval)."""
     shuffle_buffer: int = 256

@@ -1,26 +1,66 @@
 """Image and text preprocessing that runs in loader workers (picklable callables)."""
+import io
+import random
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter
+
+
+class DocAugment:
+    """Training augmentations of the Donut/Nougat kind, on the page already at encoder size
+    (cheap): small rotation and shear, erosion or dilation of strokes, blur, contrast and
+    brightness, JPEG re-compression. Each is applied with probability `p`, drawn from the
+    sample's own RNG (so a sample's augmentation is reproducible)."""
+
+    def __init__(self, p: float = 0.3, max_rotate_deg: float = 2.0, max_shear: float = 0.05) -> None:
+        self.p = p
+        self.max_rotate_deg = max_rotate_deg
+        self.max_shear = max_shear
+
+    def __call__(self, image: Image.Image, rng: random.Random, fill: Any) -> Image.Image:
+        if rng.random() < self.p:
+            shear = rng.uniform(-self.max_shear, self.max_shear)
+            image = image.transform(image.size, Image.Transform.AFFINE, (1, shear, 0, 0, 1, 0),
+                                    resample=Image.Resampling.BILINEAR, fillcolor=fill)
+            image = image.rotate(rng.uniform(-self.max_rotate_deg, self.max_rotate_deg),
+                                 resample=Image.Resampling.BILINEAR, fillcolor=fill)
+        if rng.random() < self.p / 2:  # ink spread or thinning: strong at small sizes, so rarer
+            image = image.filter(ImageFilter.MinFilter(3) if rng.random() < 0.5 else ImageFilter.MaxFilter(3))
+        if rng.random() < self.p:
+            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+        if rng.random() < self.p:
+            image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.6, 1.3))
+            image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
+        if rng.random() < self.p:
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=rng.randint(30, 90))
+            image = Image.open(io.BytesIO(buf.getvalue()))
+            image.load()
+        return image
 
 
 class ResizePad:
-    """Aspect-preserving resize to fit (H, W), pad with white at the bottom/right -> uint8 (C, H, W).
+    """Aspect-preserving resize to fit (H, W), pad with white -> uint8 (C, H, W).
 
-    Pixels stay uint8 until the model (4x less worker->main traffic than float32).
+    With `augment`, the page is also scaled by 75-100% and placed at a random spot of the
+    canvas, then DocAugment runs; without, it sits top-left at full fit (the eval pipeline:
+    no randomness). Pixels stay uint8 until the model (4x less worker->main traffic than float32).
     """
 
-    def __init__(self, image_size: Sequence[int], image_fmt: str = "L") -> None:
+    def __init__(self, image_size: Sequence[int], image_fmt: str = "L", augment: DocAugment | None = None) -> None:
         self.height, self.width = int(image_size[0]), int(image_size[1])
         self.image_fmt = image_fmt
+        self.augment = augment
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         w, h = image.size
         scale = min(self.height / h, self.width / w)
-        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+        if self.augment is not None and rng is not None:
+            scale *= rng.uniform(0.75, 1.0)
+        new_w, new_h = min(self.width, max(1, round(w * scale))), min(self.height, max(1, round(h * scale)))
         if image.format == "JPEG" and scale < 0.5:
             # Let libjpeg decode at a reduced DCT scale instead of full size then resize.
             image.draft(self.image_fmt, (new_w, new_h))
@@ -30,7 +70,11 @@ class ResizePad:
             image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
         fill = 255 if self.image_fmt == "L" else (255, 255, 255)
         canvas = Image.new(self.image_fmt, (self.width, self.height), fill)
-        canvas.paste(image, (0, 0))
+        if self.augment is not None and rng is not None:
+            canvas.paste(image, (rng.randint(0, self.width - new_w), rng.randint(0, self.height - new_h)))
+            canvas = self.augment(canvas, rng, fill)
+        else:
+            canvas.paste(image, (0, 0))
         arr = np.asarray(canvas, dtype=np.uint8)
         if arr.ndim == 2:
             arr = arr[:, :, None]

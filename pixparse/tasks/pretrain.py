@@ -13,7 +13,7 @@ from torch import nn
 from pixparse.data.config import DataLoaderConfig
 from pixparse.data.decode import decode_document_page
 from pixparse.data.tokenizer import add_task_tokens, create_tokenizer
-from pixparse.data.transforms import ResizePad, TextTargets, collate_text_image
+from pixparse.data.transforms import DocAugment, ResizePad, TextTargets, collate_text_image
 from pixparse.models import Cruller, create_model, get_model_config
 from pixparse.models.config import ModelConfig
 from pixparse.models.export import load_weights, read_source
@@ -51,7 +51,7 @@ class _Preprocess:
             grayscale=self.image_transform.image_fmt == "L",
         )
         ids, prompt_length = self.text(page.text)
-        return {"image": self.image_transform(page.image), "input_ids": ids, "prompt_length": prompt_length}
+        return {"image": self.image_transform(page.image, rng), "input_ids": ids, "prompt_length": prompt_length}
 
 
 class TaskCrullerPretrain(nn.Module):
@@ -100,7 +100,8 @@ class TaskCrullerPretrain(nn.Module):
     def preprocess(self, data_cfg: DataLoaderConfig) -> _Preprocess:
         enc = self.model_cfg.image_encoder
         return _Preprocess(
-            ResizePad(enc.image_size, enc.image_fmt),
+            ResizePad(enc.image_size, enc.image_fmt,
+                      augment=DocAugment() if data_cfg.image_pipeline == "doc_aug" else None),
             TextTargets(self.tokenizer, PRETRAIN_PROMPT, self.max_length),
             data_cfg.page_sampling,
         )
