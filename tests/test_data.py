@@ -10,7 +10,7 @@ from PIL import Image
 
 from pixparse.data.config import DataLoaderConfig
 from pixparse.data.decode import decode_document_page
-from pixparse.data.loader import SKIPPED_KEY, check_shards_cover, create_loader, expand_source
+from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY, check_shards_cover, create_loader, expand_source
 from pixparse.data.formats import read_funsd
 from pixparse.data.write import write_shards
 from pixparse.tasks.config import TaskPretrainConfig
@@ -100,7 +100,7 @@ def test_batches_pad_dynamically_and_mask_prompt_and_padding(synth_shards, tiny_
     assert (labels[:, 1:][mask[:, 1:] == 1] == ids[:, 1:][mask[:, 1:] == 1]).all()
     eos_positions = mask.sum(1) - 1
     assert (ids[torch.arange(4), eos_positions] == tiny_task.tokenizer.eos_token_id).all()
-    assert batch[SKIPPED_KEY] == {}
+    assert batch[SKIPPED_KEY] == {} and batch[LAST_SKIPPED_KEY] == ""
 
 
 def _png(color=200):
@@ -136,6 +136,8 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, tiny_task):
     assert len(batches) == 3
     assert skipped["bad_json"] >= 1 and skipped["bad_image"] >= 1
     assert skipped["missing_image"] >= 1 and skipped["empty_page"] >= 1
+    last = [b[LAST_SKIPPED_KEY] for b in batches if b[LAST_SKIPPED_KEY]]
+    assert last and "mixed-000000.tar:empty (empty_page): " in last[0]  # shard, key, reason
 
 
 def test_truncated_tar_is_counted(tmp_path, tiny_task):
@@ -170,7 +172,7 @@ def test_real_funsd_pages_convert_and_load(shared_data, tmp_path, tiny_task):
     loader.set_interval(0)
     batches = list(loader)
     assert len(batches) == 4 and all(b[SKIPPED_KEY] == {} for b in batches)
-    out = tiny_task({k: v for k, v in batches[0].items() if k != SKIPPED_KEY})
+    out = tiny_task({k: v for k, v in batches[0].items() if k not in (SKIPPED_KEY, LAST_SKIPPED_KEY)})
     assert torch.isfinite(out["loss"])
 
 

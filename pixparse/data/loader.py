@@ -19,6 +19,8 @@ from pixparse.data.decode import SampleError
 logger = logging.getLogger(__name__)
 
 SKIPPED_KEY = "skipped"  # batch entry: {reason: count} of samples dropped since the last batch
+LAST_SKIPPED_KEY = "last_skipped"  # batch entry: 'shard:key (reason): detail' of the latest, or ''
+
 
 
 def expand_source(source: str) -> list[str]:
@@ -70,10 +72,12 @@ class _SkipCounter:
 
     def __init__(self) -> None:
         self.pending: Counter = Counter()
+        self.last = ""
         self._last_warn = 0.0
 
     def add(self, reason: str, where: str, err: BaseException) -> None:
         self.pending[reason] += 1
+        self.last = f"{where} ({reason}): {err}"
         now = time.monotonic()
         if now - self._last_warn > 10.0:
             self._last_warn = now
@@ -139,6 +143,7 @@ class SamplePipeline(IterableDataset):
             batch.append(out)
             if len(batch) == self.batch_size:
                 collated = self.collate(batch)
+                collated[LAST_SKIPPED_KEY] = skips.last
                 collated[SKIPPED_KEY] = skips.take()
                 yield collated
                 batch = []

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pixparse.data.config import DataLoaderConfig
-from pixparse.data.loader import SKIPPED_KEY, create_loader
+from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY, create_loader
 from pixparse.engine import checkpoint
 from pixparse.engine.config import TrainConfig
 from pixparse.engine.ds_config import compute_dtype_name
@@ -99,6 +99,7 @@ class _Window:
         self.data_s = 0.0
         self.start = time.perf_counter()
         self.skipped: Counter = Counter()
+        self.last_skipped = ""
 
 
 class Trainer:
@@ -160,6 +161,7 @@ class Trainer:
         self.samples_read = 0
         self._signal = 0
         self.skipped_total: Counter = Counter()
+        self.last_skipped = ""
         self.history: list[dict[str, float]] = []  # rank 0's logged lines, for callers and tests
 
     # ----------------------------------------------------------------- checkpoint
@@ -279,8 +281,8 @@ class Trainer:
         data_start = time.perf_counter()
         for batch in self.loader.iter_from(self.batches_done):
             window.data_s += time.perf_counter() - data_start
-            skipped = batch.pop(SKIPPED_KEY, {})
-            window.skipped.update(skipped)
+            window.skipped.update(batch.pop(SKIPPED_KEY, {}))
+            window.last_skipped = batch.pop(LAST_SKIPPED_KEY, "") or window.last_skipped
             window.samples += batch["input_ids"].shape[0]
             work = self.task.batch_stats(batch)  # from the CPU batch: no device sync
             window.text_tokens += work["text_tokens"]
@@ -314,9 +316,10 @@ class Trainer:
         )
         dist.all_reduce(stats)
         loss_sum, micro, samples, tokens, image_tokens, flops, data_s, elapsed_sum = stats.tolist()
-        skipped_all: list[Counter] = [Counter() for _ in range(self.world_size)]
-        dist.all_gather_object(skipped_all, window.skipped)
-        skipped = sum(skipped_all, Counter())
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, (window.skipped, window.last_skipped))
+        skipped = sum((g[0] for g in gathered), Counter())
+        self.last_skipped = next((g[1] for g in gathered if g[1]), self.last_skipped)
         self.skipped_total.update(skipped)
         self.samples_read += int(samples) + sum(skipped.values())
         wall = elapsed_sum / self.world_size
@@ -361,5 +364,5 @@ class Trainer:
             raise RuntimeError(
                 f"{skipped_n} of {self.samples_read} samples read were unusable "
                 f"({dict(self.skipped_total)}), over --data.train.max_skip_fraction="
-                f"{self.data_cfg.max_skip_fraction}; the worker warnings name the shards and keys"
+                f"{self.data_cfg.max_skip_fraction}. Latest: {self.last_skipped}"
             )
