@@ -217,3 +217,28 @@ def test_doc_aug_is_random_per_seed_and_eval_is_not(synth_shards):
     assert a.shape == (1, 128, 96) and torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(plain(page.copy(), random.Random(1)), plain(page.copy(), random.Random(2)))
     assert not torch.equal(a, plain(page.copy()))
+
+
+def test_weighted_sources_in_resampled_mode(tmp_path):
+    good = {"json": json.dumps({"pages": [{"lines": {"text": ["x"]}}]}).encode(), "png": _png()}
+    for name in ("a", "b"):
+        write_shards(({"__key__": f"{name}{i}", **good} for i in range(8)), str(tmp_path / f"{name}-%06d.tar"), 4)
+    source = f"{tmp_path}/a-{{000000..000001}}.tar::{tmp_path}/b-{{000000..000001}}.tar"
+    cfg = _cfg(source, batch_size=1, num_workers=0, shuffle_buffer=0, resampled=True, source_weights=[0.9, 0.1])
+    loader = create_loader(cfg, _key_of, _collate_keys, 400, 0, 1, 0)
+    loader.set_interval(0)
+    keys = [k for b in loader for k in b["keys"]]
+    share_a = sum(k.startswith("a") for k in keys) / len(keys)
+    assert 0.8 < share_a < 0.97
+    with pytest.raises(ValueError, match="needs --data.train.resampled true"):
+        _cfg(source, source_weights=[1, 1])
+    with pytest.raises(ValueError, match="must be 2 non-negative"):
+        _cfg(source, resampled=True, source_weights=[1.0])
+
+
+def test_pipe_sources(synth_shards):
+    pattern = synth_shards.replace("synth-{000000..000003}.tar", "synth-{000000..000001}.tar")
+    urls = expand_source(pattern)
+    piped = "::".join(f"pipe:cat {u}" for u in urls)
+    keys = _keys(piped, 0, 1, 1, num_batches=16)
+    assert sorted(keys) == sorted(s["__key__"] for s in _raw_samples(pattern))

@@ -14,6 +14,9 @@ class DataLoaderConfig:
     """Samples in one interval, summed over all ranks; sets the steps per interval."""
     num_workers: int = 4
     """DataLoader worker processes per rank."""
+    source_weights: list[float] | None = None
+    """Sampling weight of each '::'-separated source (needs --data.train.resampled true);
+    unset: every shard equally likely."""
     resampled: bool = False
     """Sample shards with replacement (needed when there are fewer shards than ranks x workers)."""
     image_pipeline: Literal["resize_pad", "doc_aug"] = "resize_pad"
@@ -46,6 +49,17 @@ class DataLoaderConfig:
             )
         if not self.source.strip():
             raise ValueError("--data.train.source is empty: give a shard path or pattern")
+        if self.source_weights is not None:
+            num_sources = len(self.source.split("::"))
+            if not self.resampled:
+                raise ValueError("--data.train.source_weights needs --data.train.resampled true "
+                                 "(weights are sampling probabilities)")
+            if len(self.source_weights) != num_sources or any(w < 0 for w in self.source_weights) \
+                    or sum(self.source_weights) <= 0:
+                raise ValueError(
+                    f"--data.train.source_weights must be {num_sources} non-negative numbers (one per "
+                    f"'::'-separated source) with a positive sum, got {self.source_weights}"
+                )
 
 
 @dataclass(kw_only=True)

@@ -23,12 +23,18 @@ LAST_SKIPPED_KEY = "last_skipped"  # batch entry: 'shard:key (reason): detail' o
 
 
 
+def expand_source_groups(source: str) -> list[list[str]]:
+    """Brace-expand each '::'-separated source into its shard URLs."""
+    groups = [expand_urls(part) for part in source.split("::")]
+    for part, urls in zip(source.split("::"), groups):
+        if not urls:
+            raise ValueError(f"--data.train.source part {part!r} expands to no shards")
+    return groups
+
+
 def expand_source(source: str) -> list[str]:
     """Brace-expand a source ('a-{000..009}.tar', several joined by '::') into shard URLs."""
-    urls = expand_urls(source)
-    if not urls:
-        raise ValueError(f"--data.train.source {source!r} expands to no shards")
-    return urls
+    return [u for group in expand_source_groups(source) for u in group]
 
 
 def _worker_position() -> tuple[int, int]:
@@ -45,8 +51,19 @@ class ShardStream(IterableDataset):
     from a generator seeded by (seed, interval, rank, worker).
     """
 
-    def __init__(self, urls: list[str], seed: int, rank: int, world_size: int, resampled: bool) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        seed: int,
+        rank: int,
+        world_size: int,
+        resampled: bool,
+        groups: list[list[str]] | None = None,
+        weights: list[float] | None = None,
+    ) -> None:
         self.urls = urls
+        self.groups = groups or [urls]
+        self.weights = weights or [float(len(g)) for g in self.groups]  # default: uniform over shards
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -58,7 +75,8 @@ class ShardStream(IterableDataset):
         if self.resampled:
             rng = random.Random(f"{self.seed}/{self.interval}/{self.rank}/{worker}")
             while True:
-                yield {"url": rng.choice(self.urls)}
+                group = rng.choices(self.groups, weights=self.weights)[0]
+                yield {"url": rng.choice(group)}
         for epoch in itertools.count():
             urls = list(self.urls)
             random.Random(f"{self.seed}/{self.interval}/{epoch}").shuffle(urls)
@@ -207,6 +225,7 @@ def create_loader(
     seed: int,
 ) -> Loader:
     urls = check_shards_cover(cfg, world_size)
-    shards = ShardStream(urls, seed, rank, world_size, cfg.resampled)
+    shards = ShardStream(urls, seed, rank, world_size, cfg.resampled,
+                         groups=expand_source_groups(cfg.source), weights=cfg.source_weights)
     pipeline = SamplePipeline(shards, preprocess, collate, cfg.batch_size, cfg.shuffle_buffer, seed)
     return Loader(pipeline, num_batches, cfg.num_workers)
