@@ -56,12 +56,53 @@ class _PdfPages:
 
     def render(self, index: int, target_size: tuple[int, int] | None, grayscale: bool) -> Image.Image:
         page = self.doc[index]
+        scan = self._scanned_jpeg(page)
+        if scan is not None:
+            return _load_jpeg(scan, target_size, grayscale)
         width_pt, height_pt = page.get_size()
         if target_size is None:
             scale = 2.0  # 144 dpi
         else:
             scale = min(target_size[0] / height_pt, target_size[1] / width_pt)
         return page.render(scale=scale, grayscale=grayscale).to_pil()
+
+    @staticmethod
+    def _scanned_jpeg(page: Any) -> bytes | None:
+        """The JPEG of a scanned page (one upright image filling the page, nothing else), taken
+        out as is: decoding it at reduced size beats rendering the page."""
+        objects = list(page.get_objects(max_depth=1))
+        if len(objects) != 1 or objects[0].type != 3:  # 3: FPDF_PAGEOBJ_IMAGE
+            return None
+        image = objects[0]
+        if image.get_filters() != ["DCTDecode"]:
+            return None
+        a, b, c, d, e, f = image.get_matrix().get()
+        width_pt, height_pt = page.get_size()
+        if b or c or a <= 0 or d <= 0 or abs(e) > 1 or abs(f) > 1:
+            return None  # rotated, flipped or offset: let PDFium compose it
+        if abs(a - width_pt) > 0.02 * width_pt or abs(d - height_pt) > 0.02 * height_pt:
+            return None
+        return bytes(image.get_data(decode_simple=False))
+
+
+def fit_size(size: tuple[int, int], target_size: tuple[int, int]) -> tuple[int, int]:
+    """(w, h) of `size` (w, h) scaled to fit `target_size` (H, W), aspect kept."""
+    w, h = size
+    scale = min(target_size[0] / h, target_size[1] / w)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _draft(image: Image.Image, target_size: tuple[int, int] | None, grayscale: bool) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale (still >= the fit size) and straight to gray."""
+    if image.format == "JPEG" and target_size is not None:
+        image.draft("L" if grayscale else "RGB", fit_size(image.size, target_size))
+
+
+def _load_jpeg(data: bytes, target_size: tuple[int, int] | None, grayscale: bool) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    _draft(image, target_size, grayscale)
+    image.load()
+    return image
 
 
 def _image_text_pair(sample: dict[str, Any]) -> Page:
@@ -75,7 +116,7 @@ def _image_text_pair(sample: dict[str, Any]) -> Page:
     key = find_image_key(sample)
     try:
         image = Image.open(io.BytesIO(sample[key]))
-        image.load()
+        image.load()  # captions go to any model size: no draft
     except Exception as e:
         raise SampleError("bad_image", f"{key}: {e}") from e
     return Page(image=image, text=text, page_index=0)
@@ -130,6 +171,7 @@ def decode_document_page(
         else:
             if num_frames > 1:
                 image.seek(index)
+            _draft(image, target_size, grayscale)
             image.load()
     except Exception as e:
         raise SampleError("bad_image", f"{image_key} page {index}: {e}") from e

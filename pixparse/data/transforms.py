@@ -61,9 +61,6 @@ class ResizePad:
         if self.augment is not None and rng is not None:
             scale *= rng.uniform(0.75, 1.0)
         new_w, new_h = min(self.width, max(1, round(w * scale))), min(self.height, max(1, round(h * scale)))
-        if image.format == "JPEG" and scale < 0.5:
-            # Let libjpeg decode at a reduced DCT scale instead of full size then resize.
-            image.draft(self.image_fmt, (new_w, new_h))
         if image.mode != self.image_fmt:
             image = image.convert(self.image_fmt)
         if (new_w, new_h) != image.size:
