@@ -252,7 +252,7 @@ def test_vector_pdf_is_rendered_to_fit():
     pdf = (b"%PDF-1.4\n1 0 obj <</Type/Catalog/Pages 2 0 R>> endobj\n"
            b"2 0 obj <</Type/Pages/Kids[3 0 R]/Count 1>> endobj\n"
            b"3 0 obj <</Type/Page/Parent 2 0 R/MediaBox[0 0 200 100]/Contents 4 0 R>> endobj\n"
-           b"4 0 obj <</Length %d>> stream\n" % len(content) + content + b"\nendstream endobj\n"
+           + f"4 0 obj <</Length {len(content)}>> stream\n".encode() + content + b"\nendstream endobj\n"
            b"trailer <</Root 1 0 R>>\n%%EOF\n")
     sample = {"__key__": "v", "json": json.dumps({"pages": [{"lines": {"text": ["box"]}}]}).encode(), "pdf": pdf}
     page = decode_document_page(sample, "first", random.Random(0), target_size=(128, 96), grayscale=True)
