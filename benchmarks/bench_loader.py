@@ -191,7 +191,7 @@ def quality(urls, task, tokenizer, max_checks: int = 8) -> tuple[float, bool]:
     for i, s in enumerate(wds.WebDataset(urls, shardshuffle=False)):
         if i >= max_checks:
             break
-        out = prep(s, random.Random(0))
+        out = prep(s, random.Random(0))[0]
         ext = next(e for e in IMAGE_EXTS if e in s)
         if ext == "pdf":
             import pypdfium2 as pdfium

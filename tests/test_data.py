@@ -193,7 +193,7 @@ def test_pdf_pages_render_at_target_size_and_match_json(tmp_path, tiny_task):
     # the smallest DCT scale that still covers the target: between 1x and 2x of it.
     assert 0.98 <= max(white.size[0] / 96, white.size[1] / 128) < 2.0
     assert white.getextrema()[0] > 200 and black.getextrema()[1] < 50
-    out = tiny_task.preprocess(_cfg("x.tar"))(sample, random.Random(0))
+    out = tiny_task.preprocess(_cfg("x.tar"))(sample, random.Random(0))[0]
     assert out["image"].shape == (1, 128, 96)
 
 
@@ -203,7 +203,7 @@ def test_image_text_pairs(tiny_task):
     sample = {"__key__": "pair", "jpg": buf.getvalue(), "txt": "a red bicycle\n".encode()}
     page = decode_document_page(sample, "random", random.Random(0))
     assert page.text == "a red bicycle"
-    ids = tiny_task.preprocess(_cfg("x.tar"))(sample, random.Random(0))["input_ids"]
+    ids = tiny_task.preprocess(_cfg("x.tar"))(sample, random.Random(0))[0]["input_ids"]
     assert tiny_task.tokenizer.decode(ids[1:-1]) == "a red bicycle"
 
 
@@ -259,3 +259,24 @@ def test_vector_pdf_is_rendered_to_fit():
     assert page.image.size == (96, 48)
     assert page.image.crop((0, 0, 40, 48)).getextrema()[1] < 60  # left half black
     assert page.image.crop((56, 0, 96, 48)).getextrema()[0] > 200  # right half white
+
+
+def test_all_pages_mode_yields_every_page_with_text(synth_shards, tiny_task):
+    docs = _raw_samples(synth_shards)
+    expected = sum(len(json.loads(s["json"])["pages"]) for s in docs)
+    assert expected > len(docs)  # some two-page TIFFs
+    cfg = _cfg(synth_shards, batch_size=1, num_workers=0, shuffle_buffer=0, page_sampling="all")
+    loader = create_loader(cfg, tiny_task.preprocess(cfg), tiny_task.collate(cfg), expected, 0, 1, 0)
+    loader.set_interval(0)
+    texts = [tiny_task.tokenizer.decode(b["input_ids"][0][b["attention_mask"][0] == 1][1:-1]) for b in loader]
+    want = ["\n".join(p["lines"]["text"]) for s in docs for p in json.loads(s["json"])["pages"]]
+    assert sorted(t[:40] for t in texts) == sorted(w[:40] for w in want)  # targets are truncated
+
+
+def test_resumed_loader_continues_with_the_same_batches(synth_shards, tiny_task):
+    cfg = _cfg(synth_shards, batch_size=2, num_workers=2, shuffle_buffer=8)
+    loader = create_loader(cfg, tiny_task.preprocess(cfg), tiny_task.collate(cfg), 10, 0, 2, 7)
+    loader.set_interval(3)
+    full = [b["input_ids"] for b in loader]
+    resumed = [b["input_ids"] for b in loader.iter_from(6)]
+    assert len(resumed) == 4 and all(torch.equal(a, b) for a, b in zip(full[6:], resumed))

@@ -23,8 +23,9 @@ class DataLoaderConfig:
     """Image transform. 'resize_pad': keep the aspect ratio, pad to the encoder size, no
     randomness (eval). 'doc_aug': the same plus scale/placement jitter, small rotation and shear,
     erosion/dilation, blur, contrast and JPEG noise (training)."""
-    page_sampling: Literal["random", "first"] = "random"
-    """Which page of a multi-page document becomes the sample (random is seeded per interval)."""
+    page_sampling: Literal["random", "first", "all"] = "random"
+    """Which pages of a multi-page document become samples: one drawn at random (seeded per
+    sample and interval), the first, or every page with text."""
     shuffle_buffer: int = 256
     """Samples held in the in-worker shuffle buffer (0 turns sample shuffling off)."""
     max_skip_fraction: float = 0.1

@@ -129,17 +129,31 @@ def decode_document_page(
     target_size: tuple[int, int] | None = None,
     grayscale: bool = False,
 ) -> Page:
-    """Pick one annotated page of a document sample and decode its image.
+    """Pick one annotated page of a document sample ('random' or 'first') and decode it."""
+    if page_sampling == "all":
+        raise ValueError("decode_document_page gives one page: use decode_document_pages for 'all'")
+    return decode_document_pages(sample, page_sampling, rng, target_size, grayscale)[0]
+
+
+def decode_document_pages(
+    sample: dict[str, Any],
+    page_sampling: str,
+    rng: random.Random,
+    target_size: tuple[int, int] | None = None,
+    grayscale: bool = False,
+) -> list[Page]:
+    """Decode the annotated page(s) of a document sample; pages without text are never chosen.
 
     Args:
         sample: webdataset sample: 'json' bytes plus one image entry (multi-page tif or pdf
             allowed), or an image-text pair ('txt' + image, no json).
-        page_sampling: 'random' (any page with text, drawn from `rng`) or 'first'.
-        target_size: (H, W) the image is going to; PDFs are rendered to fit it directly.
-        grayscale: render PDFs in grayscale.
+        page_sampling: 'random' (one page with text, drawn from `rng`), 'first', or 'all'.
+        target_size: (H, W) the image is going to: JPEGs decode at a reduced DCT scale and PDFs
+            render at the scale that fits it.
+        grayscale: decode JPEG/PDF straight to gray.
     """
     if "json" not in sample and "txt" in sample:
-        return _image_text_pair(sample)
+        return [_image_text_pair(sample)]
     if "json" not in sample:
         raise SampleError("missing_json", f"keys {sorted(k for k in sample if not k.startswith('__'))}")
     try:
@@ -164,16 +178,23 @@ def decode_document_page(
     ]
     if not candidates:
         raise SampleError("empty_page", f"no page with text among {min(len(pages), num_frames)}")
-    index = candidates[0] if page_sampling == "first" else rng.choice(candidates)
-    try:
-        if isinstance(image, _PdfPages):
-            image = image.render(index, target_size, grayscale)
-        else:
-            if num_frames > 1:
-                image.seek(index)
-            _draft(image, target_size, grayscale)
-            image.load()
-    except Exception as e:
-        raise SampleError("bad_image", f"{image_key} page {index}: {e}") from e
-    text = "\n".join(t for t in page_lines(pages[index]) if t.strip())
-    return Page(image=image, text=text, page_index=index)
+    if page_sampling == "all":
+        indices = candidates
+    else:
+        indices = [candidates[0] if page_sampling == "first" else rng.choice(candidates)]
+    out = []
+    for index in indices:
+        try:
+            if isinstance(image, _PdfPages):
+                page_image = image.render(index, target_size, grayscale)
+            else:
+                if num_frames > 1:
+                    image.seek(index)
+                _draft(image, target_size, grayscale)
+                image.load()
+                page_image = image.copy() if len(indices) > 1 else image
+        except Exception as e:
+            raise SampleError("bad_image", f"{image_key} page {index}: {e}") from e
+        text = "\n".join(t for t in page_lines(pages[index]) if t.strip())
+        out.append(Page(image=page_image, text=text, page_index=index))
+    return out

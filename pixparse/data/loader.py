@@ -112,7 +112,7 @@ class SamplePipeline(IterableDataset):
     def __init__(
         self,
         shards: ShardStream,
-        preprocess: Callable[[dict[str, Any], random.Random], dict[str, Any]],
+        preprocess: Callable[[dict[str, Any], random.Random], dict[str, Any] | list[dict[str, Any]]],
         collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
         batch_size: int,
         shuffle_buffer: int,
@@ -158,13 +158,14 @@ class SamplePipeline(IterableDataset):
             except Exception as e:  # an unknown failure must not kill the worker silently
                 skips.add("error", where, e)
                 continue
-            batch.append(out)
-            if len(batch) == self.batch_size:
-                collated = self.collate(batch)
-                collated[LAST_SKIPPED_KEY] = skips.last
-                collated[SKIPPED_KEY] = skips.take()
-                yield collated
-                batch = []
+            for item in out if isinstance(out, list) else [out]:  # a document may give several pages
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    collated = self.collate(batch)
+                    collated[LAST_SKIPPED_KEY] = skips.last
+                    collated[SKIPPED_KEY] = skips.take()
+                    yield collated
+                    batch = []
 
 
 class Loader:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixparse.data.config import DataLoaderConfig
-from pixparse.data.decode import decode_document_page
+from pixparse.data.decode import decode_document_pages
 from pixparse.data.tokenizer import add_task_tokens, create_tokenizer
 from pixparse.data.transforms import DocAugment, ResizePad, TextTargets, collate_text_image
 from pixparse.models import Cruller, create_model, get_model_config
@@ -44,14 +44,18 @@ class _Preprocess:
         self.text = text
         self.page_sampling = page_sampling
 
-    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        page = decode_document_page(
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
+        pages = decode_document_pages(
             sample, self.page_sampling, rng,
             target_size=(self.image_transform.height, self.image_transform.width),
             grayscale=self.image_transform.image_fmt == "L",
         )
-        ids, prompt_length = self.text(page.text)
-        return {"image": self.image_transform(page.image, rng), "input_ids": ids, "prompt_length": prompt_length}
+        out = []
+        for page in pages:
+            ids, prompt_length = self.text(page.text)
+            out.append({"image": self.image_transform(page.image, rng), "input_ids": ids,
+                        "prompt_length": prompt_length})
+        return out
 
 
 class TaskCrullerPretrain(nn.Module):
