@@ -229,3 +229,26 @@ def test_elastic_resume_two_to_one_and_back(synth_shards, tmp_path):
     after_two = _metrics(tmp_path, "el")[len(first) + len(after_one):]
     assert after_two[0]["train/loss"] < first[0]["train/loss"] - 0.5
     assert after_two[-1]["step"] == 48  # interval 2 of 16 steps on 2 ranks
+
+
+def test_run_stops_when_too_many_samples_are_bad(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from pixparse.data.write import write_shards
+
+    buf = io.BytesIO()
+    Image.new("L", (64, 80), 255).save(buf, format="PNG")
+    good = json.dumps({"pages": [{"lines": {"text": ["fine text"]}}]}).encode()
+    samples = [{"__key__": f"k{i:03d}", "json": good if i % 2 else b"{broken", "png": buf.getvalue()}
+               for i in range(40)]
+    write_shards(iter(samples), str(tmp_path / "bad-%06d.tar"), 40)
+    cmd = [sys.executable, "-m", "pixparse.app.train"] + _args(
+        str(tmp_path / "bad-000000.tar"), tmp_path, "zero2_fp32", "bad", "--data.train.num_samples", "32",
+        "--data.train.max_skip_fraction", "0.2")
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "over --data.train.max_skip_fraction=0.2" in text
+    assert "bad-000000.tar:k0" in text and "(bad_json)" in text
