@@ -51,8 +51,10 @@ def test_single_rank_cli_trains_saves_and_resumes(synth_shards, tmp_path):
     ckpt = tmp_path / "one" / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == "step_00000032"
     assert first[-1]["step"] == 32
-    for name in ("config.yaml", "ds_config.json", "model_config.json", "out.log"):
+    for name in ("config.yaml", "ds_config.json", "model_config.json", "run_info.json", "out.log"):
         assert (tmp_path / "one" / name).is_file()
+    info = json.loads((tmp_path / "one" / "run_info.json").read_text())
+    assert info["world_size"] == 1 and info["deepspeed"] and "git_sha" in info
     ds = json.loads((tmp_path / "one" / "ds_config.json").read_text())
     assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["train_batch_size"] == 2
 

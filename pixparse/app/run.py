@@ -42,6 +42,61 @@ def _check_precision_supported(ds_config: dict, path: str) -> None:
                          f"support; use ds_configs/zero2_fp16.json or zero2_fp32.json")
 
 
+def _run_info() -> dict:
+    """Git sha, library versions and the command line: what config.yaml alone does not say."""
+    import platform
+    import subprocess
+    import sys
+
+    import deepspeed
+    import timm
+    import torch
+    import transformers
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = None, None
+    return {
+        "git_sha": sha, "git_dirty": dirty, "argv": sys.argv, "host": platform.node(),
+        "python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+        "timm": timm.__version__, "transformers": transformers.__version__,
+        "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+    }
+
+
+def _make_run_folder(cfg: PretrainConfig, rank: int, ds_config: dict, model_config: dict) -> "RunPaths":
+    """Rank 0 names the run (broadcast to all) and writes config.yaml, ds_config.json and
+    model_config.json: with the git sha they reproduce the run."""
+    from pixparse.engine import dist as pdist
+    from pixparse.engine import logging as plogging
+    from pixparse.engine.train import RunPaths
+
+    experiment = pdist.broadcast_object(
+        cfg.train.experiment
+        or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.path.basename(cfg.task.model_name).removesuffix('.json')}"
+    )
+    run_dir = os.path.join(cfg.train.output_dir, experiment)
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        plogging.add_file(os.path.join(run_dir, cfg.train.log_filename))
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False)
+        with open(os.path.join(run_dir, "ds_config.json"), "w") as f:
+            json.dump(ds_config, f, indent=2)
+        with open(os.path.join(run_dir, "model_config.json"), "w") as f:
+            json.dump(model_config, f, indent=2)
+        with open(os.path.join(run_dir, "run_info.json"), "w") as f:
+            json.dump(_run_info(), f, indent=2)
+    return RunPaths(run_dir=run_dir, checkpoint_dir=checkpoint_dir_for(cfg, experiment),
+                    tensorboard_dir=os.path.join(run_dir, "tensorboard"))
+
+
 def run_pretrain(cfg: PretrainConfig) -> bool:
     """Validate, set up distributed, build the task and train. False if stopped by a signal."""
     from pixparse.data.loader import check_shards_cover
@@ -49,7 +104,7 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
     from pixparse.engine import dist as pdist
     from pixparse.engine import logging as plogging
     from pixparse.engine.ds_config import resolve_ds_config
-    from pixparse.engine.train import RunPaths, Trainer, make_plan, seed_everything
+    from pixparse.engine.train import Trainer, make_plan, seed_everything
 
     # Everything a user can get wrong is checked before the process group starts.
     rank, _, world_size = pdist.world_info()
@@ -76,28 +131,10 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
 
     plogging.setup(rank)
     pdist.init_distributed()
-    experiment = pdist.broadcast_object(
-        cfg.train.experiment
-        or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.path.basename(cfg.task.model_name).removesuffix('.json')}"
-    )
-    run_dir = os.path.join(cfg.train.output_dir, experiment)
-    paths = RunPaths(
-        run_dir=run_dir,
-        checkpoint_dir=checkpoint_dir_for(cfg, experiment),
-        tensorboard_dir=os.path.join(run_dir, "tensorboard"),
-    )
-    config_dict = dataclasses.asdict(cfg)
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        plogging.add_file(os.path.join(run_dir, cfg.train.log_filename))
-        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(config_dict, f, sort_keys=False)
-        with open(os.path.join(run_dir, "ds_config.json"), "w") as f:
-            json.dump(ds_config, f, indent=2)
-        with open(os.path.join(run_dir, "model_config.json"), "w") as f:
-            json.dump(model_cfg.to_dict(), f, indent=2)
+    paths = _make_run_folder(cfg, rank, ds_config, model_cfg.to_dict())
     logger.info("run %s: %d rank(s), %d steps/interval x %d intervals, global batch %d",
-                run_dir, world_size, plan.steps_per_interval, cfg.task.num_intervals, plan.global_batch_size)
+                paths.run_dir, world_size, plan.steps_per_interval, cfg.task.num_intervals,
+                plan.global_batch_size)
 
     from pixparse.tasks.pretrain import TaskCrullerPretrain
 
@@ -115,11 +152,11 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
         ds_config.setdefault("checkpoint", {})["load_universal"] = True
     trainer = Trainer(
         task, cfg.data.train, cfg.train, cfg.task.opt, plan, cfg.task.num_intervals, ds_config,
-        paths, config_dict,
+        paths, dataclasses.asdict(cfg),
     )
     if source is not None:
         trainer.resume(source)
     finished = trainer.fit()
-    logger.info("done: logs %s, checkpoints %s%s", os.path.join(run_dir, cfg.train.log_filename),
+    logger.info("done: logs %s, checkpoints %s%s", os.path.join(paths.run_dir, cfg.train.log_filename),
                 paths.checkpoint_dir, f", tensorboard {paths.tensorboard_dir}" if cfg.train.tensorboard else "")
     return finished
