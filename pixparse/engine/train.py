@@ -233,7 +233,7 @@ class Trainer:
         self._signal = signum
 
     def _stop_requested(self) -> bool:
-        """True on every rank once any rank got SIGTERM/SIGUSR1 (one tiny all-reduce per step)."""
+        """True on every rank once any rank got SIGTERM/SIGUSR1 (one tiny all-reduce)."""
         flag = torch.tensor([1.0 if self._signal else 0.0], device=self.engine.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
@@ -301,8 +301,9 @@ class Trainer:
                 if self.step == 1 or self.step % self.train_cfg.log_every_n_steps == 0 or self.step == last_step:
                     self.log(window)
                     window.reset()
-                if self._stop_requested():
-                    return False
+                    # Signals are agreed on at log steps only: the check is a host sync.
+                    if self._stop_requested():
+                        return False
                 if every and self.step % every == 0 and self.step != last_step:
                     self.save()
             data_start = time.perf_counter()
