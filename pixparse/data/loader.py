@@ -181,7 +181,7 @@ class Loader:
             batch_size=None,
             num_workers=num_workers,
             persistent_workers=False,
-            prefetch_factor=4 if num_workers > 0 else None,
+            prefetch_factor=2 if num_workers > 0 else None,
         )
 
     def set_interval(self, interval: int) -> None:
