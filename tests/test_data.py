@@ -280,3 +280,16 @@ def test_resumed_loader_continues_with_the_same_batches(synth_shards, tiny_task)
     full = [b["input_ids"] for b in loader]
     resumed = [b["input_ids"] for b in loader.iter_from(6)]
     assert len(resumed) == 4 and all(torch.equal(a, b) for a, b in zip(full[6:], resumed))
+
+
+def test_missing_local_shards_fail_early(tmp_path):
+    with pytest.raises(ValueError, match="2 of 2 shard.*do not exist"):
+        check_shards_cover(_cfg(str(tmp_path / "nope-{0..1}.tar"), num_workers=1), world_size=1)
+
+
+def test_unreadable_pipe_shards_raise_instead_of_hanging(tiny_task):
+    cfg = _cfg("pipe:false::pipe:false", batch_size=1, num_workers=0)
+    loader = create_loader(cfg, tiny_task.preprocess(cfg), tiny_task.collate(cfg), 2, 0, 1, 0)
+    loader.set_interval(0)
+    with pytest.raises(RuntimeError, match="shard reads in a row failed"):
+        next(iter(loader))

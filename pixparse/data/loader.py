@@ -2,6 +2,7 @@
 workers, exactly `num_batches` batches per interval on every rank."""
 import itertools
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -136,8 +137,19 @@ class SamplePipeline(IterableDataset):
         worker, _ = _worker_position()
         skips = _SkipCounter()
 
+        failures_in_a_row = [0]
+        max_failures = 2 * max(1, len(self.shards.urls))
+
         def tar_error(exn: Exception) -> bool:
-            skips.add("bad_tar", str(exn.args[-1]) if exn.args else "?", exn)
+            where = str(exn.args[-1]) if exn.args else "?"
+            skips.add("bad_tar", where, exn)
+            failures_in_a_row[0] += 1
+            if failures_in_a_row[0] >= max_failures:
+                # Every shard failing (say a dead 'pipe:' command) would otherwise loop forever.
+                raise RuntimeError(
+                    f"{failures_in_a_row[0]} shard reads in a row failed with no sample read; "
+                    f"latest {where}: {exn}"
+                ) from exn
             return True  # keep going with the next member / shard
 
         samples = wds.tarfile_to_samples(handler=tar_error)(iter(self.shards))
@@ -146,6 +158,7 @@ class SamplePipeline(IterableDataset):
             samples = wds.filters._shuffle(samples, self.shuffle_buffer, min(self.shuffle_buffer, 16), rng)
         batch: list[dict[str, Any]] = []
         for sample in samples:
+            failures_in_a_row[0] = 0
             where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
             # Per-sample RNG: the same sample gets the same page/augmentation for a given
             # seed and interval, whichever worker reads it.
@@ -206,6 +219,13 @@ class Loader:
 def check_shards_cover(cfg: DataLoaderConfig, world_size: int) -> list[str]:
     """Expand the source and check that every rank and worker gets a shard (finite mode)."""
     urls = expand_source(cfg.source)
+    local = [u for u in urls if not u.startswith("pipe:") and "://" not in u]
+    missing = [u for u in local if not os.path.isfile(u)]
+    if missing:
+        raise ValueError(
+            f"--data.train.source: {len(missing)} of {len(urls)} shard(s) do not exist, e.g. "
+            f"{missing[:3]}; check the path and brace pattern"
+        )
     readers = world_size * max(cfg.num_workers, 1)
     if not cfg.resampled and len(urls) < readers:
         raise ValueError(
