@@ -130,6 +130,9 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
         _refuse_to_overwrite(cfg)
 
     plogging.setup(rank)
+    threads = pdist.share_cpu_threads()
+    if threads is not None:
+        logger.info("OMP_NUM_THREADS unset: %d torch thread(s) per rank", threads)
     pdist.init_distributed()
     paths = _make_run_folder(cfg, rank, ds_config, model_cfg.to_dict())
     logger.info("run %s: %d rank(s), %d steps/interval x %d intervals, global batch %d",
