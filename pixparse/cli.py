@@ -8,11 +8,11 @@ from typing import Any
 
 from jsonargparse import auto_cli, set_parsing_settings
 
-from pixparse.config import PretrainConfig
+from pixparse.config import BenchConfig, PretrainConfig
 
 logger = logging.getLogger(__name__)
 
-COMMANDS: dict[str, type] = {"pretrain": PretrainConfig}
+COMMANDS: dict[str, type] = {"pretrain": PretrainConfig, "bench": BenchConfig}
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; requeue me
 
@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
 
         if not run_pretrain(cfg):
             raise SystemExit(EXIT_PREEMPTED)
+    elif command == "bench":
+        from pixparse.app.run import run_bench
+
+        run_bench(cfg)
 
 
 if __name__ == "__main__":

@@ -18,3 +18,22 @@ class PretrainConfig:
     """DeepSpeed JSON (ZeRO stage, precision, clipping); see ds_configs/."""
     local_rank: int = -1
     """Set by the deepspeed launcher; the rank itself is read from LOCAL_RANK/RANK."""
+
+
+@dataclass(kw_only=True)
+class BenchConfig(PretrainConfig):
+    """Throughput of training steps: the pretrain config plus the timing window."""
+
+    synthetic_data: bool = False
+    """Feed random pixels and full-length text made once on the device (the model alone, no
+    loader); --data.train.source is then not read (pass any value)."""
+    warmup_steps: int = 5
+    """Optimizer steps run before timing starts (compilation, allocator warm-up)."""
+    steps: int = 20
+    """Optimizer steps timed."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 20:
+            raise ValueError(f"--steps must be >= 20 for a stable rate, got {self.steps}")
+        if self.warmup_steps < 1:
+            raise ValueError(f"--warmup_steps must be >= 1, got {self.warmup_steps}")

@@ -65,7 +65,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_help_lists_subcommands_and_print_config_dumps_yaml():
     out = _cli("--help")
-    assert out.returncode == 0 and "pretrain" in out.stdout
+    assert out.returncode == 0 and "pretrain" in out.stdout and "bench" in out.stdout
     out = _cli(*BASE, "--print_config")
     assert out.returncode == 0, out.stderr
     printed = yaml.safe_load(out.stdout)
@@ -124,3 +124,12 @@ def test_every_recipe_parses(recipe):
     from pixparse.models import get_model_config
 
     get_model_config(cfg.task.model_name)
+
+
+def test_bench_subcommand_parses_and_checks_its_window():
+    from pixparse.config import BenchConfig
+
+    _, cfg = parse(["bench"] + BASE[1:] + ["--synthetic_data", "true", "--steps", "25"])
+    assert isinstance(cfg, BenchConfig) and cfg.synthetic_data and cfg.steps == 25
+    with pytest.raises(ValueError, match="--steps must be >= 20"):
+        parse(["bench"] + BASE[1:] + ["--steps", "5"])

@@ -254,3 +254,18 @@ def test_run_stops_when_too_many_samples_are_bad(tmp_path):
     assert proc.returncode != 0
     assert "over --data.train.max_skip_fraction=0.2" in text
     assert "bad-000000.tar:k0" in text and "(bad_json)" in text
+
+
+@pytest.mark.parametrize("synthetic", [True, False])
+def test_bench_reports_throughput(synth_shards, tmp_path, synthetic):
+    cmd = [sys.executable, "-m", "pixparse.cli", "bench"] + _args(
+        synth_shards, tmp_path, "zero2_bf16", f"bench{synthetic}",
+        "--synthetic_data", str(synthetic).lower(), "--steps", "20", "--warmup_steps", "2")
+    proc = _run(cmd)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])  # the last line is the JSON
+    assert report["steps"] == 20 and report["samples_per_s"] > 0 and report["tflops_per_device"] > 0
+    assert report["dtype"] == "bfloat16" and report["mfu"] is None  # no peak known for CPUs
+    assert "samples/s global | per device" in proc.stdout
+    assert (tmp_path / f"bench{synthetic}" / "bench.json").is_file()
+    if synthetic:
+        assert report["data_wait_pct"] < 5

@@ -7,7 +7,9 @@ import time
 
 import yaml
 
-from pixparse.config import PretrainConfig
+from typing import Any
+
+from pixparse.config import BenchConfig, PretrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -97,16 +99,27 @@ def _make_run_folder(cfg: PretrainConfig, rank: int, ds_config: dict, model_conf
                     tensorboard_dir=os.path.join(run_dir, "tensorboard"))
 
 
-def run_pretrain(cfg: PretrainConfig) -> bool:
-    """Validate, set up distributed, build the task and train. False if stopped by a signal."""
+@dataclasses.dataclass
+class _Setup:
+    rank: int
+    world_size: int
+    ds_config: dict
+    plan: Any
+    model_cfg: Any
+    paths: Any
+    task: Any
+
+
+def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
+    """Validate everything a user can get wrong, then start the process group, name the run
+    folder and build the task (same for pretrain and bench)."""
     from pixparse.data.loader import check_shards_cover
-    from pixparse.engine import checkpoint
     from pixparse.engine import dist as pdist
     from pixparse.engine import logging as plogging
     from pixparse.engine.ds_config import resolve_ds_config
-    from pixparse.engine.train import Trainer, make_plan, seed_everything
+    from pixparse.engine.train import make_plan, seed_everything
+    from pixparse.models import get_model_config
 
-    # Everything a user can get wrong is checked before the process group starts.
     rank, _, world_size = pdist.world_info()
     ds_config = resolve_ds_config(
         cfg.deepspeed_config, cfg.data.train.batch_size, cfg.task.opt.grad_accum_steps,
@@ -115,9 +128,8 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
     _check_precision_supported(ds_config, cfg.deepspeed_config)
     plan = make_plan(cfg.data.train, cfg.task.opt, cfg.task.num_intervals,
                      cfg.task.warmup_intervals, world_size)
-    check_shards_cover(cfg.data.train, world_size)
-    from pixparse.models import get_model_config
-
+    if read_shards:
+        check_shards_cover(cfg.data.train, world_size)
     if cfg.task.init_from:
         from pixparse.models.export import read_source
 
@@ -146,15 +158,25 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
     num_params = sum(p.numel() for p in task.parameters())
     logger.info("model %s: %.2fM parameters, tokenizer vocab %d",
                 cfg.task.model_name, num_params / 1e6, len(task.tokenizer))
+    return _Setup(rank, world_size, ds_config, plan, model_cfg, paths, task)
+
+
+def run_pretrain(cfg: PretrainConfig) -> bool:
+    """Validate, set up distributed, build the task and train. False if stopped by a signal."""
+    from pixparse.engine import checkpoint
+    from pixparse.engine.train import Trainer
+
+    setup = _setup(cfg)
+    paths, ds_config = setup.paths, setup.ds_config
     resume = cfg.train.resume
     if resume == "auto":
         resume = "latest" if checkpoint.list_complete_tags(paths.checkpoint_dir) else None
         logger.info("--train.resume auto: %s", "resuming from latest" if resume else "no checkpoint, starting fresh")
-    source = checkpoint.prepare_resume(resume, paths.checkpoint_dir, world_size) if resume else None
+    source = checkpoint.prepare_resume(resume, paths.checkpoint_dir, setup.world_size) if resume else None
     if source is not None and source.universal:
         ds_config.setdefault("checkpoint", {})["load_universal"] = True
     trainer = Trainer(
-        task, cfg.data.train, cfg.train, cfg.task.opt, plan, cfg.task.num_intervals, ds_config,
+        setup.task, cfg.data.train, cfg.train, cfg.task.opt, setup.plan, cfg.task.num_intervals, ds_config,
         paths, dataclasses.asdict(cfg),
     )
     if source is not None:
@@ -163,3 +185,23 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
     logger.info("done: logs %s, checkpoints %s%s", os.path.join(paths.run_dir, cfg.train.log_filename),
                 paths.checkpoint_dir, f", tensorboard {paths.tensorboard_dir}" if cfg.train.tensorboard else "")
     return finished
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Time training steps (warmup excluded) and print a table and one JSON line (rank 0)."""
+    from pixparse.engine.bench import benchmark, format_report
+    from pixparse.engine.train import Trainer
+
+    setup = _setup(cfg, read_shards=not cfg.synthetic_data)
+    trainer = Trainer(
+        setup.task, cfg.data.train, cfg.train, cfg.task.opt, setup.plan, cfg.task.num_intervals,
+        setup.ds_config, setup.paths, dataclasses.asdict(cfg), build_loader=not cfg.synthetic_data,
+    )
+    report = benchmark(trainer, cfg.synthetic_data, cfg.warmup_steps, cfg.steps)
+    report["model"] = cfg.task.model_name
+    if setup.rank == 0:
+        print(format_report(report))
+        print(json.dumps(report))
+        with open(os.path.join(setup.paths.run_dir, "bench.json"), "w") as f:
+            json.dump({"report": report, "config": dataclasses.asdict(cfg), "run_info": _run_info()}, f, indent=2)
+    return report

@@ -114,6 +114,7 @@ class Trainer:
         ds_config: dict[str, Any],
         paths: RunPaths,
         config_dict: dict[str, Any],
+        build_loader: bool = True,
     ) -> None:
         import deepspeed
 
@@ -146,7 +147,7 @@ class Trainer:
             rank=self.rank,
             world_size=self.world_size,
             seed=train_cfg.seed,
-        )
+        ) if build_loader else None
         self.sink: MetricSink = MetricSink()
         if self.rank == 0:
             sinks: list[MetricSink] = [JsonlSink(os.path.join(paths.run_dir, "metrics.jsonl"))]
@@ -154,7 +155,8 @@ class Trainer:
                 sinks.append(TensorBoardSink(paths.tensorboard_dir))
             self.sink = MultiSink(sinks)
         device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        self.peak_tflops = peak_tflops(device_name, compute_dtype_name(ds_config))
+        self.dtype_name = compute_dtype_name(ds_config)
+        self.peak_tflops = peak_tflops(device_name, self.dtype_name)
         self.step = 0
         self.interval = 0
         self.batches_done = 0

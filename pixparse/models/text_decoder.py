@@ -49,7 +49,7 @@ class TextDecoder(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         if enable:
             self.model.gradient_checkpointing_enable({"use_reentrant": False})
-        else:
+        elif self.model.is_gradient_checkpointing:
             self.model.gradient_checkpointing_disable()
 
     def forward(

@@ -128,6 +128,17 @@ class TaskCrullerPretrain(nn.Module):
             "text_tokens": float(batch["attention_mask"].sum()),
         }
 
+    def synthetic_batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random pixels and full-length random text: the worst case the loader can send."""
+        enc = self.model_cfg.image_encoder
+        h, w = enc.image_size
+        image = torch.randint(0, 256, (batch_size, enc.in_chans, h, w), dtype=torch.uint8, generator=generator)
+        ids = torch.randint(0, len(self.tokenizer), (batch_size, self.max_length), generator=generator)
+        ids[:, 0] = self.tokenizer.convert_tokens_to_ids(PRETRAIN_PROMPT)
+        labels = ids.clone()
+        labels[:, 0] = -100
+        return {"image": image, "input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
     def export_info(self) -> dict[str, Any]:
         """What a loader of the exported weights needs besides the preset."""
         tok = self.tokenizer
