@@ -195,6 +195,7 @@ class Loader:
             num_workers=num_workers,
             persistent_workers=False,
             prefetch_factor=2 if num_workers > 0 else None,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches: async host-to-GPU copies
         )
 
     def set_interval(self, interval: int) -> None:
