@@ -4,10 +4,9 @@ import json
 import logging
 import os
 import time
+from typing import Any
 
 import yaml
-
-from typing import Any
 
 from pixparse.config import BenchConfig, PretrainConfig
 

@@ -48,7 +48,12 @@ def _quad_to_box(quad: list[float]) -> list[float]:
 
 
 def _sample(
-    key: str, image_path: str, lines: list[tuple[str, list[float]]], columns: bool = False, **fields: Any
+    key: str,
+    image_path: str,
+    lines: list[tuple[str, list[float]]],
+    columns: bool = False,
+    unboxed_lines: list[str] | None = None,
+    **fields: Any,
 ) -> Sample:
     """Lines given in pixel boxes, put in reading order: top to bottom, left to right; with
     `columns`, lines starting right of the page middle come after those left of it."""
@@ -57,14 +62,21 @@ def _sample(
     lines = [(t, b) for t, b in lines if t.strip()]
     lines.sort(key=lambda tb: (columns and tb[1][0] > 0.45 * width,
                                round(tb[1][1] / max(1, height) * 100), tb[1][0]))
+    page_lines = {"text": [t for t, _ in lines], "bbox": [_norm_box(b, width, height) for _, b in lines]}
+    if unboxed_lines is not None:  # text known only line by line, in its own order, without boxes
+        page_lines = {"text": [t for t in unboxed_lines if t.strip()], "bbox": []}
     page = {
-        "lines": {"text": [t for t, _ in lines], "bbox": [_norm_box(b, width, height) for _, b in lines]},
+        "lines": page_lines,
         "width": width,
         "height": height,
     }
-    ext = os.path.splitext(image_path)[1].lower().lstrip(".").replace("jpeg", "jpg").replace("tiff", "tif")
     anno = {"pages": [page], **fields}
-    return {"__key__": key, "json": json.dumps(anno).encode(), ext: data}
+    return {"__key__": key, "json": json.dumps(anno).encode(), _ext_key(image_path): data}
+
+
+def _ext_key(image_path: str) -> str:
+    """The sample key for an image file: its extension, with jpeg/tiff spelled jpg/tif."""
+    return os.path.splitext(image_path)[1].lower().lstrip(".").replace("jpeg", "jpg").replace("tiff", "tif")
 
 
 def _require(path: str, what: str) -> None:
@@ -210,17 +222,12 @@ def read_folder(root: str) -> Iterator[Sample]:
             continue
         image = os.path.join(root, name)
         if os.path.isfile(os.path.join(root, stem + ".json")):
-            data = _read(image)
-            out_ext = ext.lower().lstrip(".").replace("jpeg", "jpg").replace("tiff", "tif")
-            yield {"__key__": stem, "json": _read(os.path.join(root, stem + ".json")), out_ext: data}
+            anno = _read(os.path.join(root, stem + ".json"))
+            yield {"__key__": stem, "json": anno, _ext_key(image): _read(image)}
         elif os.path.isfile(os.path.join(root, stem + ".txt")):
             with open(os.path.join(root, stem + ".txt"), encoding="utf-8") as f:
                 text = [t.rstrip("\n") for t in f]
-            sample = _sample(stem, image, [])
-            anno = json.loads(sample["json"])
-            anno["pages"][0]["lines"] = {"text": [t for t in text if t.strip()], "bbox": []}
-            sample["json"] = json.dumps(anno).encode()
-            yield sample
+            yield _sample(stem, image, [], unboxed_lines=text)
 
 
 READERS = {

@@ -65,9 +65,6 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-ASSETS = CHECKPOINT_ASSETS
-
-
 def save(
     engine: Any,
     ckpt_dir: str,
@@ -88,7 +85,7 @@ def save(
     dist.barrier()  # every rank's files are on disk
     if rank == 0:
         if save_assets is not None:
-            save_assets(os.path.join(path, ASSETS))
+            save_assets(os.path.join(path, CHECKPOINT_ASSETS))
         meta = dict(state, world_size=dist.get_world_size())
         _atomic_write(os.path.join(path, MARKER), json.dumps(meta, indent=2))
         _atomic_write(os.path.join(ckpt_dir, LATEST), tag)

@@ -164,7 +164,6 @@ class Trainer:
         self._signal = 0
         self.skipped_total: Counter = Counter()
         self.last_skipped = ""
-        self.history: list[dict[str, float]] = []  # rank 0's logged lines, for callers and tests
 
     # ----------------------------------------------------------------- checkpoint
     def state(self) -> dict[str, Any]:
@@ -279,6 +278,16 @@ class Trainer:
         finally:
             bar.close()
 
+    def micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward, backward and (at accumulation boundaries) the optimizer step on one CPU batch.
+        Returns the loss (on the device, not synced) and the batch's work from batch_stats."""
+        work = self.task.batch_stats(batch)  # from the CPU batch: no device sync
+        batch = _to_device(batch, self.engine.device)
+        loss = self.engine(batch)["loss"]
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss, work
+
     def _run_interval(self, window: _Window, last_step: int, every: int, bar: tqdm) -> bool:
         data_start = time.perf_counter()
         for batch in self.loader.iter_from(self.batches_done):
@@ -286,15 +295,11 @@ class Trainer:
             window.skipped.update(batch.pop(SKIPPED_KEY, {}))
             window.last_skipped = batch.pop(LAST_SKIPPED_KEY, "") or window.last_skipped
             window.samples += batch["input_ids"].shape[0]
-            work = self.task.batch_stats(batch)  # from the CPU batch: no device sync
+            loss, work = self.micro_step(batch)
             window.text_tokens += work["text_tokens"]
             window.image_tokens += work["image_tokens"]
             window.flops += work["flops"]
-            batch = _to_device(batch, self.engine.device)
-            out = self.engine(batch)
-            self.engine.backward(out["loss"])
-            self.engine.step()
-            window.loss_sum += out["loss"].detach().float()
+            window.loss_sum += loss.detach().float()
             window.micro_batches += 1
             self.batches_done += 1
             if self.batches_done % self.accum == 0:
@@ -348,7 +353,6 @@ class Trainer:
             record["mfu"] = utilization
         if torch.cuda.is_available():
             record["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        self.history.append(record)
         logger.info(
             "interval %d | step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.1f samp/s | "
             "%.0f tok/s | %.0f img tok/s | %.3g TFLOP/s/dev%s | data-wait %.0f%% | skipped %d",
