@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from pixparse.models.export import CHECKPOINT_ASSETS
+from pixparse.models.safe_load import check_checkpoint_files, safe_torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def resolve_resume(resume: str, ckpt_dir: str) -> tuple[str, str]:
             f"--train.resume: {path} is incomplete (no {MARKER}: the save did not finish); "
             f"resume from an earlier tag: {list_complete_tags(ckpt_dir) or 'none complete'}"
         )
+    check_checkpoint_files(path)  # DeepSpeed's load_checkpoint unpickles with weights_only=False
     return ckpt_dir, tag
 
 
@@ -155,6 +157,7 @@ def prepare_resume(spec: str, ckpt_dir: str, world_size: int) -> ResumeSource:
         )
         _atomic_write(os.path.join(out, MARKER), json.dumps(state))
     dist.barrier()
+    check_checkpoint_files(out)
     return ResumeSource(universal_dir, tag, tag_dir, state, universal=True)
 
 
@@ -163,5 +166,5 @@ def load_rng(tag_dir: str, rank: int) -> bool:
     path = os.path.join(tag_dir, f"rng_state_rank{rank}.pt")
     if not os.path.isfile(path):
         return False
-    set_rng_state(torch.load(path, weights_only=False))
+    set_rng_state(safe_torch_load(path))
     return True

@@ -10,6 +10,7 @@ from safetensors.torch import load_model, save_model
 
 from pixparse.models.config import ModelConfig
 from pixparse.models.cruller import Cruller, create_model
+from pixparse.models.safe_load import check_checkpoint_files, safe_torch_load
 
 WEIGHTS = "model.safetensors"
 CHECKPOINT_ASSETS = "assets"  # what a checkpoint tag carries for export (see engine.checkpoint)
@@ -38,6 +39,7 @@ def checkpoint_state_dict(tag_dir: str) -> dict[str, torch.Tensor]:
     import glob
 
     tag_dir = tag_dir.rstrip("/")
+    check_checkpoint_files(tag_dir)  # DeepSpeed unpickles with weights_only=False below
     ckpt_dir, tag = os.path.dirname(os.path.abspath(tag_dir)), os.path.basename(tag_dir)
     if glob.glob(os.path.join(tag_dir, "*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -49,7 +51,7 @@ def checkpoint_state_dict(tag_dir: str) -> dict[str, torch.Tensor]:
     states = os.path.join(tag_dir, "mp_rank_00_model_states.pt")
     if not os.path.isfile(states):
         raise ValueError(f"{tag_dir} holds no DeepSpeed model states (mp_rank_00_model_states.pt)")
-    module = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    module = safe_torch_load(states)["module"]
     return {k: v.float() for k, v in module.items()}
 
 
