@@ -46,7 +46,7 @@ from pixparse.data.decode import IMAGE_EXTS, decode_document_page, fit_size  # n
 from pixparse.data.formats import read_docbank, read_funsd, read_sroie  # noqa: E402
 from pixparse.data.loader import create_loader  # noqa: E402
 from pixparse.data.write import write_shards  # noqa: E402
-from pixparse.tasks.config import TaskPretrainConfig  # noqa: E402
+from pixparse.tasks.config import TaskConfig  # noqa: E402
 from pixparse.tasks.pretrain import PRETRAIN_PROMPT, TaskCrullerPretrain  # noqa: E402
 
 H, W = 576, 448
@@ -235,7 +235,7 @@ def main() -> None:
     if not os.path.isfile(tok_copy):
         with open(tok_path, "rb") as f, open(tok_copy, "wb") as g:
             g.write(f.read())
-    task = TaskCrullerPretrain(TaskPretrainConfig(model_name="cruller_base", tokenizer=tok_copy, max_length=MAX_LENGTH))
+    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_base", tokenizer=tok_copy, max_length=MAX_LENGTH))
     tokenizer = task.tokenizer
     shards = build_shards(args.data, args.shards, args.max_samples, args.copies)
     rows = []

@@ -3,14 +3,14 @@ from dataclasses import dataclass, field
 
 from pixparse.data.config import DataConfig
 from pixparse.engine.config import TrainConfig
-from pixparse.tasks.config import TaskPretrainConfig
+from pixparse.tasks.config import TaskConfig
 
 
 @dataclass(kw_only=True)
 class PretrainConfig:
     data: DataConfig
     """Data loading."""
-    task: TaskPretrainConfig = field(default_factory=TaskPretrainConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     """Model, objective and optimizer."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Run folder, logging, checkpoints."""

@@ -1,13 +1,13 @@
 import torch
 
 from pixparse.engine.metrics import count_saved_activations
-from pixparse.tasks.config import TaskPretrainConfig
+from pixparse.tasks.config import TaskConfig
 from pixparse.tasks.pretrain import TaskCrullerPretrain
 
 
 def _run(encoder: bool, decoder: bool):
     torch.manual_seed(0)
-    task = TaskCrullerPretrain(TaskPretrainConfig(
+    task = TaskCrullerPretrain(TaskConfig(
         model_name="cruller_tiny", encoder_grad_checkpointing=encoder, decoder_grad_checkpointing=decoder)).train()
     h, w = task.model_cfg.image_encoder.image_size
     g = torch.Generator().manual_seed(3)

@@ -150,12 +150,12 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
                 paths.run_dir, world_size, plan.steps_per_interval, cfg.task.num_intervals,
                 plan.global_batch_size)
 
-    from pixparse.tasks.pretrain import TaskCrullerPretrain
+    from pixparse.tasks.registry import create_task
 
     seed_everything(cfg.train.seed)
-    task = TaskCrullerPretrain(cfg.task, model_cfg)
+    task = create_task(cfg.task, model_cfg, cfg.data.train.source)
     num_params = sum(p.numel() for p in task.parameters())
-    logger.info("model %s: %.2fM parameters, tokenizer vocab %d",
+    logger.info("task %s, model %s: %.2fM parameters, tokenizer vocab %d", cfg.task.name,
                 cfg.task.model_name, num_params / 1e6, len(task.tokenizer))
     return _Setup(rank, world_size, ds_config, plan, model_cfg, paths, task)
 

@@ -23,6 +23,7 @@ class Page:
     image: Image.Image
     text: str
     page_index: int
+    anno: dict[str, Any] | None = None  # the document's whole annotation (task fields live there)
 
 
 def page_lines(page: dict[str, Any]) -> list[str]:
@@ -196,5 +197,5 @@ def decode_document_pages(
         except Exception as e:
             raise SampleError("bad_image", f"{image_key} page {index}: {e}") from e
         text = "\n".join(t for t in page_lines(pages[index]) if t.strip())
-        out.append(Page(image=page_image, text=text, page_index=index))
+        out.append(Page(image=page_image, text=text, page_index=index, anno=anno))
     return out

@@ -79,29 +79,40 @@ class ResizePad:
 
 
 class TextTargets:
-    """Text -> token ids: [prompt ids] + text ids + [eos], truncated to max_length."""
+    """(prompt, target) -> token ids [prompt ids] + target ids + [eos], truncated to max_length.
 
-    def __init__(self, tokenizer: Any, prompt: str, max_length: int) -> None:
+    The prompt (a task token, maybe a question) is what the decoder is given; the loss is on
+    the target and eos only."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
         self.tokenizer = tokenizer
-        self.prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False).input_ids
         self.eos_id: int = tokenizer.eos_token_id
         self.max_length = max_length
-        if len(self.prompt_ids) + 1 >= max_length:
-            raise ValueError(f"max_length {max_length} leaves no room after prompt {prompt!r}")
+        self._prompt_ids: dict[str, list[int]] = {}
 
-    def __call__(self, text: str) -> tuple[list[int], int]:
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if prompt not in self._prompt_ids:
+            ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+            if len(ids) + 1 >= self.max_length:
+                raise ValueError(f"max_length {self.max_length} leaves no room after prompt {prompt!r}")
+            self._prompt_ids[prompt] = ids
+        return self._prompt_ids[prompt]
+
+    def __call__(self, prompt: str, target: str) -> tuple[list[int], int]:
         """Returns (ids, prompt_length)."""
-        body = self.tokenizer(text, add_special_tokens=False).input_ids
-        body = body[: self.max_length - len(self.prompt_ids) - 1]
-        return self.prompt_ids + body + [self.eos_id], len(self.prompt_ids)
+        prompt_ids = self.prompt_ids(prompt)
+        body = self.tokenizer(target, add_special_tokens=False).input_ids
+        body = body[: self.max_length - len(prompt_ids) - 1]
+        return prompt_ids + body + [self.eos_id], len(prompt_ids)
 
 
 def collate_text_image(
     samples: list[dict[str, Any]], pad_id: int, pad_to_multiple_of: int = 8
-) -> dict[str, torch.Tensor]:
+) -> dict[str, Any]:
     """Stack images; pad ids to the longest (rounded up to a multiple); labels ignore prompt + pad.
 
-    Returns image (B, C, H, W) uint8, input_ids/attention_mask/labels (B, T_txt).
+    Returns image (B, C, H, W) uint8, input_ids/attention_mask/labels (B, T_txt),
+    prompt_length (B,), and `meta` (a list: key, reference) when the samples carry it (eval).
     """
     longest = max(len(s["input_ids"]) for s in samples)
     length = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
@@ -115,9 +126,13 @@ def collate_text_image(
         input_ids[i, :n] = ids
         attention_mask[i, :n] = 1
         labels[i, s["prompt_length"]:n] = ids[s["prompt_length"]:]
-    return {
+    out: dict[str, Any] = {
         "image": torch.stack([s["image"] for s in samples]),
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
+        "prompt_length": torch.tensor([s["prompt_length"] for s in samples], dtype=torch.long),
     }
+    if "meta" in samples[0]:
+        out["meta"] = [s["meta"] for s in samples]
+    return out

@@ -48,7 +48,11 @@ class OptimConfig:
 
 
 @dataclass(kw_only=True)
-class TaskPretrainConfig:
+class TaskConfig:
+    name: Literal["cruller_pretrain", "cruller_finetune_sroie"] = "cruller_pretrain"
+    """Objective. 'cruller_pretrain': read the page (write its text lines). 'cruller_finetune_sroie':
+    key-field parsing of receipts (the shards' `fields` written with field tokens, scored by
+    field F1 and tree-edit-distance accuracy); the field tokens are read from the training shards."""
     model_name: str = "cruller_base"
     """Model preset name (see pixparse.models.list_presets()) or a path to a preset JSON."""
     init_from: str | None = None
@@ -71,6 +75,10 @@ class TaskPretrainConfig:
     """Intervals to train; an interval is the span between checkpoints (num_samples samples)."""
     num_warmup_intervals: float | None = None
     """LR warmup length in intervals (may be fractional). Unset: 10% of --task.num_intervals."""
+    max_new_tokens: int | None = None
+    """Longest generated output in evaluation. Unset: --task.max_length minus the prompt."""
+    num_beams: int = 1
+    """Beam width of generation in evaluation (1: greedy)."""
 
     @property
     def warmup_intervals(self) -> float:
@@ -91,5 +99,9 @@ class TaskPretrainConfig:
                 "--task.init_from brings its own tokenizer and weights: drop --task.tokenizer and "
                 "--task.pretrained"
             )
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"--task.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            raise ValueError(f"--task.num_beams must be >= 1, got {self.num_beams}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"--task.max_length must be >= 2, got {self.max_length}")

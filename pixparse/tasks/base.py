@@ -1,0 +1,303 @@
+"""The task base: one class per objective owns its model build, tokens, preprocessing, loss,
+generation settings, post-processing and metrics. Fine-tune and eval of an objective are the
+same class; the engine calls only the hooks below.
+
+A task turns each decoded page into Examples (prompt, target, reference): the decoder is given
+the prompt and learns the target; eval generates from the prompt and scores the parsed output
+against the reference.
+"""
+import functools
+import json
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixparse.data.config import DataLoaderConfig
+from pixparse.data.decode import Page, decode_document_pages
+from pixparse.data.tokenizer import add_task_tokens, create_tokenizer
+from pixparse.data.transforms import DocAugment, ResizePad, TextTargets, collate_text_image
+from pixparse.models import Cruller, create_model, get_model_config
+from pixparse.models.config import ModelConfig
+from pixparse.models.export import load_weights, read_source
+from pixparse.models.flops import cruller_flops
+from pixparse.tasks.config import TaskConfig
+
+logger = logging.getLogger(__name__)
+
+
+def token_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token loss: logits (B, T, V) at t predict labels at t+1; -100 is ignored.
+
+    Returns (loss: the mean over target tokens, or with reduction 'none' the (B, T-1) per-token
+    losses, 0 where ignored; number of target tokens).
+    """
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
+                           reduction=reduction)
+    if reduction == "none":
+        loss = loss.view(targets.shape)
+    return loss, (targets != -100).sum()
+
+
+@dataclass
+class Example:
+    prompt: str  # what the decoder is given (a task token, maybe a question)
+    target: str  # what it learns to write
+    reference: Any = None  # what eval scores the parsed output against
+
+
+class _Preprocess:
+    """Worker-side: sample -> [{'image', 'input_ids', 'prompt_length'(, 'meta')}] (picklable:
+    holds the tokenizer and the task's example builder, never the model)."""
+
+    def __init__(self, image_transform: ResizePad, text: TextTargets, page_sampling: str,
+                 examples: Callable[[Page], list[Example]], with_meta: bool) -> None:
+        self.image_transform = image_transform
+        self.text = text
+        self.page_sampling = page_sampling
+        self.examples = examples
+        self.with_meta = with_meta
+
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
+        pages = decode_document_pages(
+            sample, self.page_sampling, rng,
+            target_size=(self.image_transform.height, self.image_transform.width),
+            grayscale=self.image_transform.image_fmt == "L",
+        )
+        out = []
+        for page in pages:
+            examples = self.examples(page)
+            if not examples:
+                continue
+            image = self.image_transform(page.image, rng)
+            for ex in examples:
+                ids, prompt_length = self.text(ex.prompt, ex.target)
+                item = {"image": image, "input_ids": ids, "prompt_length": prompt_length}
+                if self.with_meta:
+                    key = f"{sample.get('__key__', '?')}" + (f"/p{page.page_index}" if page.page_index else "")
+                    item["meta"] = {"key": key, "url": sample.get("__url__", "?"), "reference": ex.reference}
+                out.append(item)
+        return out
+
+
+class TaskBase(nn.Module):
+    """Model, tokenizer and objective. Subclasses set `name` and `prompt` and implement
+    `example_builder` (and, for generative eval, `postprocess` and `score`)."""
+
+    name: ClassVar[str]
+    prompt: ClassVar[str]
+
+    def __init__(self, cfg: TaskConfig, model_cfg: ModelConfig | None = None,
+                 train_source: str | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.setup_tokens(train_source)
+        if cfg.init_from:
+            self.model_cfg, self.tokenizer, info, weights = read_source(cfg.init_from)
+            self.model: Cruller = create_model(
+                self.model_cfg, info["vocab_size"], info["pad_token_id"], info["eos_token_id"]
+            )
+            load_weights(self.model, weights())
+            logger.info("initialized from %s (%s)", cfg.init_from, info.get("task"))
+            self.restore_info(info)
+            if add_task_tokens(self.tokenizer, self.task_tokens()):
+                # HF resizing initializes the new rows around the mean of the old embeddings.
+                self.model.text_decoder.model.resize_token_embeddings(len(self.tokenizer))
+        else:
+            self.model_cfg = model_cfg or get_model_config(cfg.model_name)
+            self.tokenizer = create_tokenizer(cfg.tokenizer or self.model_cfg.text_decoder.tokenizer)
+            add_task_tokens(self.tokenizer, self.task_tokens())
+            self.model = create_model(
+                self.model_cfg,
+                vocab_size=len(self.tokenizer),
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                pretrained=cfg.pretrained,
+            )
+        self.max_length = cfg.max_length or self.model_cfg.text_decoder.max_length
+        if self.max_length > self.model.text_decoder.max_positions:
+            raise ValueError(
+                f"--task.max_length={self.max_length} exceeds the decoder's "
+                f"{self.model.text_decoder.max_positions} positions"
+            )
+        self.model.image_encoder.set_grad_checkpointing(cfg.encoder_grad_checkpointing)
+        self.model.text_decoder.set_grad_checkpointing(cfg.decoder_grad_checkpointing)
+        enc = self.model.image_encoder
+        mean, std = enc.trunk.pretrained_cfg.get("mean", (0.5,)), enc.trunk.pretrained_cfg.get("std", (0.5,))
+        if self.model_cfg.image_encoder.image_fmt == "L":
+            mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+        # (1, C, 1, 1) in the 0..255 pixel scale, so uint8 pixels normalize in one step
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+
+    # ----------------------------------------------------------------- hooks
+    def setup_tokens(self, train_source: str | None) -> None:
+        """Read what the task's tokens depend on (e.g. field names in the training data); runs
+        before the tokenizer is built. Default: nothing."""
+
+    def task_tokens(self) -> list[str]:
+        """Tokens the tokenizer must hold as single pieces (prompt, field tokens)."""
+        return [self.prompt]
+
+    def restore_info(self, info: dict[str, Any]) -> None:
+        """Take back what export_info() stored (a checkpoint or export being loaded)."""
+
+    def example_builder(self) -> Callable[[Page], list[Example]]:
+        """A picklable callable: decoded page -> examples (runs in loader workers)."""
+        raise NotImplementedError
+
+    def postprocess(self, text: str) -> Any:
+        """Generated text -> the prediction the metric compares (default: the text)."""
+        return text.strip()
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        """Dataset metrics of parsed predictions against references."""
+        return {}
+
+    def sample_scores(self, prediction: Any, reference: Any) -> dict[str, float]:
+        """Per-sample scores written beside each prediction."""
+        return {}
+
+    # ----------------------------------------------------------------- data
+    def preprocess(self, data_cfg: DataLoaderConfig, with_meta: bool = False) -> _Preprocess:
+        enc = self.model_cfg.image_encoder
+        return _Preprocess(
+            ResizePad(enc.image_size, enc.image_fmt,
+                      augment=DocAugment() if data_cfg.image_pipeline == "doc_aug" else None),
+            TextTargets(self.tokenizer, self.max_length),
+            data_cfg.page_sampling,
+            self.example_builder(),
+            with_meta,
+        )
+
+    def collate(self, data_cfg: DataLoaderConfig) -> functools.partial:
+        return functools.partial(
+            collate_text_image, pad_id=self.tokenizer.pad_token_id,
+            pad_to_multiple_of=data_cfg.pad_to_multiple_of,
+        )
+
+    def batch_stats(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Work in a (CPU) batch, for throughput: model FLOPs of one training step on it, image
+        tokens and real text tokens."""
+        size, text_len = batch["input_ids"].shape
+        _, train_flops = cruller_flops(self.model, text_len)  # padded length: the kernels do that work
+        trunk = self.model.image_encoder.trunk
+        return {
+            "flops": float(train_flops * size),
+            "image_tokens": float(size * trunk.patch_embed.num_patches),
+            "text_tokens": float(batch["attention_mask"].sum()),
+        }
+
+    def synthetic_batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random pixels and full-length random text: the worst case the loader can send."""
+        enc = self.model_cfg.image_encoder
+        h, w = enc.image_size
+        image = torch.randint(0, 256, (batch_size, enc.in_chans, h, w), dtype=torch.uint8, generator=generator)
+        ids = torch.randint(0, len(self.tokenizer), (batch_size, self.max_length), generator=generator)
+        ids[:, 0] = self.tokenizer.convert_tokens_to_ids(self.prompt)
+        labels = ids.clone()
+        labels[:, 0] = -100
+        return {"image": image, "input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    # ----------------------------------------------------------------- export
+    def export_info(self) -> dict[str, Any]:
+        """What a loader of the exported weights needs besides the preset."""
+        tok = self.tokenizer
+        return {
+            "task": self.name,
+            "prompt": self.prompt,
+            "vocab_size": len(tok),
+            "pad_token_id": tok.pad_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "decoder_start_token_id": tok.convert_tokens_to_ids(self.prompt),
+            "max_length": self.max_length,
+            "pixel_mean": self.pixel_mean.flatten().tolist(),
+            "pixel_std": self.pixel_std.flatten().tolist(),
+        }
+
+    def save_assets(self, out_dir: str) -> None:
+        """Model preset, tokenizer and task info beside a checkpoint, so it exports on its own."""
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "model_config.json"), "w") as f:
+            json.dump({**self.model_cfg.to_dict(), "pixparse": self.export_info()}, f, indent=2)
+        self.tokenizer.save_pretrained(os.path.join(out_dir, "tokenizer"))
+
+    # ----------------------------------------------------------------- model
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        # DeepSpeed casts parameters (not buffers) to bf16/fp16: the encoder's dtype is the compute dtype.
+        dtype = next(self.model.image_encoder.parameters()).dtype
+        return ((image.float() - self.pixel_mean) / self.pixel_std).to(dtype)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        image = self.normalize(batch["image"])  # (B, C, H, W)
+        logits = self.model(image, batch["input_ids"], batch["attention_mask"])  # (B, T_txt, V)
+        loss, num_tokens = token_cross_entropy(logits, batch["labels"])
+        return {"loss": loss, "num_target_tokens": num_tokens}
+
+    @torch.no_grad()
+    def token_losses(self, batch: dict[str, torch.Tensor], image: torch.Tensor | None = None) -> torch.Tensor:
+        """Summed target-token loss per sample (B,), with `image` in place of the batch's own."""
+        pixels = self.normalize(batch["image"] if image is None else image)
+        logits = self.model(pixels, batch["input_ids"], batch["attention_mask"])
+        losses, _ = token_cross_entropy(logits, batch["labels"], reduction="none")
+        return losses.sum(dim=1)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        image: torch.Tensor,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        num_beams: int = 1,
+        synced: bool = False,
+    ) -> list[list[int]]:
+        """Continue each prompt from its page; returns the new token ids per sample, cut at eos.
+
+        Self-attention keys/values are cached and the cross-attention ones computed once from the
+        image tokens (an EncoderDecoderCache; transformers' generate would otherwise give a
+        decoder-only cache that the cross-attention appends to). Samples stop at eos; prompts of
+        equal length run as one batch. `synced` (every rank of a ZeRO-3 job calls this the same
+        number of times) keeps each rank stepping until all are done, as ZeRO-3 forwards are
+        collective.
+        """
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        image_tokens = self.model.encode(self.normalize(image))  # (B, N_img, C_dec)
+        device = image_tokens.device
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(len(p), []).append(i)
+        out: list[list[int]] = [[] for _ in prompts]
+        for length, index in sorted(groups.items()):
+            ids = torch.tensor([prompts[i] for i in index], dtype=torch.long, device=device)
+            generated = self.model.text_decoder.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                encoder_hidden_states=image_tokens[index],
+                cache=EncoderDecoderCache(DynamicCache(), DynamicCache()),
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                synced_gpus=synced,
+            )[:, length:]
+            for i, row in zip(index, generated.tolist()):
+                out[i] = row[: row.index(eos)] if eos in row else row
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        """Token ids -> text, keeping the task's own tokens (field tokens), dropping pad/eos."""
+        drop = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
+        return self.tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)

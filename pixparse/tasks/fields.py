@@ -1,0 +1,96 @@
+"""Key-field parsing (SROIE, CORD): image -> the document's `fields` tree, written with field
+tokens (pixparse.data.fields), scored with Donut's field F1 and tree-edit-distance accuracy."""
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pixparse.data.decode import Page, SampleError
+from pixparse.data.fields import field_keys, field_tokens, text_to_tree, tree_to_text
+from pixparse.tasks.base import Example, TaskBase
+from pixparse.tasks.metrics import field_f1, ted_accuracy, ted_accuracy_one
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FieldExamples:
+    """Page -> one example: target = the serialized `fields` of its document."""
+
+    prompt: str
+
+    def __call__(self, page: Page) -> list[Example]:
+        fields = (page.anno or {}).get("fields")
+        if not isinstance(fields, dict) or not fields:
+            raise SampleError("missing_fields", "no 'fields' object in the annotation")
+        return [Example(self.prompt, tree_to_text(fields), fields)]
+
+
+def read_field_keys(source: str) -> set[str]:
+    """Every key of every sample's `fields` in the shards of `source` (JSON members only are
+    parsed; unreadable ones are left to the loader to count)."""
+    import json
+
+    import webdataset as wds
+
+    from pixparse.data.loader import expand_source
+
+    keys: set[str] = set()
+    urls = expand_source(source)
+    for sample in wds.tarfile_samples([{"url": u} for u in urls], handler=wds.warn_and_continue):
+        try:
+            keys |= field_keys(json.loads(sample["json"]).get("fields", {}))
+        except (KeyError, ValueError, AttributeError):
+            continue
+    return keys
+
+
+class TaskCrullerFinetuneFields(TaskBase):
+    """Key-field parsing. The field tokens come from the training shards' `fields` (and from the
+    checkpoint when fine-tuning goes on or evaluating)."""
+
+    name = "cruller_finetune_fields"
+    prompt = "<s_fields>"
+
+    def setup_tokens(self, train_source: str | None) -> None:
+        self.field_keys: set[str] = set()
+        if train_source:
+            self.field_keys = read_field_keys(train_source)
+            if not self.field_keys:
+                raise ValueError(f"--task.name {self.name}: no sample in --data.train.source "
+                                 f"{train_source!r} has a 'fields' object; write the shards with "
+                                 f"pixparse.app.write sroie|cord")
+            logger.info("%d field names from the training data: %s", len(self.field_keys),
+                        sorted(self.field_keys))
+        elif not self.cfg.init_from:
+            raise ValueError(f"--task.name {self.name} reads its field names from "
+                             f"--data.train.source or from --task.init_from; give one")
+
+    def restore_info(self, info: dict[str, Any]) -> None:
+        self.field_keys |= set(info.get("field_keys", []))
+
+    def task_tokens(self) -> list[str]:
+        return [self.prompt] + field_tokens(self.field_keys)
+
+    def export_info(self) -> dict[str, Any]:
+        return {**super().export_info(), "field_keys": sorted(self.field_keys)}
+
+    def example_builder(self) -> FieldExamples:
+        return FieldExamples(self.prompt)
+
+    def postprocess(self, text: str) -> dict[str, Any]:
+        return text_to_tree(text)
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        return {"field_f1": field_f1(predictions, references),
+                "ted_accuracy": ted_accuracy(predictions, references)}
+
+    def sample_scores(self, prediction: Any, reference: Any) -> dict[str, float]:
+        return {"field_f1": field_f1([prediction], [reference]),
+                "ted_accuracy": ted_accuracy_one(prediction, reference)}
+
+
+class TaskCrullerFinetuneSroie(TaskCrullerFinetuneFields):
+    """SROIE receipts: company, date, address, total."""
+
+    name = "cruller_finetune_sroie"
+    prompt = "<s_sroie>"
