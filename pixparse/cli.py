@@ -8,11 +8,11 @@ from typing import Any
 
 from jsonargparse import auto_cli, set_parsing_settings
 
-from pixparse.config import BenchConfig, PretrainConfig
+from pixparse.config import BenchConfig, EvalConfig, PretrainConfig
 
 logger = logging.getLogger(__name__)
 
-COMMANDS: dict[str, type] = {"pretrain": PretrainConfig, "bench": BenchConfig}
+COMMANDS: dict[str, type] = {"pretrain": PretrainConfig, "bench": BenchConfig, "eval": EvalConfig}
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; requeue me
 
@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
         from pixparse.app.run import run_bench
 
         run_bench(cfg)
+    elif command == "eval":
+        from pixparse.app.eval import run_eval
+
+        run_eval(cfg)
 
 
 if __name__ == "__main__":

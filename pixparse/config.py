@@ -1,7 +1,7 @@
 """Root configs, one per subcommand. Imports only the stdlib and other config modules."""
 from dataclasses import dataclass, field
 
-from pixparse.data.config import DataConfig
+from pixparse.data.config import DataConfig, EvalDataConfig
 from pixparse.engine.config import TrainConfig
 from pixparse.tasks.config import TaskConfig
 
@@ -37,3 +37,31 @@ class BenchConfig(PretrainConfig):
             raise ValueError(f"--steps must be >= 20 for a stable rate, got {self.steps}")
         if self.warmup_steps < 1:
             raise ValueError(f"--warmup_steps must be >= 1, got {self.warmup_steps}")
+
+
+@dataclass(kw_only=True)
+class EvalSettings:
+    checkpoint_path: str
+    """What to evaluate: a checkpoint tag (any ZeRO stage, written on any number of ranks), a
+    checkpoint folder (its `latest` tag is used) or an export folder."""
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """Evaluate a checkpoint: token loss, image_gap and the task's metrics on eval shards."""
+
+    data: EvalDataConfig
+    """Eval data (--data.eval.*)."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """The objective (--task.name must be the one the checkpoint was trained for) and the
+    generation settings (--task.max_new_tokens, --task.num_beams)."""
+    eval: EvalSettings
+    """The checkpoint."""
+    output_dir: str = "eval"
+    """Folder for <checkpoint>-<dataset>-metrics.json and predictions.jsonl."""
+    local_rank: int = -1
+    """Set by the deepspeed launcher; the rank itself is read from LOCAL_RANK/RANK."""
+
+    def __post_init__(self) -> None:
+        if self.task.init_from is not None:
+            raise ValueError("eval: give the checkpoint as --eval.checkpoint_path, not --task.init_from")

@@ -9,7 +9,9 @@ import torch
 
 from pixparse.engine.checkpoint import MARKER
 from pixparse.models.cruller import create_model
-from pixparse.models.export import load_weights, read_source, save_exported, to_hf_vision_encoder_decoder
+from pixparse.models.export import (
+    load_weights, read_source, resolve_checkpoint_path, save_exported, to_hf_vision_encoder_decoder,
+)
 from pixparse.app.tool import run_tool
 
 logger = logging.getLogger(__name__)
@@ -26,11 +28,13 @@ def export(
     """Export a pixparse checkpoint.
 
     Args:
-        checkpoint: A checkpoint tag folder, e.g. runs/x/checkpoints/step_00000320.
+        checkpoint: A checkpoint tag folder, e.g. runs/x/checkpoints/step_00000320, or the
+            checkpoint folder above it (its `latest` tag is exported).
         output_dir: Folder to write model.safetensors, model_config.json, tokenizer/ (and hf/).
         dtype: Precision of the exported weights.
         hf: Also write a transformers VisionEncoderDecoderModel folder (<output_dir>/hf).
     """
+    checkpoint = resolve_checkpoint_path(checkpoint)
     if not os.path.isfile(os.path.join(checkpoint, MARKER)):
         raise ValueError(f"{checkpoint} is not a complete pixparse checkpoint (no {MARKER})")
     model_cfg, tokenizer, info, weights = read_source(checkpoint)

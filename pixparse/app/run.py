@@ -112,7 +112,7 @@ class _Setup:
 def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     """Validate everything a user can get wrong, then start the process group, name the run
     folder and build the task (same for pretrain and bench)."""
-    from pixparse.data.loader import check_shards_cover
+    from pixparse.data.loader import check_eval_shards, check_shards_cover
     from pixparse.engine import dist as pdist
     from pixparse.engine import logging as plogging
     from pixparse.engine.ds_config import resolve_ds_config
@@ -129,6 +129,8 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
                      cfg.task.warmup_intervals, world_size)
     if read_shards:
         check_shards_cover(cfg.data.train, world_size)
+    if cfg.data.eval is not None:
+        check_eval_shards(cfg.data.eval, world_size)
     if cfg.task.init_from:
         from pixparse.models.export import read_source
 
@@ -176,7 +178,7 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
         ds_config.setdefault("checkpoint", {})["load_universal"] = True
     trainer = Trainer(
         setup.task, cfg.data.train, cfg.train, cfg.task.opt, setup.plan, cfg.task.num_intervals, ds_config,
-        paths, dataclasses.asdict(cfg),
+        paths, dataclasses.asdict(cfg), eval_cfg=cfg.data.eval,
     )
     if source is not None:
         trainer.resume(source)

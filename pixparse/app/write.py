@@ -1,5 +1,6 @@
 """`python -m pixparse.app.write <format> <input> <output_dir>`: convert a dataset folder
 (funsd, sroie, cord, docvqa, rvl_cdip, docbank, folder) into IDL-format WebDataset shards."""
+import itertools
 import os
 from typing import Literal
 
@@ -16,6 +17,7 @@ def write(
     samples_per_shard: int = 1000,
     max_bytes_per_shard: int | None = None,
     verify: bool = False,
+    max_samples: int | None = None,
 ) -> list[str]:
     """Convert a dataset folder to shards <output_dir>/<prefix>-000000.tar, ...
 
@@ -27,9 +29,13 @@ def write(
         samples_per_shard: Most samples in one shard.
         max_bytes_per_shard: Also close a shard once it holds this many bytes.
         verify: Re-read every written sample (tar, JSON, every image frame) and fail on damage.
+        max_samples: Write only the first N samples (in the reader's sorted order).
     """
+    if max_samples is not None and max_samples <= 0:
+        raise ValueError(f"--max_samples must be > 0, got {max_samples}")
     pattern = os.path.join(output_dir, f"{prefix or format}-%06d.tar")
-    paths = write_shards(READERS[format](input), pattern, samples_per_shard, max_bytes_per_shard)
+    samples = itertools.islice(READERS[format](input), max_samples)
+    paths = write_shards(samples, pattern, samples_per_shard, max_bytes_per_shard)
     if not paths:
         raise ValueError(f"{format}: no samples found in {input}")
     print(f"wrote {len(paths)} shard(s): {paths[0]} .. {paths[-1]}")

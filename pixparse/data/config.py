@@ -64,6 +64,48 @@ class DataLoaderConfig:
 
 
 @dataclass(kw_only=True)
+class DataEvalConfig:
+    source: str
+    """Eval shards: a local path, brace pattern, 'pipe:<command>' or URL; '::' joins several.
+    Read once, in order, each shard by one rank."""
+    num_samples: int | None = None
+    """Evaluate at most this many samples (each rank takes its share); unset: all."""
+    batch_size: int = 8
+    """Samples per forward on each rank."""
+    num_workers: int = 1
+    """DataLoader worker processes per rank."""
+    page_sampling: Literal["first", "all"] = "first"
+    """Which pages of a multi-page document are evaluated: the first with text, or all."""
+    image_pipeline: Literal["resize_pad"] = "resize_pad"
+    """Aspect-preserving resize and white pad, no randomness."""
+    pad_to_multiple_of: int = 8
+    """Pad text batches to a multiple of this length."""
+    max_skip_fraction: float = 0.1
+    """Fail the evaluation if more than this fraction of read samples was unusable."""
+
+    def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise ValueError("--data.eval.source is empty: give a shard path or pattern")
+        if self.num_samples is not None and self.num_samples <= 0:
+            raise ValueError(f"--data.eval.num_samples must be > 0 (or unset), got {self.num_samples}")
+        if self.batch_size <= 0:
+            raise ValueError(f"--data.eval.batch_size must be > 0, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"--data.eval.num_workers must be >= 0, got {self.num_workers}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"--data.eval.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     train: DataLoaderConfig
     """Training data."""
+    eval: DataEvalConfig | None = None
+    """Evaluation during training, at the end of every interval: token loss, image_gap and the
+    task's metrics (generation), logged as eval/*."""
+
+
+@dataclass(kw_only=True)
+class EvalDataConfig:
+    eval: DataEvalConfig
+    """The data to evaluate on."""

@@ -14,7 +14,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
 
-from pixparse.data.config import DataLoaderConfig
+from pixparse.data.config import DataEvalConfig, DataLoaderConfig
 from pixparse.data.decode import SampleError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def _worker_position() -> tuple[int, int]:
 class ShardStream(IterableDataset):
     """Endless stream of {'url': ...} for this rank and worker.
 
+    Single-pass mode (eval): every shard once, in order, split by rank then worker.
     Finite mode: each pass shuffles all shards with (seed, interval, pass), then this rank takes
     every world_size-th and this worker every num_workers-th of those, so every sample is read
     exactly once per pass across ranks and workers. Resampled mode draws shards with replacement
@@ -61,7 +62,9 @@ class ShardStream(IterableDataset):
         resampled: bool,
         groups: list[list[str]] | None = None,
         weights: list[float] | None = None,
+        single_pass: bool = False,
     ) -> None:
+        self.single_pass = single_pass
         self.urls = urls
         self.groups = groups or [urls]
         self.weights = weights or [float(len(g)) for g in self.groups]  # default: uniform over shards
@@ -78,6 +81,9 @@ class ShardStream(IterableDataset):
             while True:
                 group = rng.choices(self.groups, weights=self.weights)[0]
                 yield {"url": rng.choice(group)}
+        if self.single_pass:  # eval: each shard once, in the given order
+            yield from ({"url": u} for u in self.urls[self.rank :: self.world_size][worker::num_workers])
+            return
         for epoch in itertools.count():
             urls = list(self.urls)
             random.Random(f"{self.seed}/{self.interval}/{epoch}").shuffle(urls)
@@ -179,6 +185,11 @@ class SamplePipeline(IterableDataset):
                     collated[SKIPPED_KEY] = skips.take()
                     yield collated
                     batch = []
+        if batch and self.shards.single_pass:  # eval keeps the last, partial batch
+            collated = self.collate(batch)
+            collated[LAST_SKIPPED_KEY] = skips.last
+            collated[SKIPPED_KEY] = skips.take()
+            yield collated
 
 
 class Loader:
@@ -251,3 +262,35 @@ def create_loader(
                          groups=expand_source_groups(cfg.source), weights=cfg.source_weights)
     pipeline = SamplePipeline(shards, preprocess, collate, cfg.batch_size, cfg.shuffle_buffer, seed)
     return Loader(pipeline, num_batches, cfg.num_workers)
+
+
+def check_eval_shards(cfg: DataEvalConfig, world_size: int | None = None) -> list[str]:
+    """Expand the eval source; every local shard must exist, and with `world_size` (evaluation
+    inside training, where ranks step together) every rank needs a shard."""
+    urls = expand_source(cfg.source)
+    missing = [u for u in urls if not u.startswith("pipe:") and "://" not in u and not os.path.isfile(u)]
+    if missing:
+        raise ValueError(f"--data.eval.source: {len(missing)} of {len(urls)} shard(s) do not exist, e.g. "
+                         f"{missing[:3]}; check the path and brace pattern")
+    if world_size is not None and len(urls) < world_size:
+        raise ValueError(f"--data.eval.source has {len(urls)} shard(s) for {world_size} ranks; each rank "
+                         f"evaluates whole shards: write at least {world_size}")
+    return urls
+
+
+def create_eval_loader(
+    cfg: DataEvalConfig,
+    preprocess: Callable[[dict[str, Any], random.Random], dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    rank: int,
+    world_size: int,
+) -> DataLoader:
+    """One ordered pass over the eval shards: rank r reads shards r, r + world_size, ... (so no
+    sample is read twice across ranks), its workers split those; the last batch may be short.
+    A rank with no shard yields nothing."""
+    urls = check_eval_shards(cfg)
+    shards = ShardStream(urls, 0, rank, world_size, resampled=False, single_pass=True)
+    pipeline = SamplePipeline(shards, preprocess, collate, cfg.batch_size, shuffle_buffer=0, seed=0)
+    num_workers = min(cfg.num_workers, len(urls[rank::world_size]))
+    return DataLoader(pipeline, batch_size=None, num_workers=num_workers,
+                      prefetch_factor=2 if num_workers > 0 else None)

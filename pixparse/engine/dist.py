@@ -3,6 +3,7 @@ import os
 import socket
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 
@@ -57,6 +58,11 @@ def init_distributed() -> None:
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not dist.is_initialized():
         deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors of a batch to `device` (asynchronously from pinned memory); other entries as they are."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -22,9 +22,11 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from pixparse.data.config import DataLoaderConfig
-from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY, create_loader
+from pixparse.data.config import DataEvalConfig, DataLoaderConfig
+from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY, create_eval_loader, create_loader
 from pixparse.engine import checkpoint
+from pixparse.engine.dist import to_device
+from pixparse.engine.evaluate import evaluate, gather, summarize
 from pixparse.engine.config import TrainConfig
 from pixparse.engine.ds_config import compute_dtype_name
 from pixparse.engine.metrics import mfu, peak_tflops
@@ -78,10 +80,6 @@ def config_hash(config_dict: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config_dict, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 class _Window:
     """Sums since the last log line; reduced over ranks only on log steps (one host sync)."""
 
@@ -115,6 +113,7 @@ class Trainer:
         paths: RunPaths,
         config_dict: dict[str, Any],
         build_loader: bool = True,
+        eval_cfg: DataEvalConfig | None = None,
     ) -> None:
         import deepspeed
 
@@ -148,6 +147,12 @@ class Trainer:
             world_size=self.world_size,
             seed=train_cfg.seed,
         ) if build_loader else None
+        self.eval_cfg = eval_cfg
+        self.eval_loader = create_eval_loader(
+            eval_cfg, task.preprocess(eval_cfg, with_meta=True), task.collate(eval_cfg), self.rank, self.world_size,
+        ) if eval_cfg is not None and build_loader else None
+        # ZeRO-3 forwards gather parameters collectively: eval ranks must step in lockstep.
+        self.zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
         self.sink: MetricSink = MetricSink()
         if self.rank == 0:
             sinks: list[MetricSink] = [JsonlSink(os.path.join(paths.run_dir, "metrics.jsonl"))]
@@ -239,6 +244,22 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
+    def evaluate(self) -> dict[str, Any]:
+        """Loss, image_gap and the task's metrics on --data.eval (every rank; logged on rank 0)."""
+        self.engine.eval()
+        share = math.ceil(self.eval_cfg.num_samples / self.world_size) if self.eval_cfg.num_samples else None
+        records, sums = evaluate(self.engine.module, self.eval_loader, self.engine.device,
+                                 max_samples=share, synced=self.zero3)
+        records, sums = gather(records, sums)
+        if self.eval_cfg.num_samples:
+            records = records[: self.eval_cfg.num_samples]
+        metrics = summarize(self.engine.module, records, sums, self.eval_cfg.max_skip_fraction)
+        logger.info("eval after interval %d (step %d): %s", self.interval - 1, self.step,
+                    " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        self.sink.scalars(self.step, {f"eval/{k}": float(v) for k, v in metrics.items()})
+        self.engine.train()
+        return metrics
+
     # ----------------------------------------------------------------- loop
     def fit(self) -> bool:
         """Train to the end (True) or until a pre-emption signal, after checkpointing (False)."""
@@ -253,6 +274,8 @@ class Trainer:
                 self.interval += 1
                 self.batches_done = 0
                 self.save()
+                if self.eval_loader is not None:
+                    self.evaluate()
             return True
         finally:
             for s, h in handlers.items():
@@ -282,7 +305,7 @@ class Trainer:
         """Forward, backward and (at accumulation boundaries) the optimizer step on one CPU batch.
         Returns the loss (on the device, not synced) and the batch's work from batch_stats."""
         work = self.task.batch_stats(batch)  # from the CPU batch: no device sync
-        batch = _to_device(batch, self.engine.device)
+        batch = to_device(batch, self.engine.device)
         loss = self.engine(batch)["loss"]
         self.engine.backward(loss)
         self.engine.step()

@@ -55,6 +55,22 @@ def checkpoint_state_dict(tag_dir: str) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in module.items()}
 
 
+def resolve_checkpoint_path(path: str) -> str:
+    """A checkpoint folder (holding `latest`, as DeepSpeed's tools take it) -> its latest tag;
+    a tag or an export folder as it is."""
+    path = path.rstrip("/")
+    latest = os.path.join(path, "latest")
+    if os.path.isdir(path) and os.path.isfile(latest) and not os.path.isfile(os.path.join(path, WEIGHTS)):
+        with open(latest) as f:
+            tag = f.read().strip()
+        if not tag or os.sep in tag or not os.path.isdir(os.path.join(path, tag)):
+            raise ValueError(f"{latest} names {tag!r}, which is not a tag folder beside it")
+        return os.path.join(path, tag)
+    if not os.path.isdir(path):
+        raise ValueError(f"checkpoint {path} does not exist")
+    return path
+
+
 def read_source(path: str) -> tuple[ModelConfig, Any, dict[str, Any], Callable[[], dict[str, torch.Tensor]]]:
     """A previous run's export folder or checkpoint tag -> (preset, tokenizer, info, weights()).
 
@@ -62,6 +78,7 @@ def read_source(path: str) -> tuple[ModelConfig, Any, dict[str, Any], Callable[[
     """
     from transformers import AutoTokenizer
 
+    path = resolve_checkpoint_path(path)
     if os.path.isfile(os.path.join(path, WEIGHTS)):  # an export
         assets = path
 

@@ -1,7 +1,7 @@
 """Text decoder: a transformers causal LM with cross-attention to the image tokens."""
 import torch
 from torch import nn
-from transformers import BartConfig, BartForCausalLM
+from transformers import BartConfig, BartForCausalLM, GenerationConfig
 
 from pixparse.models.config import TextDecoderConfig
 
@@ -42,6 +42,11 @@ class TextDecoder(nn.Module):
             model.resize_token_embeddings(vocab_size)
         model.config.pad_token_id = pad_token_id
         model.config.eos_token_id = eos_token_id
+        # BART's defaults (forced_eos_token_id=2, bos 0, eos 2, pad 1) name ids of BART's own
+        # vocabulary; generation must use this tokenizer's and force nothing.
+        model.config.forced_eos_token_id = None
+        model.generation_config = GenerationConfig(eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                                   use_cache=True)
         self.model = model
         self.hidden_size: int = model.config.d_model
         self.max_positions: int = model.config.max_position_embeddings

@@ -270,11 +270,16 @@ class TaskBase(nn.Module):
         number of times) keeps each rank stepping until all are done, as ZeRO-3 forwards are
         collective.
         """
+        from transformers import GenerationConfig
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
         image_tokens = self.model.encode(self.normalize(image))  # (B, N_img, C_dec)
         device = image_tokens.device
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        # Our settings only: the decoder's own defaults (BART's forced_eos_token_id=2, ...) would
+        # otherwise apply.
+        config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                  eos_token_id=eos, pad_token_id=pad, use_cache=True)
         groups: dict[int, list[int]] = {}
         for i, p in enumerate(prompts):
             groups.setdefault(len(p), []).append(i)
@@ -286,11 +291,7 @@ class TaskBase(nn.Module):
                 attention_mask=torch.ones_like(ids),
                 encoder_hidden_states=image_tokens[index],
                 cache=EncoderDecoderCache(DynamicCache(), DynamicCache()),
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=pad,
+                generation_config=config,
                 synced_gpus=synced,
             )[:, length:]
             for i, row in zip(index, generated.tolist()):

@@ -1,0 +1,109 @@
+"""`python -m pixparse.app.eval ...` == `pixparse eval ...`: score a checkpoint on eval shards.
+
+    python -m pixparse.app.eval --task.name cruller_finetune_sroie \
+        --data.eval.source "shards/sroie-{000000..000007}.tar" --data.eval.batch-size 8 \
+        --eval.checkpoint-path runs/x/checkpoints --output-dir eval
+
+One process, or N ranks under torchrun/deepspeed (each reads its own shards; predictions are
+gathered on rank 0). The weights are the consolidated fp32 masters of any ZeRO stage and world
+size (or an export), run as a plain model. Writes <output_dir>/<checkpoint>-<dataset>-metrics.json
+(task metrics, token loss, image_gap) and <output_dir>/predictions.jsonl (key, prediction,
+reference, per-sample scores), and prints the metrics as one JSON line.
+"""
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import sys
+
+from pixparse.config import EvalConfig
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint_name(path: str) -> str:
+    """runs/x/checkpoints/step_00000320 -> x-step_00000320; an export folder -> its name."""
+    path = os.path.abspath(path)
+    name, parent = os.path.basename(path), os.path.dirname(path)
+    if re.match(r"^step_\d+$", name):
+        run = os.path.basename(parent)
+        if run == "checkpoints":
+            run = os.path.basename(os.path.dirname(parent))
+        return f"{run}-{name}"
+    return name
+
+
+def dataset_name(source: str) -> str:
+    """'shards/sroie-{000000..000007}.tar' -> 'sroie'."""
+    first = os.path.basename(source.split("::")[0].removeprefix("pipe:").strip())
+    return re.split(r"[-_.]?\{|\.tar|\s", first)[0] or "data"
+
+
+def _check(cfg: EvalConfig) -> str:
+    """Everything a user can get wrong, before any process group: returns the resolved checkpoint."""
+    from pixparse.data.loader import check_eval_shards
+    from pixparse.models.export import MODEL_CONFIG, resolve_checkpoint_path
+
+    path = resolve_checkpoint_path(cfg.eval.checkpoint_path)
+    assets = path if os.path.isfile(os.path.join(path, MODEL_CONFIG)) else os.path.join(path, "assets")
+    try:
+        with open(os.path.join(assets, MODEL_CONFIG)) as f:
+            trained_for = json.load(f)["pixparse"].get("task", "cruller_pretrain")
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"--eval.checkpoint_path {path}: not a pixparse checkpoint tag or export ({e})") from None
+    if trained_for != cfg.task.name:
+        raise ValueError(f"--task.name {cfg.task.name}: {path} was trained for {trained_for}; "
+                         f"pass --task.name {trained_for}")
+    check_eval_shards(cfg.data.eval)
+    return path
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    import torch
+
+    from pixparse.data.loader import create_eval_loader
+    from pixparse.engine import dist as pdist
+    from pixparse.engine import logging as plogging
+    from pixparse.engine.evaluate import evaluate, gather, summarize
+    from pixparse.tasks.registry import create_task
+
+    checkpoint = _check(cfg)
+    rank, local_rank, world_size = pdist.world_info()
+    plogging.setup(rank)
+    pdist.share_cpu_threads()
+    pdist.init_distributed()
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    task = create_task(dataclasses.replace(cfg.task, init_from=checkpoint)).to(device).eval()
+    data = cfg.data.eval
+    loader = create_eval_loader(data, task.preprocess(data, with_meta=True), task.collate(data), rank, world_size)
+    share = math.ceil(data.num_samples / world_size) if data.num_samples else None
+    records, sums = evaluate(task, loader, device, max_samples=share)
+    records, sums = gather(records, sums)
+    if data.num_samples:
+        records = records[: data.num_samples]
+    metrics = summarize(task, records, sums, data.max_skip_fraction)
+    metrics.update(checkpoint=checkpoint, task=cfg.task.name, source=data.source, world_size=world_size)
+    if rank == 0:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        name = f"{checkpoint_name(checkpoint)}-{dataset_name(data.source)}-metrics.json"
+        with open(os.path.join(cfg.output_dir, name), "w") as f:
+            json.dump(metrics, f, indent=2)
+        with open(os.path.join(cfg.output_dir, "predictions.jsonl"), "w") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        logger.info("%d samples: %s -> %s", len(records),
+                    {k: v for k, v in metrics.items() if isinstance(v, float)}, os.path.join(cfg.output_dir, name))
+        print(json.dumps(metrics))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pixparse.cli import main as cli_main
+
+    cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    main()

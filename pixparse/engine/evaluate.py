@@ -1,0 +1,152 @@
+"""Evaluation, task-agnostic: token loss, image_gap, generation and the task's metrics.
+
+image_gap (nats per target token) = the token loss with the batch's images rolled by one
+(every sample paired with another sample's page) minus the loss with each sample's own image.
+A model that reads its page has a clearly positive gap; one whose decoder ignores the pixels
+(it memorized or guessed the text) has a gap near 0, however low its loss.
+"""
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY
+from pixparse.engine.dist import to_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalSums:
+    """Additive totals of one rank's evaluation (summed over ranks)."""
+
+    loss_sum: float = 0.0  # own-image token loss
+    tokens: int = 0
+    gap_own_sum: float = 0.0  # own vs rolled loss, over samples of batches with >= 2 samples
+    gap_rolled_sum: float = 0.0
+    gap_tokens: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    last_skipped: str = ""
+
+    def add(self, other: "EvalSums") -> None:
+        self.loss_sum += other.loss_sum
+        self.tokens += other.tokens
+        self.gap_own_sum += other.gap_own_sum
+        self.gap_rolled_sum += other.gap_rolled_sum
+        self.gap_tokens += other.gap_tokens
+        self.skipped.update(other.skipped)
+        self.last_skipped = other.last_skipped or self.last_skipped
+
+
+def _lockstep(batches: Iterable[dict[str, Any]], device: torch.device) -> Iterator[tuple[dict[str, Any], bool]]:
+    """(batch, real) until every rank has run out: a rank that is done repeats its last batch
+    (real=False) so ZeRO-3's collective forwards stay matched. Needs >= 1 batch per rank."""
+    it = iter(batches)
+    last = None
+    while True:
+        batch = next(it, None)
+        flag = torch.tensor([0.0 if batch is None else 1.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not flag.item():
+            return
+        if batch is None:
+            if last is None:
+                raise RuntimeError("this rank got no eval batch; give the eval source at least one "
+                                   "shard per rank")
+            yield last, False
+        else:
+            last = batch
+            yield batch, True
+
+
+@torch.no_grad()
+def evaluate(
+    task: Any,
+    batches: Iterable[dict[str, Any]],
+    device: torch.device,
+    max_samples: int | None = None,
+    generate: bool = True,
+    synced: bool = False,
+) -> tuple[list[dict[str, Any]], EvalSums]:
+    """Run the task's model over `batches` (with `meta`: key and reference per sample).
+
+    Returns this rank's records (key, prediction text, parsed prediction, reference, token loss,
+    per-sample scores) and additive sums. With `synced` (ZeRO-3: forwards are collective) every
+    rank runs the same number of forwards and generation steps.
+    """
+    records: list[dict[str, Any]] = []
+    sums = EvalSums()
+    max_new = task.cfg.max_new_tokens
+    stream = _lockstep(batches, device) if synced else ((b, True) for b in batches)
+    for batch, real in stream:
+        if real:
+            sums.skipped.update(batch.get(SKIPPED_KEY, {}))
+            sums.last_skipped = batch.get(LAST_SKIPPED_KEY, "") or sums.last_skipped
+        full = max_samples is not None and len(records) >= max_samples
+        if full and not synced:
+            break
+        meta = batch.get("meta", [])
+        b = to_device({k: v for k, v in batch.items() if k not in (SKIPPED_KEY, LAST_SKIPPED_KEY, "meta")}, device)
+        own = task.token_losses(b).float()  # (B,) summed over each sample's target tokens
+        rolled = task.token_losses(b, image=b["image"].roll(1, dims=0)).float()
+        num_tokens = (b["labels"][:, 1:] != -100).sum(dim=1)
+        texts: list[str] = []
+        if generate:
+            prompts = [row[:n].tolist() for row, n in zip(b["input_ids"], b["prompt_length"].tolist())]
+            new = max_new or task.max_length - max(len(p) for p in prompts)
+            texts = [task.decode(ids) for ids in task.generate(
+                b["image"], prompts, new, num_beams=task.cfg.num_beams, synced=synced)]
+        if not real or full:
+            continue
+        own_l, rolled_l, tok_l = own.tolist(), rolled.tolist(), num_tokens.tolist()
+        sums.loss_sum += sum(own_l)
+        sums.tokens += sum(tok_l)
+        if len(own_l) > 1:
+            sums.gap_own_sum += sum(own_l)
+            sums.gap_rolled_sum += sum(rolled_l)
+            sums.gap_tokens += sum(tok_l)
+        for i, m in enumerate(meta):
+            if max_samples is not None and len(records) >= max_samples:
+                break
+            rec = {"key": m["key"], "shard": m["url"], "reference": m["reference"],
+                   "loss": own_l[i] / max(1, tok_l[i]), "image_gap": (rolled_l[i] - own_l[i]) / max(1, tok_l[i])}
+            if generate:
+                pred = task.postprocess(texts[i])
+                rec.update(text=texts[i], prediction=pred, scores=task.sample_scores(pred, m["reference"]))
+            records.append(rec)
+    return records, sums
+
+
+def gather(records: list[dict[str, Any]], sums: EvalSums) -> tuple[list[dict[str, Any]], EvalSums]:
+    """All ranks' records (unique by shard and key, sorted) and summed totals, on every rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sorted(records, key=lambda r: (r["shard"], r["key"])), sums
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (records, sums))
+    total = EvalSums()
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for recs, s in parts:
+        total.add(s)
+        for r in recs:
+            seen.setdefault((r["shard"], r["key"]), r)
+    return [seen[k] for k in sorted(seen)], total
+
+
+def summarize(task: Any, records: list[dict[str, Any]], sums: EvalSums, max_skip_fraction: float) -> dict[str, Any]:
+    """Dataset metrics: the task's scores, token loss, image_gap, counts."""
+    skipped = sum(sums.skipped.values())
+    read = len(records) + skipped
+    if read and skipped > max_skip_fraction * read:
+        raise RuntimeError(f"{skipped} of {read} eval samples were unusable ({dict(sums.skipped)}); "
+                           f"latest: {sums.last_skipped}")
+    metrics: dict[str, Any] = {"num_samples": len(records), "skipped": skipped}
+    if "prediction" in (records[0] if records else {}):
+        metrics.update(task.score([r["prediction"] for r in records], [r["reference"] for r in records]))
+    metrics["loss"] = sums.loss_sum / max(1, sums.tokens)
+    metrics["image_gap"] = ((sums.gap_rolled_sum - sums.gap_own_sum) / sums.gap_tokens
+                            if sums.gap_tokens else float("nan"))
+    return metrics

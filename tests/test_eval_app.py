@@ -1,0 +1,84 @@
+"""The eval app's command line, checkpoint resolution and output names (no training)."""
+import json
+
+import pytest
+
+from pixparse.app.eval import checkpoint_name, dataset_name, run_eval
+from pixparse.cli import parse
+from pixparse.config import EvalConfig
+from pixparse.models.export import resolve_checkpoint_path
+
+
+def test_seed_eval_spellings_parse():
+    """huggingface/pixparse's eval flags, dashed."""
+    command, cfg = parse(["eval", "--task.name", "cruller_finetune_sroie", "--data.eval.source", "x-{0..3}.tar",
+                          "--data.eval.num-samples", "40", "--data.eval.batch-size", "4",
+                          "--data.eval.num-workers", "2", "--eval.checkpoint-path", "runs/x/checkpoints",
+                          "--output-dir", "out", "--task.num-beams", "3"])
+    assert command == "eval" and isinstance(cfg, EvalConfig)
+    assert (cfg.data.eval.num_samples, cfg.data.eval.batch_size, cfg.data.eval.num_workers) == (40, 4, 2)
+    assert cfg.eval.checkpoint_path == "runs/x/checkpoints" and cfg.output_dir == "out"
+    assert cfg.task.name == "cruller_finetune_sroie" and cfg.task.num_beams == 3
+
+
+def test_pretrain_takes_a_task_name_and_an_eval_source():
+    _, cfg = parse(["pretrain", "--deepspeed_config", "d.json", "--data.train.source", "a.tar",
+                    "--data.train.num_samples", "8", "--task.name", "cruller_finetune_sroie",
+                    "--data.eval.source", "b.tar"])
+    assert cfg.task.name == "cruller_finetune_sroie" and cfg.data.eval.source == "b.tar"
+    with pytest.raises(SystemExit):
+        parse(["pretrain", "--deepspeed_config", "d.json", "--data.train.source", "a.tar",
+               "--data.train.num_samples", "8", "--task.name", "no_such_task"])
+
+
+def test_names_of_outputs():
+    assert checkpoint_name("/r/runs/exp1/checkpoints/step_00000320") == "exp1-step_00000320"
+    assert checkpoint_name("/r/ckpt/exp1/step_00000320") == "exp1-step_00000320"
+    assert checkpoint_name("/r/exports/demo") == "demo"
+    assert dataset_name("shards/sroie-{000000..000007}.tar") == "sroie"
+    assert dataset_name("/d/cord_val.tar::/d/other.tar") == "cord_val"
+
+
+def test_checkpoint_folder_resolves_through_latest(tmp_path):
+    (tmp_path / "step_00000008").mkdir()
+    (tmp_path / "latest").write_text("step_00000008\n")
+    assert resolve_checkpoint_path(str(tmp_path)) == str(tmp_path / "step_00000008")
+    assert resolve_checkpoint_path(str(tmp_path / "step_00000008")) == str(tmp_path / "step_00000008")
+    (tmp_path / "latest").write_text("../elsewhere")
+    with pytest.raises(ValueError, match="not a tag folder"):
+        resolve_checkpoint_path(str(tmp_path))
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve_checkpoint_path(str(tmp_path / "nope"))
+
+
+def test_task_mismatch_is_refused_before_anything_runs(tmp_path):
+    from pixparse.models.export import save_exported
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    task = create_task(TaskConfig(model_name="cruller_tiny"))
+    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
+    _, cfg = parse(["eval", "--task.name", "cruller_finetune_sroie", "--data.eval.source", str(tmp_path / "x.tar"),
+                    "--eval.checkpoint-path", str(tmp_path / "exp")])
+    with pytest.raises(ValueError, match="trained for cruller_pretrain; pass --task.name cruller_pretrain"):
+        run_eval(cfg)
+
+
+def test_eval_app_on_an_export(synth_shards, tmp_path, capsys):
+    """One process: an export of an untrained pretrain model, synthetic pages; files written."""
+    from pixparse.models.export import save_exported
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    task = create_task(TaskConfig(model_name="cruller_tiny"))
+    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
+    _, cfg = parse(["eval", "--data.eval.source", synth_shards, "--data.eval.num-samples", "5",
+                    "--data.eval.batch-size", "3", "--data.eval.num-workers", "0", "--task.max_new_tokens", "4",
+                    "--eval.checkpoint-path", str(tmp_path / "exp"), "--output-dir", str(tmp_path / "out")])
+    metrics = run_eval(cfg)
+    assert metrics["num_samples"] == 5 and "image_gap" in metrics and metrics["loss"] > 0
+    saved = json.loads((tmp_path / "out" / "exp-synth-metrics.json").read_text())
+    assert saved["num_samples"] == 5
+    lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and len({json.loads(x)["key"] for x in lines}) == 5
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_samples"] == 5
