@@ -28,7 +28,7 @@ deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --deepspeed_config ds_configs/zero2_fp32.json \
   --task.name cruller_finetune_sroie --task.model_name "$PRESET" --task.max_length 256 \
   --data.train.source "$SHARDS" --data.train.batch_size 4 --data.train.num_workers 1 \
-  --data.train.num_samples 4800 --task.num_intervals 2 \
+  --data.train.num_samples 4800 --task.num_intervals 2 --data.train.shuffle_buffer 0 \
   --task.opt.learning_rate 2e-3 --task.opt.schedule constant --task.num_warmup_intervals 0 \
   --train.output_dir "$OUT/runs" --train.experiment sroie --train.keep_last_k 1 \
   --train.log_every_n_steps 100 "$@"

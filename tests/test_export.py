@@ -64,3 +64,12 @@ def test_init_from_export_adds_tokens_and_keeps_weights(tmp_path):
         before = source.model(image, ids, torch.ones_like(ids))
         after = task.model(image, ids, torch.ones_like(ids))
     assert torch.allclose(before, after[..., :vocab], atol=1e-6)
+
+
+def test_init_from_keeps_the_trained_target_length(tmp_path):
+    """A checkpoint trained with --task.max_length 256 is evaluated / fine-tuned at 256, not at the
+    preset's 128 (which cut long receipts and their generated fields)."""
+    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny", max_length=256))
+    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path), task.export_info())
+    assert TaskCrullerPretrain(TaskConfig(init_from=str(tmp_path))).max_length == 256
+    assert TaskCrullerPretrain(TaskConfig(init_from=str(tmp_path), max_length=64)).max_length == 64

@@ -114,6 +114,7 @@ class TaskBase(nn.Module):
                 # HF resizing initializes the new rows around the mean of the old embeddings.
                 self.model.text_decoder.model.resize_token_embeddings(len(self.tokenizer))
         else:
+            info = {}
             self.model_cfg = model_cfg or get_model_config(cfg.model_name)
             self.tokenizer = create_tokenizer(cfg.tokenizer or self.model_cfg.text_decoder.tokenizer)
             add_task_tokens(self.tokenizer, self.task_tokens())
@@ -124,7 +125,10 @@ class TaskBase(nn.Module):
                 eos_token_id=self.tokenizer.eos_token_id,
                 pretrained=cfg.pretrained,
             )
-        self.max_length = cfg.max_length or self.model_cfg.text_decoder.max_length
+        # A checkpoint keeps the target length it was trained with (fine-tuning or evaluating it
+        # with the preset's shorter default would cut its targets).
+        trained_length = info.get("max_length") if cfg.init_from else None
+        self.max_length = cfg.max_length or trained_length or self.model_cfg.text_decoder.max_length
         if self.max_length > self.model.text_decoder.max_positions:
             raise ValueError(
                 f"--task.max_length={self.max_length} exceeds the decoder's "
