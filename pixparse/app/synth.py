@@ -15,6 +15,8 @@ def synth(
     seed: int = 0,
     page_width: int = 480,
     page_height: int = 640,
+    font_size: tuple[float, float] = (1 / 70, 1 / 30),
+    prefix: str = "synth",
 ) -> list[str]:
     """Render synthetic pages into <output_dir>/synth-000000.tar, ...
 
@@ -25,10 +27,16 @@ def synth(
         seed: Seed of the text, layout and noise.
         page_width: Page width in pixels.
         page_height: Page height in pixels.
+        font_size: Smallest and largest font size as fractions of the page height (the default
+            gives 9-21 px on a 640 px page: legible at 576x448, not at 128x96).
+        prefix: Shard name prefix.
     """
     if num_shards <= 0:
         raise ValueError(f"--num_shards must be > 0, got {num_shards}")
-    paths = write_synth_shards(output_dir, num_shards, samples_per_shard, seed, (page_width, page_height))
+    if not 0 < font_size[0] <= font_size[1] < 1:
+        raise ValueError(f"--font_size must be two fractions 0 < min <= max < 1 of the page height, got {font_size}")
+    paths = write_synth_shards(output_dir, num_shards, samples_per_shard, seed, (page_width, page_height),
+                               font_size_range=font_size, prefix=prefix)
     print(f"wrote {len(paths)} shards x {samples_per_shard} documents: {paths[0]} .. {paths[-1]}")
     return paths
 

@@ -71,15 +71,21 @@ class SynthPage:
     boxes: list[list[float]]  # [x0, y0, x1, y1] in 0..1 of the page
 
 
-def render_page(rng: random.Random, size: tuple[int, int], fonts: list[str]) -> SynthPage:
-    """Render one page of size (width, height)."""
+def render_page(
+    rng: random.Random, size: tuple[int, int], fonts: list[str],
+    font_size_range: tuple[float, float] = (1 / 70, 1 / 30),
+) -> SynthPage:
+    """Render one page of size (width, height), fonts sized within `font_size_range` (fractions
+    of the page height)."""
     width, height = size
     paper = rng.randint(225, 255)
     ink = rng.randint(0, 70)
     image = Image.new("L", (width, height), paper)
     draw = ImageDraw.Draw(image)
     font_path = rng.choice(fonts) if fonts else None
-    font_size = rng.randint(max(8, height // 70), max(10, height // 30))
+    lo = max(8, int(font_size_range[0] * height + 1e-9))
+    hi = max(10, int(font_size_range[1] * height + 1e-9))
+    font_size = rng.randint(lo, max(lo, hi))
     font = _load_font(font_path, font_size)
     num_columns = rng.choice((1, 1, 2))
     margin = int(width * rng.uniform(0.04, 0.1))
@@ -118,10 +124,11 @@ def render_page(rng: random.Random, size: tuple[int, int], fonts: list[str]) -> 
 
 
 def synth_document(
-    rng: random.Random, size: tuple[int, int], fonts: list[str], num_pages: int
+    rng: random.Random, size: tuple[int, int], fonts: list[str], num_pages: int,
+    font_size_range: tuple[float, float] = (1 / 70, 1 / 30),
 ) -> dict[str, bytes]:
     """One IDL-format sample: {'json': ..., 'png' or 'tif': ...} (multi-page docs are TIFF)."""
-    pages = [render_page(rng, size, fonts) for _ in range(num_pages)]
+    pages = [render_page(rng, size, fonts, font_size_range) for _ in range(num_pages)]
     anno = {
         "pages": [
             {

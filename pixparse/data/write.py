@@ -80,13 +80,14 @@ def verify_shards(paths: list[str]) -> tuple[int, list[str]]:
 
 
 def synth_samples(
-    num_samples: int, seed: int, page_size: tuple[int, int] = (480, 640), multipage_fraction: float = 0.2
+    num_samples: int, seed: int, page_size: tuple[int, int] = (480, 640), multipage_fraction: float = 0.2,
+    font_size_range: tuple[float, float] = (1 / 70, 1 / 30),
 ) -> Iterator[dict[str, bytes]]:
     rng = random.Random(seed)
     fonts = find_fonts()
     for i in range(num_samples):
         num_pages = 2 if rng.random() < multipage_fraction else 1
-        sample = synth_document(rng, page_size, fonts, num_pages)
+        sample = synth_document(rng, page_size, fonts, num_pages, font_size_range)
         sample["__key__"] = f"synth{seed:04d}_{i:07d}"
         yield sample
 
@@ -97,7 +98,9 @@ def write_synth_shards(
     samples_per_shard: int = 16,
     seed: int = 0,
     page_size: tuple[int, int] = (480, 640),
+    font_size_range: tuple[float, float] = (1 / 70, 1 / 30),
+    prefix: str = "synth",
 ) -> list[str]:
-    """Write `num_shards` shards of synthetic pages as <output_dir>/synth-%06d.tar."""
-    samples = synth_samples(num_shards * samples_per_shard, seed, page_size)
-    return write_shards(samples, os.path.join(output_dir, "synth-%06d.tar"), samples_per_shard)
+    """Write `num_shards` shards of synthetic pages as <output_dir>/<prefix>-%06d.tar."""
+    samples = synth_samples(num_shards * samples_per_shard, seed, page_size, font_size_range=font_size_range)
+    return write_shards(samples, os.path.join(output_dir, f"{prefix}-%06d.tar"), samples_per_shard)

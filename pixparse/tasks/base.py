@@ -264,13 +264,15 @@ class TaskBase(nn.Module):
         max_new_tokens: int,
         num_beams: int = 1,
         synced: bool = False,
+        stop_at_eos: bool = True,
     ) -> list[list[int]]:
         """Continue each prompt from its page; returns the new token ids per sample, cut at eos.
 
         Self-attention keys/values are cached and the cross-attention ones computed once from the
         image tokens (an EncoderDecoderCache; transformers' generate would otherwise give a
         decoder-only cache that the cross-attention appends to). Samples stop at eos; prompts of
-        equal length run as one batch. `synced` (every rank of a ZeRO-3 job calls this the same
+        equal length run as one batch (`stop_at_eos` False: always max_new_tokens, for timing).
+        `synced` (every rank of a ZeRO-3 job calls this the same
         number of times) keeps each rank stepping until all are done, as ZeRO-3 forwards are
         collective.
         """
@@ -279,7 +281,8 @@ class TaskBase(nn.Module):
 
         image_tokens = self.model.encode(self.normalize(image))  # (B, N_img, C_dec)
         device = image_tokens.device
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id if stop_at_eos else None
+        pad = self.tokenizer.pad_token_id
         # Our settings only: the decoder's own defaults (BART's forced_eos_token_id=2, ...) would
         # otherwise apply.
         config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
@@ -299,7 +302,7 @@ class TaskBase(nn.Module):
                 synced_gpus=synced,
             )[:, length:]
             for i, row in zip(index, generated.tolist()):
-                out[i] = row[: row.index(eos)] if eos in row else row
+                out[i] = row[: row.index(eos)] if eos is not None and eos in row else row
         return out
 
     def decode(self, ids: list[int]) -> str:
