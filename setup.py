@@ -25,6 +25,9 @@ setup(
         "numpy>=1.24",
         "pyyaml>=6.0",
         "tqdm>=4.60",
+        "zss>=1.2",  # tree edit distance (Donut's TED accuracy)
+        "rapidfuzz>=3.0",  # edit distances
+        "jiwer>=3.0",  # CER / WER
     ],
     extras_require={
         # ZeRO-3 zero.Init of HF decoders needs accelerate (transformers' HfDeepSpeedConfig)

@@ -61,3 +61,14 @@ def test_unicode_edit_distance_counts_characters():
     ref, pred = {"company": "Café ßüd"}, {"company": "Cafe ßüd"}
     assert ted_accuracy_one(pred, ref) == pytest.approx(1 - 1 / 9)  # 1 edit of company(1)+8 chars
     assert field_f1([pred, ref], [ref, ref]) == pytest.approx(1 / (1 + 2 / 2))  # micro over both
+
+
+def test_reading_scores_by_hand():
+    from pixparse.tasks.pretrain import reading_scores
+
+    # 1 substitution in 5 characters; 1 wrong word of 3 ("abc d" + "x": 2 + 1 words)
+    scores = reading_scores(["abd d", "x"], ["abc d", "x"])
+    assert scores["cer"] == pytest.approx(1 / 6) and scores["wer"] == pytest.approx(1 / 3)
+    assert reading_scores(["", "x"], ["abc", "x"])["cer"] == pytest.approx(3 / 4)  # empty prediction
+    assert reading_scores(["anything"], [""]) == {}  # nothing to read: no score
+    assert reading_scores(["Café"], ["Cafe"])["cer"] == pytest.approx(1 / 4)  # unicode: one character
