@@ -69,19 +69,22 @@ def main(argv: list[str] | None = None) -> None:
         command, cfg = parse(argv)
     except ValueError as e:  # a config value the dataclasses rejected: one clear line, no traceback
         raise SystemExit(f"pixparse: error: {e}") from None
-    if command == "pretrain":
-        from pixparse.app.run import run_pretrain
+    try:
+        if command == "pretrain":
+            from pixparse.app.run import run_pretrain
 
-        if not run_pretrain(cfg):
-            raise SystemExit(EXIT_PREEMPTED)
-    elif command == "bench":
-        from pixparse.app.run import run_bench
+            if not run_pretrain(cfg):
+                raise SystemExit(EXIT_PREEMPTED)
+        elif command == "bench":
+            from pixparse.app.run import run_bench
 
-        run_bench(cfg)
-    elif command == "eval":
-        from pixparse.app.eval import run_eval
+            run_bench(cfg)
+        elif command == "eval":
+            from pixparse.app.eval import run_eval
 
-        run_eval(cfg)
+            run_eval(cfg)
+    except ValueError as e:  # our user errors (a flag, a file, a checkpoint): one line, no traceback
+        raise SystemExit(f"pixparse {command}: error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ class BenchConfig(PretrainConfig):
     """Throughput of training steps: the pretrain config plus the timing window."""
 
     synthetic_data: bool = False
-    """Feed random pixels and full-length text made once on the device (the model alone, no
-    loader); --data.train.source is then not read (pass any value)."""
+    """Feed random pixels and full-length text made once (the model alone, no loader; the CPU
+    batch is copied to the device every step, as the loader's would be); --data.train.source
+    is then not read (pass any value)."""
     warmup_steps: int = 5
     """Optimizer steps run before timing starts (compilation, allocator warm-up)."""
     steps: int = 20

@@ -19,3 +19,38 @@ def test_latest_resolves_only_complete_tags(tmp_path):
     assert resolve_resume("latest", str(tmp_path)) == (str(tmp_path), "step_00000004")
     with pytest.raises(ValueError, match="no .*latest"):
         resolve_resume("latest", str(tmp_path / "nothing"))
+
+
+def _tags(tmp_path, *steps):
+    for step in steps:
+        (tmp_path / f"step_{step:08d}").mkdir()
+        (tmp_path / f"step_{step:08d}" / MARKER).write_text("{}")
+
+
+def test_prune_keeps_the_newest_k_up_to_the_current_tag(tmp_path):
+    from pixparse.engine.checkpoint import prune
+
+    _tags(tmp_path, 10, 20, 30, 40)
+    assert prune(str(tmp_path), "step_00000040", 2) == ["step_00000010", "step_00000020"]
+    assert list_complete_tags(str(tmp_path)) == ["step_00000030", "step_00000040"]
+
+
+def test_rollback_save_never_prunes_the_tag_just_saved(tmp_path):
+    """Resumed from step 10 while 20 and 30 exist, then saved step 15 with keep_last_k 1: step 15
+    must survive (it is what 'latest' names); the later tags are left, not this run's to delete."""
+    from pixparse.engine.checkpoint import prune
+
+    _tags(tmp_path, 10, 15, 20, 30)
+    assert prune(str(tmp_path), "step_00000015", 1) == ["step_00000010"]
+    assert list_complete_tags(str(tmp_path)) == ["step_00000015", "step_00000020", "step_00000030"]
+
+
+def test_partial_tags_are_cleaned_and_never_listed(tmp_path):
+    from pixparse.engine.checkpoint import PARTIAL, clean_partial
+
+    _tags(tmp_path, 10)
+    (tmp_path / f"step_00000020{PARTIAL}").mkdir()
+    (tmp_path / f"step_00000020{PARTIAL}" / MARKER).write_text("{}")
+    assert list_complete_tags(str(tmp_path)) == ["step_00000010"]
+    assert clean_partial(str(tmp_path)) == [f"step_00000020{PARTIAL}"]
+    assert not (tmp_path / f"step_00000020{PARTIAL}").exists()

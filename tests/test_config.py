@@ -133,3 +133,18 @@ def test_bench_subcommand_parses_and_checks_its_window():
     assert isinstance(cfg, BenchConfig) and cfg.synthetic_data and cfg.steps == 25
     with pytest.raises(ValueError, match="--steps must be >= 20"):
         parse(["bench"] + BASE[1:] + ["--steps", "5"])
+
+
+def test_resume_with_nothing_to_resume_fails_before_the_process_group(synth_shards, tmp_path):
+    import torch.distributed as dist
+
+    from pixparse.cli import main
+
+    argv = ["pretrain", "--deepspeed_config", f"{REPO}/ds_configs/zero2_fp32.json", "--data.train.source",
+            synth_shards, "--data.train.num_samples", "8", "--data.train.num_workers", "1",
+            "--task.model_name", "cruller_tiny", "--train.output_dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"pixparse pretrain: error: --train.resume latest: no .*latest"):
+        main(argv + ["--train.experiment", "nothing", "--train.resume", "latest"])
+    with pytest.raises(SystemExit, match="--train.resume latest needs --train.experiment"):
+        main(argv + ["--train.resume", "latest"])
+    assert not dist.is_initialized()

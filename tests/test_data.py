@@ -293,3 +293,32 @@ def test_unreadable_pipe_shards_raise_instead_of_hanging(tiny_task):
     loader.set_interval(0)
     with pytest.raises(RuntimeError, match="shard reads in a row failed"):
         next(iter(loader))
+
+
+def _bad_json_shard(tmp_path, n=80):
+    buf = io.BytesIO()
+    Image.new("L", (64, 80), 255).save(buf, format="PNG")
+    samples = [{"__key__": f"k{i:03d}", "json": b"{broken", "png": buf.getvalue()} for i in range(n)]
+    return write_shards(iter(samples), str(tmp_path / "bad-%06d.tar"), n)[0]
+
+
+def test_all_bad_samples_stop_the_loader_instead_of_hanging(tmp_path, tiny_task):
+    """Every JSON broken while the tar reads fine: no batch is ever made, so the engine's skip
+    check would never run; the worker stops with the shard:key and reason of the latest."""
+    shard = _bad_json_shard(tmp_path)
+    cfg = _cfg(shard, batch_size=2, num_workers=0)
+    loader = create_loader(cfg, tiny_task.preprocess(cfg), tiny_task.collate(cfg), 4, 0, 1, 0)
+    loader.set_interval(0)
+    with pytest.raises(RuntimeError, match=r"last 64 samples read were all unusable.*bad-000000.tar:k\d+ \(bad_json\)"):
+        next(iter(loader))
+
+
+def test_a_bug_in_preprocessing_is_not_counted_as_bad_data(synth_shards):
+    def buggy(sample, rng):
+        return sample["json"].no_such_method()  # AttributeError: our bug, not the data's
+
+    cfg = _cfg(synth_shards, batch_size=2, num_workers=0)
+    loader = create_loader(cfg, buggy, _collate_keys, 2, 0, 1, 0)
+    loader.set_interval(0)
+    with pytest.raises(AttributeError):
+        next(iter(loader))

@@ -62,3 +62,12 @@ def test_layer_decay_scales_encoder_blocks_only():
     wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert wd_of[id(named["image_encoder.trunk.pos_embed"])] == 0.0
     assert wd_of[id(named["image_encoder.trunk.blocks.0.attn.qkv.weight"])] > 0
+
+
+def test_config_hash_ignores_how_the_run_was_launched():
+    from pixparse.engine.train import config_hash
+
+    cfg = {"train": {"resume": None, "seed": 1}, "task": {"model_name": "x"}, "local_rank": -1}
+    resumed = {"train": {"resume": "latest", "seed": 1}, "task": {"model_name": "x"}, "local_rank": 0}
+    assert config_hash(cfg) == config_hash(resumed)
+    assert config_hash(cfg) != config_hash({**cfg, "train": {"resume": None, "seed": 2}})

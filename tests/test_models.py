@@ -51,3 +51,32 @@ def test_preset_from_json_path_and_unknown_name(tmp_path):
     assert get_model_config(str(path)).text_decoder.max_length == 64
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         get_model_config("nope")
+
+
+def test_image_size_must_be_a_multiple_of_the_patch_size():
+    from pixparse.models.config import ImageEncoderConfig
+    from pixparse.models.image_encoder import validate_encoder_config
+
+    cfg = ImageEncoderConfig(name="vit_tiny_patch16_224", image_size=(100, 96),
+                             model_args={"embed_dim": 64, "depth": 1, "num_heads": 2})
+    with pytest.raises(ValueError, match=r"not a multiple of .* patch size \[16, 16\].*\[96, 96\]"):
+        validate_encoder_config(cfg)
+
+
+def test_conv_encoder_trains_without_a_flop_formula():
+    """A conv trunk (no FLOP formula) must train; throughput reports unknown FLOPs, not a crash."""
+    import dataclasses
+    import math
+
+    from pixparse.models import get_model_config
+    from pixparse.models.config import ImageEncoderConfig
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    preset = get_model_config("cruller_tiny")
+    preset = dataclasses.replace(preset, image_encoder=ImageEncoderConfig(name="resnet10t", image_size=(64, 48)))
+    task = create_task(TaskConfig(model_name="cruller_tiny"), preset)
+    batch = task.synthetic_batch(2, torch.Generator().manual_seed(0))
+    task(batch)["loss"].backward()
+    stats = task.batch_stats(batch)
+    assert math.isnan(stats["flops"]) and stats["image_tokens"] == 2 * 2 * 2  # 64x48 / 32 -> 2x2

@@ -137,10 +137,19 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
         model_cfg = read_source(cfg.task.init_from)[0]
     else:
         model_cfg = get_model_config(cfg.task.model_name)
+    from pixparse.models.image_encoder import validate_encoder_config
+
+    validate_encoder_config(model_cfg.image_encoder)
     if cfg.train.resume == "auto" and not cfg.train.experiment:
         raise ValueError("--train.resume auto needs a fixed --train.experiment to find its checkpoints")
     if cfg.train.experiment and not cfg.train.resume:
         _refuse_to_overwrite(cfg)
+    if cfg.train.resume and cfg.train.resume != "auto":  # a missing or unsafe checkpoint fails here
+        from pixparse.engine.checkpoint import resolve_resume
+
+        if cfg.train.resume == "latest" and not cfg.train.experiment:
+            raise ValueError("--train.resume latest needs --train.experiment: the name of the run to continue")
+        resolve_resume(cfg.train.resume, checkpoint_dir_for(cfg, cfg.train.experiment or ""))
 
     plogging.setup(rank)
     threads = pdist.share_cpu_threads()
@@ -169,6 +178,8 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
 
     setup = _setup(cfg)
     paths, ds_config = setup.paths, setup.ds_config
+    if setup.rank == 0:
+        checkpoint.clean_partial(paths.checkpoint_dir)  # saves a kill interrupted
     resume = cfg.train.resume
     if resume == "auto":
         resume = "latest" if checkpoint.list_complete_tags(paths.checkpoint_dir) else None

@@ -124,7 +124,9 @@ class SamplePipeline(IterableDataset):
         batch_size: int,
         shuffle_buffer: int,
         seed: int,
+        max_skip_fraction: float = 1.0,
     ) -> None:
+        self.max_skip_fraction = max_skip_fraction
         self.shards = shards
         self.preprocess = preprocess
         self.collate = collate
@@ -163,8 +165,25 @@ class SamplePipeline(IterableDataset):
             rng = random.Random(f"{self.seed}/{self.interval}/{self.shards.rank}/{worker}/shuffle")
             samples = wds.filters._shuffle(samples, self.shuffle_buffer, min(self.shuffle_buffer, 16), rng)
         batch: list[dict[str, Any]] = []
+        counts = {"read": 0, "skipped": 0, "in_a_row": 0}
+        # The engine checks the skip rate when it logs, which never comes if no batch is ever
+        # made (every sample bad while the tars read): the worker stops itself instead.
+        max_in_a_row = max(64, 4 * self.batch_size)
+
+        def skip(reason: str, where: str, err: Exception) -> None:
+            skips.add(reason, where, err)
+            counts["skipped"] += 1
+            counts["in_a_row"] += 1
+            if counts["in_a_row"] >= max_in_a_row and counts["skipped"] > self.max_skip_fraction * counts["read"]:
+                raise RuntimeError(
+                    f"the last {counts['in_a_row']} samples read were all unusable ({counts['skipped']} of "
+                    f"{counts['read']} in this worker), over --data.*.max_skip_fraction="
+                    f"{self.max_skip_fraction}. Latest: {skips.last}"
+                )
+
         for sample in samples:
             failures_in_a_row[0] = 0
+            counts["read"] += 1
             where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
             # Per-sample RNG: the same sample gets the same page/augmentation for a given
             # seed and interval, whichever worker reads it.
@@ -172,11 +191,14 @@ class SamplePipeline(IterableDataset):
             try:
                 out = self.preprocess(sample, rng)
             except SampleError as e:
-                skips.add(e.reason, where, e)
+                skip(e.reason, where, e)
                 continue
-            except Exception as e:  # an unknown failure must not kill the worker silently
-                skips.add("error", where, e)
+            except (OSError, ValueError, KeyError, EOFError, UnicodeError) as e:
+                # Damage the decoders did not name (a codec's own error). A bug in our code
+                # (TypeError, AttributeError, ...) is not bad data: it propagates.
+                skip("error", where, e)
                 continue
+            counts["in_a_row"] = 0
             for item in out if isinstance(out, list) else [out]:  # a document may give several pages
                 batch.append(item)
                 if len(batch) == self.batch_size:
@@ -260,7 +282,8 @@ def create_loader(
     urls = check_shards_cover(cfg, world_size)
     shards = ShardStream(urls, seed, rank, world_size, cfg.resampled,
                          groups=expand_source_groups(cfg.source), weights=cfg.source_weights)
-    pipeline = SamplePipeline(shards, preprocess, collate, cfg.batch_size, cfg.shuffle_buffer, seed)
+    pipeline = SamplePipeline(shards, preprocess, collate, cfg.batch_size, cfg.shuffle_buffer, seed,
+                              cfg.max_skip_fraction)
     return Loader(pipeline, num_batches, cfg.num_workers)
 
 
@@ -290,7 +313,8 @@ def create_eval_loader(
     A rank with no shard yields nothing."""
     urls = check_eval_shards(cfg)
     shards = ShardStream(urls, 0, rank, world_size, resampled=False, single_pass=True)
-    pipeline = SamplePipeline(shards, preprocess, collate, cfg.batch_size, shuffle_buffer=0, seed=0)
+    pipeline = SamplePipeline(shards, preprocess, collate, cfg.batch_size, shuffle_buffer=0, seed=0,
+                              max_skip_fraction=cfg.max_skip_fraction)
     num_workers = min(cfg.num_workers, len(urls[rank::world_size]))
     return DataLoader(pipeline, batch_size=None, num_workers=num_workers,
                       prefetch_factor=2 if num_workers > 0 else None)

@@ -99,7 +99,7 @@ def format_report(r: dict[str, Any]) -> str:
         ("model", r.get("model", "")),
         ("device x ranks", f"{r['device']} x {r['world_size']}"),
         ("dtype", r["dtype"]),
-        ("data", "synthetic (on device)" if r["synthetic_data"] else "loader"),
+        ("data", "synthetic (one CPU batch, copied to the device each step)" if r["synthetic_data"] else "loader"),
         ("steps timed (warmup)", f"{r['steps']} ({r['warmup_steps']})"),
         ("global batch", r["global_batch_size"]),
         ("step time s", f"{r['step_s']:.4f}"),

@@ -1,9 +1,10 @@
 """DeepSpeed checkpoints made atomic: step_XXXXXXXX tags, a completion marker, a 'latest' pointer
 that only ever names a complete tag, per-rank RNG states, keep-last-k pruning.
 
-Save order: every rank writes its DeepSpeed shards and RNG file -> barrier -> rank 0 writes the
-tag's marker -> rank 0 replaces 'latest' (write tmp + rename) -> old tags are pruned. A crash at
-any point leaves 'latest' on the previous complete tag.
+Save order: every rank writes its DeepSpeed shards and RNG file into <tag>.partial -> all agree
+it succeeded -> rank 0 writes assets and the marker, renames the folder to <tag>, replaces
+'latest' (write tmp + rename) -> older tags are pruned. A crash at any point leaves 'latest' on
+a complete tag.
 """
 import json
 import logging
@@ -66,6 +67,51 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+PARTIAL = ".partial"  # a tag being written; never listed, renamed into place when complete
+
+
+def prune(ckpt_dir: str, current: str, keep_last_k: int) -> list[str]:
+    """Delete complete tags older than `current` beyond the newest `keep_last_k` (current
+    included). Tags of later steps (left by a rollback: resuming from an older tag) are not
+    this run's history to prune: they are kept and reported. Returns the deleted tags."""
+    tags = list_complete_tags(ckpt_dir)
+    older = [t for t in tags if t < current]
+    newer = [t for t in tags if t > current]
+    if newer:
+        logger.warning("checkpoints of later steps %s are kept (left by resuming from an earlier tag); "
+                       "'latest' names %s", newer, current)
+    doomed = older[: max(0, len(older) - (keep_last_k - 1))]
+    for old in doomed:
+        shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
+    return doomed
+
+
+def clean_partial(ckpt_dir: str) -> list[str]:
+    """Remove tags whose save never finished (a crash or kill mid-save); returns their names."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    partial = sorted(d for d in os.listdir(ckpt_dir) if d.endswith(PARTIAL))
+    for d in partial:
+        logger.warning("removing %s: a checkpoint whose save did not finish", os.path.join(ckpt_dir, d))
+        shutil.rmtree(os.path.join(ckpt_dir, d), ignore_errors=True)
+    return partial
+
+
+def _save_failed(ckpt_dir: str, tag: str, err: BaseException) -> ValueError:
+    """A clear error for a failed save: the folder, the free space and what a checkpoint takes."""
+    free = shutil.disk_usage(ckpt_dir).free if os.path.isdir(ckpt_dir) else 0
+    tags = list_complete_tags(ckpt_dir)
+    need = ""
+    if tags:
+        last = os.path.join(ckpt_dir, tags[-1])
+        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(last) for f in fs)
+        need = f"; the last checkpoint ({tags[-1]}) takes {size / 2**20:.1f} MiB and is intact"
+    return ValueError(
+        f"saving checkpoint {tag} to {ckpt_dir} failed ({type(err).__name__}: {err}); {free / 2**20:.1f} MiB "
+        f"free there{need}. Free space or point --train.checkpoint_dir at a larger disk."
+    )
+
+
 def save(
     engine: Any,
     ckpt_dir: str,
@@ -75,23 +121,50 @@ def save(
     save_assets: Callable[[str], None] | None = None,
 ) -> str:
     """Collective: call on all ranks. `save_assets(dir)` (rank 0) writes what export needs
-    (preset, tokenizer) into <tag>/assets. Returns the tag folder."""
+    (preset, tokenizer) into <tag>/assets. Returns the tag folder.
+
+    Everything is written into <tag>.partial, which rank 0 renames to <tag> once every rank's
+    files and the marker are on disk, then 'latest' moves. A kill at any moment leaves 'latest'
+    on a complete tag (a re-saved tag is swapped in only when complete) and at most a .partial
+    folder, removed at the next start. A failed write (a full disk) raises a clear error, removes
+    the partial tag and leaves the previous checkpoint as it was.
+    """
     tag = tag_for_step(step)
-    path = os.path.join(ckpt_dir, tag)
+    path, partial = os.path.join(ckpt_dir, tag), os.path.join(ckpt_dir, tag + PARTIAL)
     rank = dist.get_rank()
-    if rank == 0 and os.path.exists(os.path.join(path, MARKER)):
-        os.remove(os.path.join(path, MARKER))  # being rewritten: not complete until re-marked
-    engine.save_checkpoint(ckpt_dir, tag=tag, client_state={"pixparse": state}, save_latest=False)
-    torch.save(rng_state(), os.path.join(path, f"rng_state_rank{rank}.pt"))
-    dist.barrier()  # every rank's files are on disk
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(ckpt_dir, exist_ok=True)
+    dist.barrier()
+    try:
+        engine.save_checkpoint(ckpt_dir, tag=tag + PARTIAL, client_state={"pixparse": state}, save_latest=False)
+        torch.save(rng_state(), os.path.join(partial, f"rng_state_rank{rank}.pt"))
+        failed = 0.0
+    except (OSError, RuntimeError) as e:  # torch's writer reports ENOSPC as 'iostream error'
+        failed, error = 1.0, e
+    flag = torch.tensor([failed], device=engine.device)  # NCCL reduces device tensors only
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank's files are on disk, or all stop
+    if flag.item():
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        if failed:
+            raise _save_failed(ckpt_dir, tag, error) from error
+        raise ValueError(f"saving checkpoint {tag} to {ckpt_dir} failed on another rank; see its error")
     if rank == 0:
         if save_assets is not None:
-            save_assets(os.path.join(path, CHECKPOINT_ASSETS))
+            save_assets(os.path.join(partial, CHECKPOINT_ASSETS))
         meta = dict(state, world_size=dist.get_world_size())
-        _atomic_write(os.path.join(path, MARKER), json.dumps(meta, indent=2))
+        _atomic_write(os.path.join(partial, MARKER), json.dumps(meta, indent=2))
+        if os.path.isdir(path):  # re-saving a tag: swap it in only now that it is complete
+            old = path + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+            os.rename(partial, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(partial, path)
         _atomic_write(os.path.join(ckpt_dir, LATEST), tag)
-        for old in list_complete_tags(ckpt_dir)[:-keep_last_k]:
-            shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
+        prune(ckpt_dir, tag, keep_last_k)
     dist.barrier()
     return path
 

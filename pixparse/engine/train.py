@@ -77,7 +77,11 @@ def seed_everything(seed: int) -> None:
 
 
 def config_hash(config_dict: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config_dict, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Hash of what defines the run; how it was launched (--train.resume, the launcher's
+    --local_rank) is left out, so a resumed run matches the run it continues."""
+    train = {k: v for k, v in config_dict.get("train", {}).items() if k != "resume"}
+    defining = {k: v for k, v in config_dict.items() if k != "local_rank"} | {"train": train}
+    return hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _Window:

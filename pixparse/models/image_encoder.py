@@ -18,17 +18,16 @@ class ImageEncoder(nn.Module):
             name = cfg.name
         else:
             name = f"{cfg.name}.{cfg.pretrained_tag}" if pretrained and cfg.pretrained_tag else cfg.name
-        self.trunk = timm.create_model(
-            name,
-            pretrained=pretrained,
-            img_size=cfg.image_size,
-            in_chans=cfg.in_chans,
-            num_classes=0,
-            global_pool="",
-            **kwargs,
-        )
+        self.trunk = create_trunk(name, cfg, pretrained, **kwargs)
         self.num_features: int = self.trunk.num_features
         self.image_size = cfg.image_size
+        check_image_size(self.trunk, cfg)
+        # (H, W) -> tokens: a patch grid (ViT) or the last feature map (conv trunks)
+        if hasattr(self.trunk, "patch_embed"):
+            self.num_tokens: int = self.trunk.patch_embed.num_patches
+        else:
+            r = self.trunk.feature_info[-1]["reduction"]
+            self.num_tokens = -(-cfg.image_size[0] // r) * -(-cfg.image_size[1] // r)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.trunk.set_grad_checkpointing(enable)
@@ -39,3 +38,38 @@ class ImageEncoder(nn.Module):
         if x.ndim == 4:  # conv trunks give (B, C, h, w)
             x = x.flatten(2).transpose(1, 2)
         return x
+
+
+def check_image_size(trunk: nn.Module, cfg: ImageEncoderConfig) -> None:
+    """A patch trunk silently drops the pixels beyond the last whole patch: refuse such sizes."""
+    patch = getattr(getattr(trunk, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        return
+    h, w = cfg.image_size
+    if h % patch[0] or w % patch[1]:
+        fit = (h // patch[0] * patch[0], w // patch[1] * patch[1])
+        raise ValueError(
+            f"image_encoder.image_size {list(cfg.image_size)} is not a multiple of {cfg.name}'s patch size "
+            f"{list(patch)}: the last {h % patch[0]} rows / {w % patch[1]} columns would be dropped. Use e.g. "
+            f"{list(fit)} in the preset"
+        )
+
+
+def validate_encoder_config(cfg: ImageEncoderConfig) -> None:
+    """Build the trunk on the meta device (no memory, no weights) to check the preset before any
+    process group starts."""
+    with torch.device("meta"):
+        trunk = create_trunk(cfg.name, cfg, False, **cfg.model_args)
+    check_image_size(trunk, cfg)
+
+
+def create_trunk(name: str, cfg: ImageEncoderConfig, pretrained: bool, **kwargs) -> nn.Module:
+    """timm model without classifier or pooling, built for the input size where the family takes
+    one (ViTs fix their position grid by it; conv nets take any size and have no such argument)."""
+    common = dict(pretrained=pretrained, in_chans=cfg.in_chans, num_classes=0, global_pool="", **kwargs)
+    try:
+        return timm.create_model(name, img_size=cfg.image_size, **common)
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        return timm.create_model(name, **common)

@@ -1,0 +1,44 @@
+"""Faults injected into real 2-rank runs: a full disk while saving, ..."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pixparse.engine.dist import free_port
+from tests.conftest import REPO
+from tests.test_distributed import _args, _env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 10 MiB tmpfs (one tiny-model checkpoint of 2 ranks takes ~6.5 MiB): needs root."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10M", "tmpfs", str(path)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here ({proc.stderr.decode().strip()}): needs root")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_disk_while_saving_is_a_clear_error_and_keeps_the_last_checkpoint(synth_shards, tmp_path, small_disk):
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+           "--master_port", str(free_port()), f"{REPO}/launch/train.py"]
+    cmd += _args(synth_shards, tmp_path, "zero2_fp32", "full", "--task.num_intervals", "3",
+                 "--data.train.num_samples", "16", "--train.checkpoint_dir", str(small_disk),
+                 "--train.keep_last_k", "1")
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text[-3000:]
+    assert "saving checkpoint step_00000008 to" in text and "MiB free there" in text, text[-3000:]
+    assert "step_00000004) takes" in text and "is intact" in text
+    ckpt = small_disk / "full"
+    assert (ckpt / "latest").read_text().strip() == "step_00000004"
+    assert (ckpt / "step_00000004" / "pixparse_state.json").is_file()
+    assert not [d for d in os.listdir(ckpt) if d.endswith(".partial")]  # the failed tag is gone
+    state = json.loads((ckpt / "step_00000004" / "pixparse_state.json").read_text())
+    assert state["step"] == 4
