@@ -34,8 +34,9 @@ def test_full_disk_while_saving_is_a_clear_error_and_keeps_the_last_checkpoint(s
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text[-3000:]
-    assert "saving checkpoint step_00000008 to" in text and "MiB free there" in text, text[-3000:]
-    assert "step_00000004) takes" in text and "is intact" in text
+    assert "pixparse pretrain: error: saving checkpoint step_00000008 to" in text, text[-3000:]
+    assert "not enough disk space" in text and "MiB are free there" in text
+    assert "the last checkpoint step_00000004 is intact" in text
     ckpt = small_disk / "full"
     assert (ckpt / "latest").read_text().strip() == "step_00000004"
     assert (ckpt / "step_00000004" / "pixparse_state.json").is_file()

@@ -97,19 +97,28 @@ def clean_partial(ckpt_dir: str) -> list[str]:
     return partial
 
 
-def _save_failed(ckpt_dir: str, tag: str, err: BaseException) -> ValueError:
-    """A clear error for a failed save: the folder, the free space and what a checkpoint takes."""
-    free = shutil.disk_usage(ckpt_dir).free if os.path.isdir(ckpt_dir) else 0
+def _tag_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def _space_error(ckpt_dir: str, tag: str, need: int, free: int, detail: str) -> ValueError:
     tags = list_complete_tags(ckpt_dir)
-    need = ""
-    if tags:
-        last = os.path.join(ckpt_dir, tags[-1])
-        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(last) for f in fs)
-        need = f"; the last checkpoint ({tags[-1]}) takes {size / 2**20:.1f} MiB and is intact"
+    kept = f"; the last checkpoint {tags[-1]} is intact" if tags else ""
     return ValueError(
-        f"saving checkpoint {tag} to {ckpt_dir} failed ({type(err).__name__}: {err}); {free / 2**20:.1f} MiB "
-        f"free there{need}. Free space or point --train.checkpoint_dir at a larger disk."
+        f"saving checkpoint {tag} to {ckpt_dir}: {detail}: it needs about {need / 2**20:.1f} MiB and "
+        f"{free / 2**20:.1f} MiB are free there{kept}. Free space, lower --train.keep_last_k or point "
+        f"--train.checkpoint_dir at a larger disk."
     )
+
+
+def _expected_bytes(engine: Any, ckpt_dir: str) -> int:
+    """What the next tag will take: the last tag's size, or before the first one 16 bytes per
+    parameter (fp32 master + two Adam moments + the module weights), with 10% to spare."""
+    tags = list_complete_tags(ckpt_dir)
+    if tags:
+        return int(1.1 * _tag_bytes(os.path.join(ckpt_dir, tags[-1])))
+    numel = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
+    return int(1.1 * 16 * numel)
 
 
 def save(
@@ -126,8 +135,8 @@ def save(
     Everything is written into <tag>.partial, which rank 0 renames to <tag> once every rank's
     files and the marker are on disk, then 'latest' moves. A kill at any moment leaves 'latest'
     on a complete tag (a re-saved tag is swapped in only when complete) and at most a .partial
-    folder, removed at the next start. A failed write (a full disk) raises a clear error, removes
-    the partial tag and leaves the previous checkpoint as it was.
+    folder, removed at the next start. Too little free space for the tag stops every rank with a
+    clear error before anything is written; the previous checkpoint stays as it was.
     """
     tag = tag_for_step(step)
     path, partial = os.path.join(ckpt_dir, tag), os.path.join(ckpt_dir, tag + PARTIAL)
@@ -136,20 +145,22 @@ def save(
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(ckpt_dir, exist_ok=True)
     dist.barrier()
+    # A full disk is found before writing: DeepSpeed's save is collective inside, so a rank whose
+    # write fails half-way cannot tell the others (they would wait in its barriers).
+    need, free = _expected_bytes(engine, ckpt_dir), shutil.disk_usage(ckpt_dir).free
+    short = torch.tensor([1.0 if free < need else 0.0], device=engine.device)  # NCCL: device tensors
+    dist.all_reduce(short, op=dist.ReduceOp.MAX)
+    if short.item():
+        raise _space_error(ckpt_dir, tag, need, free, "not enough disk space")
     try:
         engine.save_checkpoint(ckpt_dir, tag=tag + PARTIAL, client_state={"pixparse": state}, save_latest=False)
         torch.save(rng_state(), os.path.join(partial, f"rng_state_rank{rank}.pt"))
-        failed = 0.0
     except (OSError, RuntimeError) as e:  # torch's writer reports ENOSPC as 'iostream error'
-        failed, error = 1.0, e
-    flag = torch.tensor([failed], device=engine.device)  # NCCL reduces device tensors only
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank's files are on disk, or all stop
-    if flag.item():
-        if rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-        if failed:
-            raise _save_failed(ckpt_dir, tag, error) from error
-        raise ValueError(f"saving checkpoint {tag} to {ckpt_dir} failed on another rank; see its error")
+        # Raised at once: this process exits and the launcher ends the others. The .partial
+        # folder is removed at the next start; 'latest' still names the last complete tag.
+        free = shutil.disk_usage(ckpt_dir).free
+        raise _space_error(ckpt_dir, tag, need, free, f"writing failed ({type(e).__name__}: {e})") from e
+    dist.barrier()  # every rank's files are on disk
     if rank == 0:
         if save_assets is not None:
             save_assets(os.path.join(partial, CHECKPOINT_ASSETS))
