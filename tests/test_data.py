@@ -291,7 +291,7 @@ def test_unreadable_pipe_shards_raise_instead_of_hanging(tiny_task):
     cfg = _cfg("pipe:false::pipe:false", batch_size=1, num_workers=0)
     loader = create_loader(cfg, tiny_task.preprocess(cfg), tiny_task.collate(cfg), 2, 0, 1, 0)
     loader.set_interval(0)
-    with pytest.raises(RuntimeError, match="shard reads in a row failed"):
+    with pytest.raises(RuntimeError, match="4 shard reads in a row gave no sample; latest problem: pipe:false"):
         next(iter(loader))
 
 
@@ -322,3 +322,35 @@ def test_a_bug_in_preprocessing_is_not_counted_as_bad_data(synth_shards):
     loader.set_interval(0)
     with pytest.raises(AttributeError):
         next(iter(loader))
+
+
+@pytest.mark.parametrize("cut", [0.45, 0.65])
+def test_a_truncated_shard_gives_its_intact_samples_and_counts_the_rest(synth_shards, tiny_task, tmp_path, cut):
+    """One shard cut mid-way: the samples before the cut train, the damage is counted as bad_tar
+    naming the shard, and the loader keeps going (it used to stop with a false 'no sample read')."""
+    shard = expand_source(synth_shards)[0]
+    data = open(shard, "rb").read()
+    cut_path = tmp_path / "cut-000000.tar"
+    cut_path.write_bytes(data[: int(len(data) * cut)])
+    cfg = _cfg(str(cut_path), batch_size=1, num_workers=0, shuffle_buffer=0)
+    loader = create_loader(cfg, tiny_task.preprocess(cfg), tiny_task.collate(cfg), 6, 0, 1, 0)
+    loader.set_interval(0)
+    batches = list(loader)
+    assert len(batches) == 6  # more than the intact samples of one pass: passes repeat
+    skipped = sum(b[SKIPPED_KEY].get("bad_tar", 0) for b in batches)
+    assert skipped >= 1 and any(str(cut_path) in b[LAST_SKIPPED_KEY] for b in batches)
+
+
+def test_a_shuffle_buffer_over_one_sample_shards_is_not_taken_for_unreadable_shards(tmp_path, tiny_task):
+    """The buffer pulls many shards before the first sample comes out: those are not failed reads."""
+    buf = io.BytesIO()
+    Image.new("L", (64, 80), 255).save(buf, format="PNG")
+    good = json.dumps({"pages": [{"lines": {"text": ["fine text"]}}]}).encode()
+    for i in range(4):
+        write_shards(iter([{"__key__": f"k{i}", "json": good, "png": buf.getvalue()}]),
+                     str(tmp_path / f"one{i}-%06d.tar"), 1)
+    source = str(tmp_path / "one{0..3}-000000.tar")
+    cfg = _cfg(source, batch_size=2, num_workers=0, shuffle_buffer=256)
+    loader = create_loader(cfg, tiny_task.preprocess(cfg), tiny_task.collate(cfg), 3, 0, 1, 0)
+    loader.set_interval(0)
+    assert len(list(loader)) == 3

@@ -73,3 +73,18 @@ def test_init_from_keeps_the_trained_target_length(tmp_path):
     save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path), task.export_info())
     assert TaskCrullerPretrain(TaskConfig(init_from=str(tmp_path))).max_length == 256
     assert TaskCrullerPretrain(TaskConfig(init_from=str(tmp_path), max_length=64)).max_length == 64
+
+
+def test_damaged_export_is_refused(tmp_path):
+    """A few bytes of the weights flipped (a bad disk or copy) must not load as NaN weights."""
+    import pytest
+
+    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny"))
+    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path), task.export_info())
+    load_exported(str(tmp_path))  # intact: loads
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:-48] = b"\xff" * 16  # inside the tensor area: still parses, values become NaN
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match the checksum"):
+        load_exported(str(tmp_path))

@@ -145,22 +145,33 @@ class SamplePipeline(IterableDataset):
         worker, _ = _worker_position()
         skips = _SkipCounter()
 
-        failures_in_a_row = [0]
-        max_failures = 2 * max(1, len(self.shards.urls))
+        # Count shard opens, not errors: one truncated shard raises several errors in one read.
+        # Two passes over every shard with no sample read (all unreadable, empty, or a dead
+        # 'pipe:' command) would otherwise loop forever.
+        state = {"opens": 0, "url": "?"}
+        max_opens = 2 * max(1, len(self.shards.urls))
+
+        def opened_shards() -> Iterator[dict[str, str]]:
+            for shard in self.shards:
+                state["opens"] += 1
+                if state["opens"] > max_opens:
+                    raise RuntimeError(
+                        f"{max_opens} shard reads in a row gave no sample; latest problem: "
+                        f"{skips.last or 'none (the shards are empty)'}"
+                    )
+                state["url"] = shard["url"]
+                yield shard
 
         def tar_error(exn: Exception) -> bool:
-            where = str(exn.args[-1]) if exn.args else "?"
-            skips.add("bad_tar", where, exn)
-            failures_in_a_row[0] += 1
-            if failures_in_a_row[0] >= max_failures:
-                # Every shard failing (say a dead 'pipe:' command) would otherwise loop forever.
-                raise RuntimeError(
-                    f"{failures_in_a_row[0]} shard reads in a row failed with no sample read; "
-                    f"latest {where}: {exn}"
-                ) from exn
+            skips.add("bad_tar", state["url"], exn)
             return True  # keep going with the next member / shard
 
-        samples = wds.tarfile_to_samples(handler=tar_error)(iter(self.shards))
+        def read(shards: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
+            for sample in wds.tarfile_to_samples(handler=tar_error)(shards):
+                state["opens"] = 0  # before the shuffle buffer, which pulls many shards at once
+                yield sample
+
+        samples = read(opened_shards())
         if self.shuffle_buffer > 0:
             rng = random.Random(f"{self.seed}/{self.interval}/{self.shards.rank}/{worker}/shuffle")
             samples = wds.filters._shuffle(samples, self.shuffle_buffer, min(self.shuffle_buffer, 16), rng)
@@ -182,7 +193,6 @@ class SamplePipeline(IterableDataset):
                 )
 
         for sample in samples:
-            failures_in_a_row[0] = 0
             counts["read"] += 1
             where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
             # Per-sample RNG: the same sample gets the same page/augmentation for a given

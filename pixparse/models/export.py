@@ -1,6 +1,8 @@
 """Plain-weights export and loading (no DeepSpeed), and a Hugging Face
 VisionEncoderDecoderModel folder so `generate()` works in transformers directly."""
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +14,10 @@ from pixparse.models.config import ModelConfig
 from pixparse.models.cruller import Cruller, create_model
 from pixparse.models.safe_load import check_checkpoint_files, safe_torch_load
 
+logger = logging.getLogger(__name__)
+
 WEIGHTS = "model.safetensors"
+CHECKSUMS = "checksums.json"  # sha256 of every file export writes beside it, checked on load
 CHECKPOINT_ASSETS = "assets"  # what a checkpoint tag carries for export (see engine.checkpoint)
 MODEL_CONFIG = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -27,6 +32,31 @@ def save_exported(
     with open(os.path.join(out_dir, MODEL_CONFIG), "w") as f:
         json.dump({**model_cfg.to_dict(), "pixparse": extra}, f, indent=2)
     tokenizer.save_pretrained(os.path.join(out_dir, TOKENIZER_DIR))
+    with open(os.path.join(out_dir, CHECKSUMS), "w") as f:
+        json.dump({WEIGHTS: _sha256(os.path.join(out_dir, WEIGHTS)),
+                   MODEL_CONFIG: _sha256(os.path.join(out_dir, MODEL_CONFIG))}, f, indent=2)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_export(export_dir: str) -> None:
+    """Check the files of an export against the checksums written with it (exports made before
+    checksums existed are accepted as they are)."""
+    path = os.path.join(export_dir, CHECKSUMS)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        expected = json.load(f)
+    for name, digest in expected.items():
+        if _sha256(os.path.join(export_dir, name)) != digest:
+            raise ValueError(f"{os.path.join(export_dir, name)} does not match the checksum recorded when it was "
+                             f"exported: the file is damaged or was changed. Export the checkpoint again.")
 
 
 def checkpoint_state_dict(tag_dir: str) -> dict[str, torch.Tensor]:
@@ -46,8 +76,9 @@ def checkpoint_state_dict(tag_dir: str) -> dict[str, torch.Tensor]:
 
         try:
             return dict(get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag))
-        except ValueError:  # ZeRO-0/1 layouts are not zero_to_fp32 convertible
-            pass
+        except ValueError as e:  # ZeRO-0/1 layouts are not zero_to_fp32 convertible
+            logger.warning("%s: no fp32 master weights to consolidate (%s); using the module weights in "
+                           "the precision they were trained in", tag_dir, e)
     states = os.path.join(tag_dir, "mp_rank_00_model_states.pt")
     if not os.path.isfile(states):
         raise ValueError(f"{tag_dir} holds no DeepSpeed model states (mp_rank_00_model_states.pt)")
@@ -80,6 +111,7 @@ def read_source(path: str) -> tuple[ModelConfig, Any, dict[str, Any], Callable[[
 
     path = resolve_checkpoint_path(path)
     if os.path.isfile(os.path.join(path, WEIGHTS)):  # an export
+        verify_export(path)
         assets = path
 
         def weights() -> dict[str, torch.Tensor]:
