@@ -6,7 +6,9 @@ allowed to end a sample early, so both do the same work) with one intra-op threa
 the same tokens. Weights are random, with the token embeddings scaled x8 so that no argmax is
 decided by float rounding between the two (a random decoder's logits are nearly flat).
 
-    python benchmarks/bench_generate.py --models cruller_tiny cruller_base
+    python benchmarks/bench_generate.py --models cruller_tiny cruller_tiny --batch_sizes 8 32
+    python benchmarks/bench_generate.py --models cruller_base --batch_sizes 1 --rounds 1 \
+        --tokenizer ../shared/data/tokenizers/albert_spiece.model
 
 Prints a table, then one JSON line: {"new_tokens": 256, "speedup": <min over models>, "results": [...]}.
 """
@@ -44,9 +46,9 @@ def cached_greedy(task, image: torch.Tensor, start: int, new_tokens: int) -> tor
     return torch.tensor(out)
 
 
-def bench_model(name: str, batch_size: int, new_tokens: int, rounds: int) -> dict:
+def bench_model(name: str, batch_size: int, new_tokens: int, rounds: int, tokenizer: str | None) -> dict:
     torch.manual_seed(0)
-    task = create_task(TaskConfig(model_name=name, max_length=new_tokens + 8)).eval()
+    task = create_task(TaskConfig(model_name=name, max_length=new_tokens + 8, tokenizer=tokenizer)).eval()
     with torch.no_grad():
         task.model.text_decoder.model.get_input_embeddings().weight.mul_(8.0)
     enc = task.model_cfg.image_encoder
@@ -69,25 +71,28 @@ def bench_model(name: str, batch_size: int, new_tokens: int, rounds: int) -> dic
         "cached_s": med["cached"], "uncached_s": med["uncached"],
         "cached_tokens_per_s": tokens / med["cached"], "uncached_tokens_per_s": tokens / med["uncached"],
         "speedup": med["uncached"] / med["cached"], "same_tokens": same,
-        "params_m": sum(p.numel() for p in task.parameters()) / 1e6,
+        "params_m": sum(p.numel() for p in task.parameters()) / 1e6, "vocab": len(task.tokenizer),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["cruller_tiny", "cruller_base"])
-    ap.add_argument("--batch_sizes", nargs="+", type=int, default=[8, 1],
-                    help="one per model (the uncached loop at cruller_base costs minutes per sample batch)")
+    ap.add_argument("--models", nargs="+", default=["cruller_tiny"])
+    ap.add_argument("--batch_sizes", nargs="+", type=int, default=[8],
+                    help="one for all models or one per model (the uncached loop at cruller_base takes minutes)")
     ap.add_argument("--new_tokens", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tokenizer", default=None,
+                    help="tokenizer spec for every model (offline: e.g. ../shared/data/tokenizers/albert_spiece.model "
+                         "for cruller_base, whose default is a hub name); unset: each preset's own")
     ap.add_argument("--output", default=None, help="also write the JSON here")
     args = ap.parse_args()
     if len(args.batch_sizes) not in (1, len(args.models)):
         raise SystemExit("--batch_sizes: give one value, or one per model")
     sizes = args.batch_sizes * len(args.models) if len(args.batch_sizes) == 1 else args.batch_sizes
     torch.set_num_threads(args.threads)
-    results = [bench_model(m, b, args.new_tokens, args.rounds) for m, b in zip(args.models, sizes)]
+    results = [bench_model(m, b, args.new_tokens, args.rounds, args.tokenizer) for m, b in zip(args.models, sizes)]
     print(f"{'model':<14}{'batch':>6}{'tokens':>8}{'cached s':>10}{'uncached s':>12}"
           f"{'cached tok/s':>14}{'uncached tok/s':>16}{'speedup':>9}{'same':>6}")
     for r in results:
