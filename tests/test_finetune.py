@@ -60,3 +60,38 @@ def test_zero3_finetune_evaluates_in_lockstep_and_eval_app_gathers_ranks(shared_
     keys = [json.loads(x)["key"] for x in (tmp_path / "e2" / "predictions.jsonl").read_text().splitlines()]
     assert sorted(keys) == ["000", "001", "002"]
     assert os.path.isfile(tmp_path / "e2" / "z3-step_00000004-sroie-metrics.json")
+
+
+def test_docvqa_zero3_eval_with_uneven_prompt_lengths_does_not_hang(synth_shards, tmp_path):
+    """DocVQA questions of different lengths: one rank has two prompt lengths (two generate
+    calls per batch), the other one. Under ZeRO-3 every call is collective, so the ranks must
+    match their calls (dummy ones) or this hangs until the timeout."""
+    import webdataset as wds
+
+    from pixparse.data.loader import expand_source
+    from pixparse.data.write import write_shards
+
+    def with_qa(i, sample, questions):
+        anno = json.loads(sample["json"])
+        first = anno["pages"][0]["lines"]["text"][0]
+        anno["qa"] = [{"question": q, "answers": [first]} for q in questions]
+        return {**sample, "__key__": f"q{i}", "json": json.dumps(anno).encode()}
+
+    raw = [s for s in wds.tarfile_samples([{"url": u} for u in expand_source(synth_shards)])][:8]
+    raw = [{k: v for k, v in s.items() if not k.startswith("__")} for s in raw]
+    shards = []
+    for n, questions in enumerate((["First line?", "What does the first line say?"], ["First line?"])):
+        samples = [with_qa(i, s, questions) for i, s in enumerate(raw[n * 4:(n + 1) * 4])]
+        shards += write_shards(iter(samples), str(tmp_path / f"qa{n}-%06d.tar"), 4)
+    source = str(tmp_path / "qa{0..1}-000000.tar")
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+           "--master_port", str(free_port()), f"{REPO}/launch/train.py",
+           "--deepspeed_config", f"{REPO}/ds_configs/zero3_fp32.json", "--task.name", "cruller_finetune_docvqa",
+           "--task.model_name", "cruller_tiny", "--task.max_new_tokens", "4",
+           "--data.train.source", source, "--data.train.batch_size", "2", "--data.train.num_samples", "8",
+           "--data.train.num_workers", "1", "--data.eval.source", source, "--data.eval.batch_size", "4",
+           "--data.eval.num_workers", "0", "--task.num_intervals", "1", "--train.output_dir", str(tmp_path),
+           "--train.experiment", "qa", "--train.log_every_n_steps", "1"]
+    _run(cmd, timeout=240)
+    evals = [r for r in _metrics(tmp_path, "qa") if "eval/anls" in r]
+    assert len(evals) == 1 and evals[0]["eval/num_samples"] == 12  # 4 x 2 questions + 4 x 1

@@ -80,11 +80,12 @@ class _Preprocess:
             if not examples:
                 continue
             image = self.image_transform(page.image, rng)
-            for ex in examples:
+            for j, ex in enumerate(examples):
                 ids, prompt_length = self.text(ex.prompt, ex.target)
                 item = {"image": image, "input_ids": ids, "prompt_length": prompt_length}
-                if self.with_meta:
-                    key = f"{sample.get('__key__', '?')}" + (f"/p{page.page_index}" if page.page_index else "")
+                if self.with_meta:  # a unique key per example: page and question index when several
+                    key = f"{sample.get('__key__', '?')}" + (f"/p{page.page_index}" if page.page_index else "") \
+                        + (f"/{j}" if len(examples) > 1 else "")
                     item["meta"] = {"key": key, "url": sample.get("__url__", "?"), "reference": ex.reference}
                 out.append(item)
         return out
@@ -276,7 +277,7 @@ class TaskBase(nn.Module):
         equal length run as one batch (`stop_at_eos` False: always max_new_tokens, for timing).
         `synced` (every rank of a ZeRO-3 job calls this the same
         number of times) keeps each rank stepping until all are done, as ZeRO-3 forwards are
-        collective.
+        collective; a rank with fewer prompt lengths than another makes dummy calls to match.
         """
         from transformers import GenerationConfig
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -293,12 +294,20 @@ class TaskBase(nn.Module):
         for i, p in enumerate(prompts):
             groups.setdefault(len(p), []).append(i)
         out: list[list[int]] = [[] for _ in prompts]
-        for length, index in sorted(groups.items()):
-            ids = torch.tensor([prompts[i] for i in index], dtype=torch.long, device=device)
+        calls = sorted(groups.items())
+        if synced:  # every rank makes as many generate calls as the rank with the most groups
+            import torch.distributed as dist
+
+            most = torch.tensor([len(calls)], device=device)
+            dist.all_reduce(most, op=dist.ReduceOp.MAX)
+            calls += [(calls[0][0], [])] * (int(most.item()) - len(calls))  # dummies, discarded
+        for length, index in calls:
+            rows = index or groups[calls[0][0]][:1]
+            ids = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)
             generated = self.model.text_decoder.model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
-                encoder_hidden_states=image_tokens[index],
+                encoder_hidden_states=image_tokens[rows],
                 cache=EncoderDecoderCache(DynamicCache(), DynamicCache()),
                 generation_config=config,
                 synced_gpus=synced,

@@ -1,6 +1,7 @@
 """Key-field parsing (SROIE, CORD): image -> the document's `fields` tree, written with field
 tokens (pixparse.data.fields), scored with Donut's field F1 and tree-edit-distance accuracy."""
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +26,8 @@ class FieldExamples:
         return [Example(self.prompt, tree_to_text(fields), fields)]
 
 
-def read_field_keys(source: str) -> set[str]:
-    """Every key of every sample's `fields` in the shards of `source` (JSON members only are
+def scan_annotations(source: str) -> Iterator[dict[str, Any]]:
+    """The annotation JSON of every sample in the shards of `source` (JSON members only are
     parsed; unreadable ones are left to the loader to count)."""
     import json
 
@@ -34,14 +35,19 @@ def read_field_keys(source: str) -> set[str]:
 
     from pixparse.data.loader import expand_source
 
-    keys: set[str] = set()
     urls = expand_source(source)
     for sample in wds.tarfile_samples([{"url": u} for u in urls], handler=wds.warn_and_continue):
         try:
-            keys |= field_keys(json.loads(sample["json"]).get("fields", {}))
-        except (KeyError, ValueError, AttributeError):
+            anno = json.loads(sample["json"])
+        except (KeyError, ValueError):
             continue
-    return keys
+        if isinstance(anno, dict):
+            yield anno
+
+
+def read_field_keys(source: str) -> set[str]:
+    """Every key of every sample's `fields` in the shards of `source`."""
+    return {k for anno in scan_annotations(source) for k in field_keys(anno.get("fields", {}))}
 
 
 class TaskCrullerFinetuneFields(TaskBase):
@@ -94,3 +100,10 @@ class TaskCrullerFinetuneSroie(TaskCrullerFinetuneFields):
 
     name = "cruller_finetune_sroie"
     prompt = "<s_sroie>"
+
+
+class TaskCrullerFinetuneCord(TaskCrullerFinetuneFields):
+    """CORD receipts: nested menu items (lists of dicts), sub-totals and totals."""
+
+    name = "cruller_finetune_cord"
+    prompt = "<s_cord>"

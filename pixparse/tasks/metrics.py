@@ -113,3 +113,25 @@ def ted_accuracy(preds: Sequence[Any], refs: Sequence[Any]) -> float:
     """Mean per-sample tree-edit-distance accuracy."""
     scores = [ted_accuracy_one(p, r) for p, r in zip(preds, refs, strict=True)]
     return sum(scores) / len(scores) if scores else 0.0
+
+
+def _normalize_answer(text: str) -> str:
+    """ANLS normalization: lower case, whitespace runs collapsed, ends stripped."""
+    return " ".join(str(text).lower().split())
+
+
+def anls_one(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> float:
+    """Average Normalized Levenshtein Similarity of one answer (Biten et al. 2019, the DocVQA
+    metric): max over the reference answers of 1 - NL(pred, ref), counted as 0 where NL >= 0.5."""
+    pred = _normalize_answer(prediction)
+    best = 0.0
+    for ref in answers:
+        nl = Levenshtein.normalized_distance(pred, _normalize_answer(ref))
+        best = max(best, 1.0 - nl if nl < threshold else 0.0)
+    return best
+
+
+def anls(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Mean ANLS over questions."""
+    scores = [anls_one(p, r) for p, r in zip(predictions, references, strict=True)]
+    return sum(scores) / len(scores) if scores else 0.0

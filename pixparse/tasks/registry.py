@@ -1,9 +1,13 @@
 """Task registry: --task.name -> the class that owns that objective."""
 from pixparse.tasks.base import TaskBase
-from pixparse.tasks.fields import TaskCrullerFinetuneSroie
+from pixparse.tasks.fields import TaskCrullerFinetuneCord, TaskCrullerFinetuneSroie
 from pixparse.tasks.pretrain import TaskCrullerPretrain
+from pixparse.tasks.qa import TaskCrullerFinetuneDocVQA, TaskCrullerFinetuneRvlcdip
 
-TASKS: dict[str, type[TaskBase]] = {t.name: t for t in (TaskCrullerPretrain, TaskCrullerFinetuneSroie)}
+TASKS: dict[str, type[TaskBase]] = {t.name: t for t in (
+    TaskCrullerPretrain, TaskCrullerFinetuneSroie, TaskCrullerFinetuneCord, TaskCrullerFinetuneDocVQA,
+    TaskCrullerFinetuneRvlcdip,
+)}
 
 
 def create_task(cfg, model_cfg=None, train_source: str | None = None) -> TaskBase:
