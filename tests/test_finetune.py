@@ -1,14 +1,13 @@
 """Fine-tuning and evaluation with the real engine and launchers on 2 CPU ranks, on real receipts."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from pixparse.engine.dist import free_port
 from tests.conftest import REPO
-from tests.test_distributed import _env, _metrics, _run
+from tests.test_distributed import _metrics, _run
 
 pytestmark = pytest.mark.slow
 

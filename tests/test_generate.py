@@ -1,6 +1,5 @@
 """Cached generation gives the tokens of an uncached greedy loop; beams; eval over a loader."""
 import json
-import random
 
 import pytest
 import torch

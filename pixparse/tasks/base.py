@@ -320,3 +320,42 @@ class TaskBase(nn.Module):
         """Token ids -> text, keeping the task's own tokens (field tokens), dropping pad/eos."""
         drop = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
         return self.tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
+
+
+class DataVocabTask(TaskBase):
+    """A task whose extra tokens name values found in the training data (field names, classes):
+    read from --data.train.source, never from a hand-written list, and carried by checkpoints
+    and exports (under `info_key`) so that fine-tuning on and evaluation get the same tokens."""
+
+    info_key: ClassVar[str]  # export_info key, e.g. 'field_keys'
+    what: ClassVar[str]  # what the values are, for messages: 'field names'
+    writer: ClassVar[str]  # how to write shards that have them
+
+    def read_values(self, source: str) -> set[str]:
+        """The values in the shards of `source`."""
+        raise NotImplementedError
+
+    def value_tokens(self) -> list[str]:
+        """The tokens of self.values."""
+        raise NotImplementedError
+
+    def setup_tokens(self, train_source: str | None) -> None:
+        self.values: set[str] = set()
+        if train_source:
+            self.values = self.read_values(train_source)
+            if not self.values:
+                raise ValueError(f"--task.name {self.name}: no sample in --data.train.source {train_source!r} "
+                                 f"has {self.what}; write the shards with {self.writer}")
+            logger.info("%d %s from the training data: %s", len(self.values), self.what, sorted(self.values))
+        elif not self.cfg.init_from:
+            raise ValueError(f"--task.name {self.name} reads its {self.what} from --data.train.source or "
+                             f"from --task.init_from; give one")
+
+    def restore_info(self, info: dict[str, Any]) -> None:
+        self.values |= set(info.get(self.info_key, []))
+
+    def task_tokens(self) -> list[str]:
+        return [self.prompt] + self.value_tokens()
+
+    def export_info(self) -> dict[str, Any]:
+        return {**super().export_info(), self.info_key: sorted(self.values)}

@@ -7,7 +7,7 @@ from typing import Any
 
 from pixparse.data.decode import Page, SampleError
 from pixparse.data.fields import field_keys, field_tokens, text_to_tree, tree_to_text
-from pixparse.tasks.base import Example, TaskBase
+from pixparse.tasks.base import DataVocabTask, Example
 from pixparse.tasks.metrics import field_f1, ted_accuracy, ted_accuracy_one
 
 logger = logging.getLogger(__name__)
@@ -50,35 +50,25 @@ def read_field_keys(source: str) -> set[str]:
     return {k for anno in scan_annotations(source) for k in field_keys(anno.get("fields", {}))}
 
 
-class TaskCrullerFinetuneFields(TaskBase):
+class TaskCrullerFinetuneFields(DataVocabTask):
     """Key-field parsing. The field tokens come from the training shards' `fields` (and from the
     checkpoint when fine-tuning goes on or evaluating)."""
 
     name = "cruller_finetune_fields"
     prompt = "<s_fields>"
+    info_key = "field_keys"
+    what = "field names ('fields' objects)"
+    writer = "pixparse.app.write sroie|cord"
 
-    def setup_tokens(self, train_source: str | None) -> None:
-        self.field_keys: set[str] = set()
-        if train_source:
-            self.field_keys = read_field_keys(train_source)
-            if not self.field_keys:
-                raise ValueError(f"--task.name {self.name}: no sample in --data.train.source "
-                                 f"{train_source!r} has a 'fields' object; write the shards with "
-                                 f"pixparse.app.write sroie|cord")
-            logger.info("%d field names from the training data: %s", len(self.field_keys),
-                        sorted(self.field_keys))
-        elif not self.cfg.init_from:
-            raise ValueError(f"--task.name {self.name} reads its field names from "
-                             f"--data.train.source or from --task.init_from; give one")
+    @property
+    def field_keys(self) -> set[str]:
+        return self.values
 
-    def restore_info(self, info: dict[str, Any]) -> None:
-        self.field_keys |= set(info.get("field_keys", []))
+    def read_values(self, source: str) -> set[str]:
+        return read_field_keys(source)
 
-    def task_tokens(self) -> list[str]:
-        return [self.prompt] + field_tokens(self.field_keys)
-
-    def export_info(self) -> dict[str, Any]:
-        return {**super().export_info(), "field_keys": sorted(self.field_keys)}
+    def value_tokens(self) -> list[str]:
+        return field_tokens(self.values)
 
     def example_builder(self) -> FieldExamples:
         return FieldExamples(self.prompt)

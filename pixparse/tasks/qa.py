@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pixparse.data.decode import Page, SampleError
-from pixparse.tasks.base import Example, TaskBase
+from pixparse.tasks.base import DataVocabTask, Example, TaskBase
 from pixparse.tasks.fields import scan_annotations
 from pixparse.tasks.metrics import anls, anls_one
 
@@ -80,32 +80,24 @@ class ClassExamples:
         return [Example(self.prompt, class_token(label), label)]
 
 
-class TaskCrullerFinetuneRvlcdip(TaskBase):
+class TaskCrullerFinetuneRvlcdip(DataVocabTask):
     """Classify the page: one generated class token."""
 
     name = "cruller_finetune_rvlcdip"
     prompt = "<s_rvlcdip>"
+    info_key = "labels"
+    what = "classes ('label' values)"
+    writer = "pixparse.app.write rvl_cdip"
 
-    def setup_tokens(self, train_source: str | None) -> None:
-        self.labels: set[str] = set()
-        if train_source:
-            self.labels = {str(a["label"]) for a in scan_annotations(train_source) if a.get("label")}
-            if not self.labels:
-                raise ValueError(f"--task.name {self.name}: no sample in --data.train.source {train_source!r} "
-                                 f"has a 'label'; write the shards with pixparse.app.write rvl_cdip")
-            logger.info("%d classes from the training data: %s", len(self.labels), sorted(self.labels))
-        elif not self.cfg.init_from:
-            raise ValueError(f"--task.name {self.name} reads its classes from --data.train.source or from "
-                             f"--task.init_from; give one")
+    @property
+    def labels(self) -> set[str]:
+        return self.values
 
-    def restore_info(self, info: dict[str, Any]) -> None:
-        self.labels |= set(info.get("labels", []))
+    def read_values(self, source: str) -> set[str]:
+        return {str(a["label"]) for a in scan_annotations(source) if a.get("label")}
 
-    def task_tokens(self) -> list[str]:
-        return [self.prompt] + [class_token(label) for label in sorted(self.labels)]
-
-    def export_info(self) -> dict[str, Any]:
-        return {**super().export_info(), "labels": sorted(self.labels)}
+    def value_tokens(self) -> list[str]:
+        return [class_token(label) for label in sorted(self.values)]
 
     def example_builder(self) -> ClassExamples:
         return ClassExamples(self.prompt)
