@@ -43,3 +43,38 @@ def test_full_disk_while_saving_is_a_clear_error_and_keeps_the_last_checkpoint(s
     assert not [d for d in os.listdir(ckpt) if d.endswith(".partial")]  # the failed tag is gone
     state = json.loads((ckpt / "step_00000004" / "pixparse_state.json").read_text())
     assert state["step"] == 4
+
+
+def test_sigterm_to_the_deepspeed_launcher_checkpoints_instead_of_orphaning_the_ranks(synth_shards, tmp_path):
+    """`deepspeed` itself dies at once on SIGTERM (no handler for local runs); the ranks notice
+    their launcher is gone, agree at the next log step, checkpoint and stop."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+           "--master_port", str(free_port()), f"{REPO}/launch/train.py"]
+    cmd += _args(synth_shards, tmp_path, "zero2_fp32", "orphan", "--task.num_intervals", "200",
+                 "--train.log_every_n_steps", "1")
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while "step 3/" not in (tmp_path / "run.log").read_text():
+            assert time.time() < deadline and proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)  # the runner only, not its process group
+        proc.wait(timeout=30)
+        # The ranks (in the runner's session) must finish by themselves, with a checkpoint.
+        deadline = time.time() + 120
+        while subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True).returncode == 0:
+            assert time.time() < deadline, "ranks still running: orphaned"
+            time.sleep(1)
+    finally:
+        subprocess.run(["pkill", "-9", "-s", str(proc.pid)], check=False)
+        log.close()
+    text = (tmp_path / "run.log").read_text()
+    assert "launcher of this rank is gone" in text and "stopped on signal" in text, text[-3000:]
+    ckpt = tmp_path / "orphan" / "checkpoints"
+    tag = (ckpt / "latest").read_text().strip()
+    state = json.loads((ckpt / tag / "pixparse_state.json").read_text())
+    assert 3 <= state["step"] < 200 * 32

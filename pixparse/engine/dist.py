@@ -1,6 +1,7 @@
 """Rank/world from the launcher's variables, process-group setup, small collectives."""
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -70,3 +71,51 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+class LauncherWatch:
+    """Calls `on_lost()` once if this process's launcher goes away.
+
+    `deepspeed` (its runner) installs no signal handler for single-node runs: a SIGTERM to it
+    ends it at once, while its per-node launcher and the ranks train on, unattended. So each
+    rank remembers its parent and its parent's parent at start, and a daemon thread checks every
+    `period_s` that both are still there (a dead runner re-parents the per-node launcher; a dead
+    direct parent re-parents us). The caller treats it as SIGTERM: checkpoint, exit 75.
+    """
+
+    def __init__(self, on_lost: Callable[[], None], period_s: float = 1.0) -> None:
+        import threading
+
+        import psutil
+
+        self.parent = os.getppid()
+        try:
+            self.grandparent = psutil.Process(self.parent).ppid()
+        except psutil.Error:
+            self.grandparent = None
+        self.on_lost = on_lost
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="launcher-watch", daemon=True)
+        self._thread.start()
+
+    def lost(self) -> bool:
+        import psutil
+
+        if os.getppid() != self.parent:
+            return True
+        if self.grandparent is None:
+            return False
+        try:
+            return psutil.Process(self.parent).ppid() != self.grandparent
+        except psutil.Error:
+            return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            if self.lost():
+                self.on_lost()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from pixparse.data.config import DataEvalConfig, DataLoaderConfig
 from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY, create_eval_loader, create_loader
 from pixparse.engine import checkpoint
-from pixparse.engine.dist import to_device
+from pixparse.engine.dist import LauncherWatch, to_device
 from pixparse.engine.evaluate import evaluate, gather, summarize
 from pixparse.engine.config import TrainConfig
 from pixparse.engine.ds_config import compute_dtype_name
@@ -242,6 +242,10 @@ class Trainer:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signal = signum
 
+    def _on_launcher_lost(self) -> None:
+        logger.warning("the launcher of this rank is gone (killed?): checkpointing and stopping as on SIGTERM")
+        self._signal = signal.SIGTERM
+
     def _stop_requested(self) -> bool:
         """True on every rank once any rank got SIGTERM/SIGUSR1 (one tiny all-reduce)."""
         flag = torch.tensor([1.0 if self._signal else 0.0], device=self.engine.device)
@@ -268,6 +272,9 @@ class Trainer:
     def fit(self) -> bool:
         """Train to the end (True) or until a pre-emption signal, after checkpointing (False)."""
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        # Multi-rank jobs only: a single process has no launcher to lose (and `nohup python -m
+        # pixparse.app.train` must outlive its shell).
+        watch = LauncherWatch(self._on_launcher_lost) if self.world_size > 1 else None
         try:
             while self.interval < self.num_intervals:
                 if not self.train_interval():
@@ -282,6 +289,8 @@ class Trainer:
                     self.evaluate()
             return True
         finally:
+            if watch is not None:
+                watch.stop()
             for s, h in handlers.items():
                 signal.signal(s, h)
             self.sink.close()
