@@ -78,3 +78,54 @@ def test_sigterm_to_the_deepspeed_launcher_checkpoints_instead_of_orphaning_the_
     tag = (ckpt / "latest").read_text().strip()
     state = json.loads((ckpt / tag / "pixparse_state.json").read_text())
     assert 3 <= state["step"] < 200 * 32
+
+
+def _wait_for(predicate, timeout, what):
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("moment", ["partial_created", "rank_files_written"])
+def test_kill_9_of_all_ranks_during_a_save_leaves_a_complete_latest(synth_shards, tmp_path, moment):
+    """Checkpoint every step; kill -9 every process of the job the moment a save is under way
+    (its .partial folder exists, or holds the ranks' files): 'latest' names a complete tag, the
+    next start reports and removes the partial one, and resuming goes on."""
+    import glob
+    import signal
+
+    ckpt = tmp_path / "ckpt" / "kill"
+    args = _args(synth_shards, tmp_path, "zero2_fp32", "kill", "--task.num_intervals", "2",
+                 "--train.checkpoint_every_n_steps", "1", "--train.checkpoint_dir", str(tmp_path / "ckpt"),
+                 "--train.keep_last_k", "2")
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+           "--master_port", str(free_port()), f"{REPO}/launch/train.py", *args]
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: len(glob.glob(str(ckpt / "step_*"))) >= 3 or proc.poll() is not None, 180, "3 saves")
+        if moment == "partial_created":
+            _wait_for(lambda: glob.glob(str(ckpt / "*.partial")), 60, "a save to start")
+        else:
+            _wait_for(lambda: glob.glob(str(ckpt / "*.partial" / "*optim_states.pt")), 60, "rank files")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        subprocess.run(["pkill", "-9", "-s", str(proc.pid)], check=False)
+        log.close()
+    assert glob.glob(str(ckpt / "*.partial")), "killed outside a save: the moment was missed"
+    tag = (ckpt / "latest").read_text().strip()
+    assert (ckpt / tag / "pixparse_state.json").is_file()  # latest names a complete tag
+
+    resume = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+              "--master_port", str(free_port()), f"{REPO}/launch/train.py", *args, "--train.resume", "latest",
+              "--train.checkpoint_every_n_steps", "0"]
+    proc = subprocess.run(resume, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    assert "a checkpoint whose save did not finish" in text and f"resumed from {ckpt / tag}" in text
+    assert not glob.glob(str(ckpt / "*.partial"))
+    assert (ckpt / "latest").read_text().strip() == "step_00000032"
