@@ -33,6 +33,12 @@ def _args(shards, out, ds_config, experiment, *extra):
     ]
 
 
+def deepspeed_two_ranks(*args: str) -> list[str]:
+    """`deepspeed --num_gpus 2 launch/train.py ARGS` on a free port."""
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+            "--master_port", str(free_port()), f"{REPO}/launch/train.py", *args]
+
+
 def _run(cmd, timeout=300):
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -73,9 +79,7 @@ def test_single_rank_cli_trains_saves_and_resumes(synth_shards, tmp_path):
 
 @pytest.mark.parametrize("ds_config", ["zero2_bf16", "zero3_bf16", "zero3_fp32"])
 def test_two_ranks_with_the_deepspeed_launcher_loss_falls(synth_shards, tmp_path, ds_config):
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-           "--master_port", str(free_port()), f"{REPO}/launch/train.py"]
-    cmd += _args(synth_shards, tmp_path, ds_config, "two", "--task.num_intervals", "2",
+    cmd = deepspeed_two_ranks() + _args(synth_shards, tmp_path, ds_config, "two", "--task.num_intervals", "2",
                  "--train.tensorboard", "true", "--train.checkpoint_dir", str(tmp_path / "ckpt"))
     proc = _run(cmd)
     records = _metrics(tmp_path, "two")
@@ -220,8 +224,7 @@ def test_torchrun_two_ranks(synth_shards, tmp_path):
 def test_elastic_resume_two_to_one_and_back(synth_shards, tmp_path):
     """A 2-rank checkpoint resumes on 1 rank and that one on 2 again (universal checkpoints)."""
     def two() -> list[str]:
-        return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-                "--master_port", str(free_port()), f"{REPO}/launch/train.py"]
+        return deepspeed_two_ranks()
 
     one = [sys.executable, "-m", "pixparse.app.train"]
     args = lambda n: _args(synth_shards, tmp_path, "zero2_bf16", "el", "--task.num_intervals", str(n),  # noqa: E731

@@ -2,13 +2,11 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from pixparse.engine.dist import free_port
 from tests.conftest import REPO
-from tests.test_distributed import _args, _env
+from tests.test_distributed import _args, _env, deepspeed_two_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +24,7 @@ def small_disk(tmp_path):
 
 
 def test_full_disk_while_saving_is_a_clear_error_and_keeps_the_last_checkpoint(synth_shards, tmp_path, small_disk):
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-           "--master_port", str(free_port()), f"{REPO}/launch/train.py"]
-    cmd += _args(synth_shards, tmp_path, "zero2_fp32", "full", "--task.num_intervals", "3",
+    cmd = deepspeed_two_ranks() + _args(synth_shards, tmp_path, "zero2_fp32", "full", "--task.num_intervals", "3",
                  "--data.train.num_samples", "16", "--train.checkpoint_dir", str(small_disk),
                  "--train.keep_last_k", "1")
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
@@ -51,9 +47,7 @@ def test_sigterm_to_the_deepspeed_launcher_checkpoints_instead_of_orphaning_the_
     import signal
     import time
 
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-           "--master_port", str(free_port()), f"{REPO}/launch/train.py"]
-    cmd += _args(synth_shards, tmp_path, "zero2_fp32", "orphan", "--task.num_intervals", "200",
+    cmd = deepspeed_two_ranks() + _args(synth_shards, tmp_path, "zero2_fp32", "orphan", "--task.num_intervals", "200",
                  "--train.log_every_n_steps", "1")
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -101,8 +95,7 @@ def test_kill_9_of_all_ranks_during_a_save_leaves_a_complete_latest(synth_shards
     args = _args(synth_shards, tmp_path, "zero2_fp32", "kill", "--task.num_intervals", "2",
                  "--train.checkpoint_every_n_steps", "1", "--train.checkpoint_dir", str(tmp_path / "ckpt"),
                  "--train.keep_last_k", "2")
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-           "--master_port", str(free_port()), f"{REPO}/launch/train.py", *args]
+    cmd = deepspeed_two_ranks(*args)
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -120,9 +113,7 @@ def test_kill_9_of_all_ranks_during_a_save_leaves_a_complete_latest(synth_shards
     tag = (ckpt / "latest").read_text().strip()
     assert (ckpt / tag / "pixparse_state.json").is_file()  # latest names a complete tag
 
-    resume = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-              "--master_port", str(free_port()), f"{REPO}/launch/train.py", *args, "--train.resume", "latest",
-              "--train.checkpoint_every_n_steps", "0"]
+    resume = deepspeed_two_ranks(*args, "--train.resume", "latest", "--train.checkpoint_every_n_steps", "0")
     proc = subprocess.run(resume, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]

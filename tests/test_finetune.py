@@ -5,9 +5,8 @@ import sys
 
 import pytest
 
-from pixparse.engine.dist import free_port
 from tests.conftest import REPO
-from tests.test_distributed import _metrics, _run
+from tests.test_distributed import _metrics, _run, deepspeed_two_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +32,13 @@ def test_zero3_finetune_evaluates_in_lockstep_and_eval_app_gathers_ranks(shared_
     write("sroie", f"{shared_data}/sroie", str(tmp_path / "shards"), samples_per_shard=1, max_samples=4)
     train_src = str(tmp_path / "shards" / "sroie-{000000..000003}.tar")
     eval_src = str(tmp_path / "shards" / "sroie-{000000..000002}.tar")
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-           "--master_port", str(free_port()), f"{REPO}/launch/train.py",
-           "--deepspeed_config", f"{REPO}/ds_configs/zero3_fp32.json", "--task.name", "cruller_finetune_sroie",
-           "--task.model_name", "cruller_tiny", "--task.max_length", "256", "--task.max_new_tokens", "6",
-           "--data.train.source", train_src, "--data.train.batch_size", "2", "--data.train.num_samples", "16",
-           "--data.train.num_workers", "1", "--data.eval.source", eval_src, "--data.eval.batch_size", "1",
-           "--data.eval.num_workers", "0", "--task.num_intervals", "1", "--train.output_dir", str(tmp_path),
-           "--train.experiment", "z3", "--train.log_every_n_steps", "1"]
+    cmd = deepspeed_two_ranks(
+        "--deepspeed_config", f"{REPO}/ds_configs/zero3_fp32.json", "--task.name", "cruller_finetune_sroie",
+        "--task.model_name", "cruller_tiny", "--task.max_length", "256", "--task.max_new_tokens", "6",
+        "--data.train.source", train_src, "--data.train.batch_size", "2", "--data.train.num_samples", "16",
+        "--data.train.num_workers", "1", "--data.eval.source", eval_src, "--data.eval.batch_size", "1",
+        "--data.eval.num_workers", "0", "--task.num_intervals", "1", "--train.output_dir", str(tmp_path),
+        "--train.experiment", "z3", "--train.log_every_n_steps", "1")
     _run(cmd, timeout=300)
     evals = [r for r in _metrics(tmp_path, "z3") if "eval/image_gap" in r]
     assert len(evals) == 1 and evals[0]["eval/num_samples"] == 3 and "eval/field_f1" in evals[0]
@@ -83,14 +81,13 @@ def test_docvqa_zero3_eval_with_uneven_prompt_lengths_does_not_hang(synth_shards
         samples = [with_qa(i, s, questions) for i, s in enumerate(raw[n * 4:(n + 1) * 4])]
         shards += write_shards(iter(samples), str(tmp_path / f"qa{n}-%06d.tar"), 4)
     source = str(tmp_path / "qa{0..1}-000000.tar")
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-           "--master_port", str(free_port()), f"{REPO}/launch/train.py",
-           "--deepspeed_config", f"{REPO}/ds_configs/zero3_fp32.json", "--task.name", "cruller_finetune_docvqa",
-           "--task.model_name", "cruller_tiny", "--task.max_new_tokens", "4",
-           "--data.train.source", source, "--data.train.batch_size", "2", "--data.train.num_samples", "8",
-           "--data.train.num_workers", "1", "--data.eval.source", source, "--data.eval.batch_size", "4",
-           "--data.eval.num_workers", "0", "--task.num_intervals", "1", "--train.output_dir", str(tmp_path),
-           "--train.experiment", "qa", "--train.log_every_n_steps", "1"]
+    cmd = deepspeed_two_ranks(
+        "--deepspeed_config", f"{REPO}/ds_configs/zero3_fp32.json", "--task.name", "cruller_finetune_docvqa",
+        "--task.model_name", "cruller_tiny", "--task.max_new_tokens", "4",
+        "--data.train.source", source, "--data.train.batch_size", "2", "--data.train.num_samples", "8",
+        "--data.train.num_workers", "1", "--data.eval.source", source, "--data.eval.batch_size", "4",
+        "--data.eval.num_workers", "0", "--task.num_intervals", "1", "--train.output_dir", str(tmp_path),
+        "--train.experiment", "qa", "--train.log_every_n_steps", "1")
     _run(cmd, timeout=240)
     evals = [r for r in _metrics(tmp_path, "qa") if "eval/anls" in r]
     assert len(evals) == 1 and evals[0]["eval/num_samples"] == 12  # 4 x 2 questions + 4 x 1

@@ -13,7 +13,6 @@ reference, per-sample scores), and prints the metrics as one JSON line.
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -66,7 +65,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     from pixparse.data.loader import create_eval_loader
     from pixparse.engine import dist as pdist
     from pixparse.engine import logging as plogging
-    from pixparse.engine.evaluate import evaluate, gather, summarize
+    from pixparse.engine.evaluate import evaluate_source
     from pixparse.tasks.registry import create_task
 
     checkpoint = _check(cfg)
@@ -78,12 +77,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     task = create_task(dataclasses.replace(cfg.task, init_from=checkpoint)).to(device).eval()
     data = cfg.data.eval
     loader = create_eval_loader(data, task.preprocess(data, with_meta=True), task.collate(data), rank, world_size)
-    share = math.ceil(data.num_samples / world_size) if data.num_samples else None
-    records, sums = evaluate(task, loader, device, max_samples=share)
-    records, sums = gather(records, sums)
-    if data.num_samples:
-        records = records[: data.num_samples]
-    metrics = summarize(task, records, sums, data.max_skip_fraction)
+    records, metrics = evaluate_source(task, loader, device, data, world_size)
     metrics.update(checkpoint=checkpoint, task=cfg.task.name, source=data.source, world_size=world_size)
     if rank == 0:
         os.makedirs(cfg.output_dir, exist_ok=True)

@@ -212,16 +212,17 @@ class SamplePipeline(IterableDataset):
             for item in out if isinstance(out, list) else [out]:  # a document may give several pages
                 batch.append(item)
                 if len(batch) == self.batch_size:
-                    collated = self.collate(batch)
-                    collated[LAST_SKIPPED_KEY] = skips.last
-                    collated[SKIPPED_KEY] = skips.take()
-                    yield collated
+                    yield self._emit(batch, skips)
                     batch = []
         if batch and self.shards.single_pass:  # eval keeps the last, partial batch
-            collated = self.collate(batch)
-            collated[LAST_SKIPPED_KEY] = skips.last
-            collated[SKIPPED_KEY] = skips.take()
-            yield collated
+            yield self._emit(batch, skips)
+
+    def _emit(self, batch: list[dict[str, Any]], skips: _SkipCounter) -> dict[str, Any]:
+        """Collate, with the skips counted since the previous batch."""
+        collated = self.collate(batch)
+        collated[LAST_SKIPPED_KEY] = skips.last
+        collated[SKIPPED_KEY] = skips.take()
+        return collated
 
 
 class Loader:
@@ -260,16 +261,18 @@ class Loader:
         return itertools.islice(iter(self.dataloader), start, self.num_batches)
 
 
+def _check_local_shards(urls: list[str], flag: str) -> None:
+    """Every local shard (not 'pipe:' or a URL) must exist."""
+    missing = [u for u in urls if not u.startswith("pipe:") and "://" not in u and not os.path.isfile(u)]
+    if missing:
+        raise ValueError(f"{flag}: {len(missing)} of {len(urls)} shard(s) do not exist, e.g. "
+                         f"{missing[:3]}; check the path and brace pattern")
+
+
 def check_shards_cover(cfg: DataLoaderConfig, world_size: int) -> list[str]:
     """Expand the source and check that every rank and worker gets a shard (finite mode)."""
     urls = expand_source(cfg.source)
-    local = [u for u in urls if not u.startswith("pipe:") and "://" not in u]
-    missing = [u for u in local if not os.path.isfile(u)]
-    if missing:
-        raise ValueError(
-            f"--data.train.source: {len(missing)} of {len(urls)} shard(s) do not exist, e.g. "
-            f"{missing[:3]}; check the path and brace pattern"
-        )
+    _check_local_shards(urls, "--data.train.source")
     readers = world_size * max(cfg.num_workers, 1)
     if not cfg.resampled and len(urls) < readers:
         raise ValueError(
@@ -301,10 +304,7 @@ def check_eval_shards(cfg: DataEvalConfig, world_size: int | None = None) -> lis
     """Expand the eval source; every local shard must exist, and with `world_size` (evaluation
     inside training, where ranks step together) every rank needs a shard."""
     urls = expand_source(cfg.source)
-    missing = [u for u in urls if not u.startswith("pipe:") and "://" not in u and not os.path.isfile(u)]
-    if missing:
-        raise ValueError(f"--data.eval.source: {len(missing)} of {len(urls)} shard(s) do not exist, e.g. "
-                         f"{missing[:3]}; check the path and brace pattern")
+    _check_local_shards(urls, "--data.eval.source")
     if world_size is not None and len(urls) < world_size:
         raise ValueError(f"--data.eval.source has {len(urls)} shard(s) for {world_size} ranks; each rank "
                          f"evaluates whole shards: write at least {world_size}")

@@ -6,6 +6,7 @@ A model that reads its page has a clearly positive gap; one whose decoder ignore
 (it memorized or guessed the text) has a gap near 0, however low its loss.
 """
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -69,13 +70,12 @@ def evaluate(
     batches: Iterable[dict[str, Any]],
     device: torch.device,
     max_samples: int | None = None,
-    generate: bool = True,
     synced: bool = False,
 ) -> tuple[list[dict[str, Any]], EvalSums]:
     """Run the task's model over `batches` (with `meta`: key and reference per sample).
 
-    Returns this rank's records (key, prediction text, parsed prediction, reference, token loss,
-    per-sample scores) and additive sums. With `synced` (ZeRO-3: forwards are collective) every
+    Returns this rank's records (key, generated text, parsed prediction, reference, token loss,
+    image_gap, per-sample scores) and additive sums. With `synced` (ZeRO-3: forwards are collective) every
     rank runs the same number of forwards and generation steps.
     """
     records: list[dict[str, Any]] = []
@@ -94,12 +94,10 @@ def evaluate(
         own = task.token_losses(b).float()  # (B,) summed over each sample's target tokens
         rolled = task.token_losses(b, image=b["image"].roll(1, dims=0)).float()
         num_tokens = (b["labels"][:, 1:] != -100).sum(dim=1)
-        texts: list[str] = []
-        if generate:
-            prompts = [row[:n].tolist() for row, n in zip(b["input_ids"], b["prompt_length"].tolist())]
-            new = max_new or task.max_length - max(len(p) for p in prompts)
-            texts = [task.decode(ids) for ids in task.generate(
-                b["image"], prompts, new, num_beams=task.cfg.num_beams, synced=synced)]
+        prompts = [row[:n].tolist() for row, n in zip(b["input_ids"], b["prompt_length"].tolist())]
+        new = max_new or task.max_length - max(len(p) for p in prompts)
+        texts = [task.decode(ids) for ids in task.generate(
+            b["image"], prompts, new, num_beams=task.cfg.num_beams, synced=synced)]
         if not real or full:
             continue
         own_l, rolled_l, tok_l = own.tolist(), rolled.tolist(), num_tokens.tolist()
@@ -112,12 +110,12 @@ def evaluate(
         for i, m in enumerate(meta):
             if max_samples is not None and len(records) >= max_samples:
                 break
-            rec = {"key": m["key"], "shard": m["url"], "reference": m["reference"],
-                   "loss": own_l[i] / max(1, tok_l[i]), "image_gap": (rolled_l[i] - own_l[i]) / max(1, tok_l[i])}
-            if generate:
-                pred = task.postprocess(texts[i])
-                rec.update(text=texts[i], prediction=pred, scores=task.sample_scores(pred, m["reference"]))
-            records.append(rec)
+            pred = task.postprocess(texts[i])
+            records.append({
+                "key": m["key"], "shard": m["url"], "text": texts[i], "prediction": pred, "reference": m["reference"],
+                "loss": own_l[i] / max(1, tok_l[i]), "image_gap": (rolled_l[i] - own_l[i]) / max(1, tok_l[i]),
+                "scores": task.sample_scores(pred, m["reference"]),
+            })
     return records, sums
 
 
@@ -144,9 +142,22 @@ def summarize(task: Any, records: list[dict[str, Any]], sums: EvalSums, max_skip
         raise RuntimeError(f"{skipped} of {read} eval samples were unusable ({dict(sums.skipped)}); "
                            f"latest: {sums.last_skipped}")
     metrics: dict[str, Any] = {"num_samples": len(records), "skipped": skipped}
-    if "prediction" in (records[0] if records else {}):
+    if records:
         metrics.update(task.score([r["prediction"] for r in records], [r["reference"] for r in records]))
     metrics["loss"] = sums.loss_sum / max(1, sums.tokens)
     metrics["image_gap"] = ((sums.gap_rolled_sum - sums.gap_own_sum) / sums.gap_tokens
                             if sums.gap_tokens else float("nan"))
     return metrics
+
+
+def evaluate_source(
+    task: Any, batches: Iterable[dict[str, Any]], device: torch.device, cfg: Any, world_size: int,
+    synced: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One whole evaluation on `cfg` (a DataEvalConfig): each rank its share of
+    --data.eval.num_samples, records gathered on every rank, metrics. Returns (records, metrics)."""
+    share = math.ceil(cfg.num_samples / world_size) if cfg.num_samples else None
+    records, sums = gather(*evaluate(task, batches, device, max_samples=share, synced=synced))
+    if cfg.num_samples:
+        records = records[: cfg.num_samples]
+    return records, summarize(task, records, sums, cfg.max_skip_fraction)

@@ -6,7 +6,6 @@ It knows nothing of the objective: a task is an nn.Module whose forward(batch) r
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import signal
@@ -26,7 +25,7 @@ from pixparse.data.config import DataEvalConfig, DataLoaderConfig
 from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY, create_eval_loader, create_loader
 from pixparse.engine import checkpoint
 from pixparse.engine.dist import LauncherWatch, to_device
-from pixparse.engine.evaluate import evaluate, gather, summarize
+from pixparse.engine.evaluate import evaluate_source
 from pixparse.engine.config import TrainConfig
 from pixparse.engine.ds_config import compute_dtype_name
 from pixparse.engine.metrics import mfu, peak_tflops
@@ -255,13 +254,8 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Loss, image_gap and the task's metrics on --data.eval (every rank; logged on rank 0)."""
         self.engine.eval()
-        share = math.ceil(self.eval_cfg.num_samples / self.world_size) if self.eval_cfg.num_samples else None
-        records, sums = evaluate(self.engine.module, self.eval_loader, self.engine.device,
-                                 max_samples=share, synced=self.zero3)
-        records, sums = gather(records, sums)
-        if self.eval_cfg.num_samples:
-            records = records[: self.eval_cfg.num_samples]
-        metrics = summarize(self.engine.module, records, sums, self.eval_cfg.max_skip_fraction)
+        _, metrics = evaluate_source(self.engine.module, self.eval_loader, self.engine.device, self.eval_cfg,
+                                     self.world_size, synced=self.zero3)
         logger.info("eval after interval %d (step %d): %s", self.interval - 1, self.step,
                     " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
         self.sink.scalars(self.step, {f"eval/{k}": float(v) for k, v in metrics.items()})
