@@ -84,6 +84,14 @@ def test_rvlcdip_task_on_real_pages(shared_data, tmp_path):
     paths = write("rvl_cdip", f"{shared_data}/rvl_cdip_sample", str(tmp_path))
     task = create_task(TaskConfig(name="cruller_finetune_rvlcdip", model_name="cruller_tiny"), train_source=paths[0])
     assert len(task.labels) == 3
+    # RVL-CDIP pages carry no text lines: a classification sample needs none (reading would)
+    import webdataset as wds
+
+    from pixparse.data.config import DataEvalConfig
+
+    prep = task.preprocess(DataEvalConfig(source=paths[0]), with_meta=True)
+    items = [it for s in wds.tarfile_samples([{"url": paths[0]}]) for it in prep(s, random.Random(0))]
+    assert sorted(it["meta"]["reference"] for it in items) == ["handwritten", "invoice", "memo"]
 
 
 def test_cord_nested_fields_become_tokens(tmp_path):
@@ -106,3 +114,58 @@ def test_generation_groups_prompts_of_different_lengths():
                for q in ("a?", "longer question?", "a?")]
     out = task.generate(image, prompts, max_new_tokens=3)
     assert len(out) == 3 and all(len(o) <= 3 for o in out)
+
+
+def _labelled_batch(task, tmp_path, labels):
+    from pixparse.data.config import DataEvalConfig
+    import webdataset as wds
+
+    shard = _shard(tmp_path, [{"pages": [PAGE], "label": label} for label in labels], name="x")
+    cfg = DataEvalConfig(source=shard)
+    prep = task.preprocess(cfg, with_meta=True)
+    items = [it for s in wds.tarfile_samples([{"url": shard}]) for it in prep(s, random.Random(0))]
+    return task.collate(cfg)(items)
+
+
+def test_xent_head_on_pooled_encoder_features(tmp_path):
+    labels = ["memo", "letter", "memo", "form"]
+    shard = _shard(tmp_path, [{"pages": [PAGE], "label": label} for label in labels])
+    task = create_task(TaskConfig(name="cruller_finetune_xent", model_name="cruller_tiny"), train_source=shard)
+    assert task.classes == ["form", "letter", "memo"]
+    head = task.model.classifier
+    # the encoder's width (64 in cruller_tiny), not the decoder's (96): any encoder width
+    assert (head.in_features, head.out_features) == (task.model.image_encoder.num_features, 3) == (64, 3)
+    batch = _labelled_batch(task, tmp_path, labels)
+    assert task.targets(batch).tolist() == [2, 1, 2, 0]
+    loss = task(batch)["loss"]
+    assert torch.isclose(loss, torch.nn.functional.cross_entropy(
+        task.model.classify(task.normalize(batch["image"])), torch.tensor([2, 1, 2, 0])))
+    loss.backward()
+    trained = {n for n, p in task.named_parameters() if p.grad is not None}
+    assert "model.classifier.weight" in trained and any(n.startswith("model.image_encoder.") for n in trained)
+    assert not any(n.startswith("model.text_decoder.") for n in trained)
+    assert not any(p.requires_grad for p in task.model.text_decoder.parameters())
+    own, rolled, count, texts = task.eval_batch(batch, None)
+    assert own.shape == rolled.shape == count.shape == (4,) and count.tolist() == [1, 1, 1, 1]
+    assert all(task.postprocess(t) in task.classes for t in texts)
+    assert task.export_info()["num_classes"] == 3
+
+
+def test_xent_from_a_reader_gets_a_fresh_head_and_exports_with_it(tmp_path):
+    from pixparse.models.export import load_exported, save_exported
+
+    reader = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_tiny"))
+    save_exported(reader.model, reader.model_cfg, reader.tokenizer, str(tmp_path / "reader"), reader.export_info())
+    shard = _shard(tmp_path, [{"pages": [PAGE], "label": label} for label in ("a", "b")])
+    task = create_task(TaskConfig(name="cruller_finetune_xent", init_from=str(tmp_path / "reader")), train_source=shard)
+    w = reader.model.image_encoder.trunk.blocks[0].attn.qkv.weight
+    assert torch.equal(task.model.image_encoder.trunk.blocks[0].attn.qkv.weight, w)
+    assert task.model.classifier.out_features == 2
+    with torch.no_grad():
+        task.model.classifier.weight.fill_(0.5)
+    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "xent"), task.export_info())
+    model, _, info = load_exported(str(tmp_path / "xent"))
+    assert info["labels"] == ["a", "b"] and torch.all(model.classifier.weight == 0.5)
+    # evaluating (or fine-tuning on) the classifier keeps its head: same classes
+    again = create_task(TaskConfig(name="cruller_finetune_xent", init_from=str(tmp_path / "xent")))
+    assert torch.all(again.model.classifier.weight == 0.5) and again.classes == ["a", "b"]

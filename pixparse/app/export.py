@@ -8,9 +8,8 @@ from typing import Literal
 import torch
 
 from pixparse.engine.checkpoint import MARKER
-from pixparse.models.cruller import create_model
 from pixparse.models.export import (
-    load_weights, read_source, resolve_checkpoint_path, save_exported, to_hf_vision_encoder_decoder,
+    load_weights, model_from_info, read_source, resolve_checkpoint_path, save_exported, to_hf_vision_encoder_decoder,
 )
 from pixparse.app.tool import run_tool
 
@@ -38,10 +37,14 @@ def export(
     if not os.path.isfile(os.path.join(checkpoint, MARKER)):
         raise ValueError(f"{checkpoint} is not a complete pixparse checkpoint (no {MARKER})")
     model_cfg, tokenizer, info, weights = read_source(checkpoint)
-    model = create_model(model_cfg, info["vocab_size"], info["pad_token_id"], info["eos_token_id"])
+    model = model_from_info(model_cfg, info)
     load_weights(model, weights())
     model = model.to(_DTYPES[dtype]).eval()
     save_exported(model, model_cfg, tokenizer, output_dir, info)
+    if hf and model.classifier is not None:
+        logger.warning("%s is a classifier (task %s): a VisionEncoderDecoderModel has no place for its head, "
+                       "so no hf/ folder is written (model.safetensors has it)", checkpoint, info.get("task"))
+        hf = False
     if hf:
         hf_model = to_hf_vision_encoder_decoder(model, info["decoder_start_token_id"])
         hf_model.save_pretrained(os.path.join(output_dir, "hf"))

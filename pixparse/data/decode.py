@@ -142,8 +142,10 @@ def decode_document_pages(
     rng: random.Random,
     target_size: tuple[int, int] | None = None,
     grayscale: bool = False,
+    need_text: bool = True,
 ) -> list[Page]:
-    """Decode the annotated page(s) of a document sample; pages without text are never chosen.
+    """Decode the annotated page(s) of a document sample; pages without text are never chosen
+    unless `need_text` is False (tasks whose target is not the page text: classes, answers).
 
     Args:
         sample: webdataset sample: 'json' bytes plus one image entry (multi-page tif or pdf
@@ -175,10 +177,11 @@ def decode_document_pages(
         raise SampleError("bad_image", f"{image_key}: {e}") from e
     candidates = [
         i for i, p in enumerate(pages[:num_frames])
-        if isinstance(p, dict) and any(t.strip() for t in page_lines(p))
+        if isinstance(p, dict) and (not need_text or any(t.strip() for t in page_lines(p)))
     ]
     if not candidates:
-        raise SampleError("empty_page", f"no page with text among {min(len(pages), num_frames)}")
+        raise SampleError("empty_page", f"no page {'with text ' if need_text else ''}among "
+                                        f"{min(len(pages), num_frames)}")
     if page_sampling == "all":
         indices = candidates
     else:

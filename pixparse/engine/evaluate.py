@@ -91,13 +91,7 @@ def evaluate(
             break
         meta = batch.get("meta", [])
         b = to_device({k: v for k, v in batch.items() if k not in (SKIPPED_KEY, LAST_SKIPPED_KEY, "meta")}, device)
-        own = task.token_losses(b).float()  # (B,) summed over each sample's target tokens
-        rolled = task.token_losses(b, image=b["image"].roll(1, dims=0)).float()
-        num_tokens = (b["labels"][:, 1:] != -100).sum(dim=1)
-        prompts = [row[:n].tolist() for row, n in zip(b["input_ids"], b["prompt_length"].tolist())]
-        new = max_new or task.max_length - max(len(p) for p in prompts)
-        texts = [task.decode(ids) for ids in task.generate(
-            b["image"], prompts, new, num_beams=task.cfg.num_beams, synced=synced)]
+        own, rolled, num_tokens, texts = task.eval_batch(b, max_new, synced=synced)
         if not real or full:
             continue
         own_l, rolled_l, tok_l = own.tolist(), rolled.tolist(), num_tokens.tolist()

@@ -15,6 +15,7 @@ class Cruller(nn.Module):
         pad_token_id: int,
         eos_token_id: int,
         pretrained: bool = False,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -25,10 +26,19 @@ class Cruller(nn.Module):
         enc_dim, dec_dim = self.image_encoder.num_features, self.text_decoder.hidden_size
         # Only a real projection when widths differ, so pretrained pairs of equal width are unchanged.
         self.enc_to_dec_proj = nn.Linear(enc_dim, dec_dim) if enc_dim != dec_dim else nn.Identity()
+        # A linear classifier on the mean-pooled encoder tokens (the xent task); absent otherwise.
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(enc_dim, num_classes) if num_classes else None
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         # (B, C, H, W) -> (B, N_img, C_dec)
         return self.enc_to_dec_proj(self.image_encoder(image))
+
+    def classify(self, image: torch.Tensor) -> torch.Tensor:
+        # (B, C, H, W) -> class logits (B, num_classes), from the encoder's tokens, mean-pooled
+        if self.classifier is None:
+            raise ValueError("this model has no classifier (built with num_classes=0)")
+        return self.classifier(self.image_encoder(image).mean(dim=1))
 
     def forward(
         self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -43,7 +53,8 @@ def create_model(
     pad_token_id: int,
     eos_token_id: int,
     pretrained: bool = False,
+    num_classes: int = 0,
 ) -> Cruller:
     if cfg.type != "cruller":
         raise ValueError(f"model type {cfg.type!r} is not supported (only 'cruller')")
-    return Cruller(cfg, vocab_size, pad_token_id, eos_token_id, pretrained=pretrained)
+    return Cruller(cfg, vocab_size, pad_token_id, eos_token_id, pretrained=pretrained, num_classes=num_classes)

@@ -144,10 +144,16 @@ def load_weights(model: Cruller, weights: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(weights, strict=True)
 
 
+def model_from_info(model_cfg: ModelConfig, info: dict[str, Any]) -> Cruller:
+    """An empty model shaped as the exported or checkpointed one (vocabulary, classifier)."""
+    return create_model(model_cfg, info["vocab_size"], info["pad_token_id"], info["eos_token_id"],
+                        num_classes=info.get("num_classes", 0))
+
+
 def load_exported(export_dir: str, dtype: torch.dtype = torch.float32) -> tuple[Cruller, Any, dict[str, Any]]:
     """(model, tokenizer, extra) from a save_exported folder; needs no DeepSpeed."""
     model_cfg, tokenizer, info, _ = read_source(export_dir)
-    model = create_model(model_cfg, info["vocab_size"], info["pad_token_id"], info["eos_token_id"])
+    model = model_from_info(model_cfg, info)
     load_model(model, os.path.join(export_dir, WEIGHTS), strict=True)
     return model.to(dtype).eval(), tokenizer, info
 

@@ -48,3 +48,11 @@ def cruller_flops(model: Cruller, text_len: int) -> tuple[int, int]:
     head = 2 * t * d * vocab
     fwd = enc_fwd + proj + dec + head
     return fwd, 3 * fwd - embed
+
+
+def classifier_flops(model: Cruller) -> tuple[int, int]:
+    """(forward, training-step FLOPs per sample) of the image encoder + linear classifier only
+    (the xent task: the decoder is not run)."""
+    enc_fwd, embed = _vit_forward_flops(model.image_encoder.trunk)
+    fwd = enc_fwd + 2 * model.classifier.in_features * model.classifier.out_features
+    return fwd, 3 * fwd - embed

@@ -61,8 +61,9 @@ class _Preprocess:
     holds the tokenizer and the task's example builder, never the model)."""
 
     def __init__(self, image_transform: ResizePad, text: TextTargets, page_sampling: str,
-                 examples: Callable[[Page], list[Example]], with_meta: bool) -> None:
+                 examples: Callable[[Page], list[Example]], with_meta: bool, need_text: bool = True) -> None:
         self.image_transform = image_transform
+        self.need_text = need_text
         self.text = text
         self.page_sampling = page_sampling
         self.examples = examples
@@ -73,6 +74,7 @@ class _Preprocess:
             sample, self.page_sampling, rng,
             target_size=(self.image_transform.height, self.image_transform.width),
             grayscale=self.image_transform.image_fmt == "L",
+            need_text=self.need_text,
         )
         out = []
         for page in pages:
@@ -97,6 +99,7 @@ class TaskBase(nn.Module):
 
     name: ClassVar[str]
     prompt: ClassVar[str]
+    needs_page_text: ClassVar[bool] = False  # only pages with text lines are samples (reading targets)
 
     def __init__(self, cfg: TaskConfig, model_cfg: ModelConfig | None = None,
                  train_source: str | None = None) -> None:
@@ -105,12 +108,13 @@ class TaskBase(nn.Module):
         self.setup_tokens(train_source)
         if cfg.init_from:
             self.model_cfg, self.tokenizer, info, weights = read_source(cfg.init_from)
-            self.model: Cruller = create_model(
-                self.model_cfg, info["vocab_size"], info["pad_token_id"], info["eos_token_id"]
-            )
-            load_weights(self.model, weights())
-            logger.info("initialized from %s (%s)", cfg.init_from, info.get("task"))
             self.restore_info(info)
+            self.model: Cruller = create_model(
+                self.model_cfg, info["vocab_size"], info["pad_token_id"], info["eos_token_id"],
+                num_classes=self.num_classes(),
+            )
+            self.load_init_weights(weights(), info)
+            logger.info("initialized from %s (%s)", cfg.init_from, info.get("task"))
             if add_task_tokens(self.tokenizer, self.task_tokens()):
                 # HF resizing initializes the new rows around the mean of the old embeddings.
                 self.model.text_decoder.model.resize_token_embeddings(len(self.tokenizer))
@@ -125,6 +129,7 @@ class TaskBase(nn.Module):
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
                 pretrained=cfg.pretrained,
+                num_classes=self.num_classes(),
             )
         # A checkpoint keeps the target length it was trained with (fine-tuning or evaluating it
         # with the preset's shorter default would cut its targets).
@@ -157,6 +162,14 @@ class TaskBase(nn.Module):
     def restore_info(self, info: dict[str, Any]) -> None:
         """Take back what export_info() stored (a checkpoint or export being loaded)."""
 
+    def num_classes(self) -> int:
+        """Outputs of the model's linear classifier (0: none, the decoder writes the answer)."""
+        return 0
+
+    def load_init_weights(self, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        """Load --task.init_from's weights into the freshly built model (strict)."""
+        load_weights(self.model, weights)
+
     def example_builder(self) -> Callable[[Page], list[Example]]:
         """A picklable callable: decoded page -> examples (runs in loader workers)."""
         raise NotImplementedError
@@ -183,6 +196,7 @@ class TaskBase(nn.Module):
             data_cfg.page_sampling,
             self.example_builder(),
             with_meta,
+            self.needs_page_text,
         )
 
     def collate(self, data_cfg: DataLoaderConfig) -> functools.partial:
@@ -258,6 +272,20 @@ class TaskBase(nn.Module):
         logits = self.model(pixels, batch["input_ids"], batch["attention_mask"])
         losses, _ = token_cross_entropy(logits, batch["labels"], reduction="none")
         return losses.sum(dim=1)
+
+    @torch.no_grad()
+    def eval_batch(self, batch: dict[str, torch.Tensor], max_new_tokens: int | None,
+                   synced: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """One eval batch -> (summed target loss per sample with its own image (B,), the same with
+        the batch's images rolled by one (B,), target tokens per sample (B,), output texts)."""
+        own = self.token_losses(batch).float()
+        rolled = self.token_losses(batch, image=batch["image"].roll(1, dims=0)).float()
+        num_tokens = (batch["labels"][:, 1:] != -100).sum(dim=1)
+        prompts = [row[:n].tolist() for row, n in zip(batch["input_ids"], batch["prompt_length"].tolist())]
+        new = max_new_tokens or self.max_length - max(len(p) for p in prompts)
+        texts = [self.decode(ids) for ids in self.generate(
+            batch["image"], prompts, new, num_beams=self.cfg.num_beams, synced=synced)]
+        return own, rolled, num_tokens, texts
 
     @torch.no_grad()
     def generate(

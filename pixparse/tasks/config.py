@@ -50,12 +50,14 @@ class OptimConfig:
 @dataclass(kw_only=True)
 class TaskConfig:
     name: Literal["cruller_pretrain", "cruller_finetune_sroie", "cruller_finetune_cord",
-                  "cruller_finetune_docvqa", "cruller_finetune_rvlcdip"] = "cruller_pretrain"
+                  "cruller_finetune_docvqa", "cruller_finetune_rvlcdip", "cruller_finetune_xent"] = "cruller_pretrain"
     """Objective. 'cruller_pretrain': read the page (write its text lines; CER/WER).
     'cruller_finetune_sroie' / 'cruller_finetune_cord': key-field parsing of receipts (the shards'
     `fields` written with field tokens read from the training shards; field F1 and tree-edit-distance
     accuracy). 'cruller_finetune_docvqa': answer the question in the prompt (the shards' `qa`; ANLS).
-    'cruller_finetune_rvlcdip': one class token for the page (the shards' `label`; accuracy)."""
+    'cruller_finetune_rvlcdip': one class token for the page (the shards' `label`; accuracy).
+    'cruller_finetune_xent': the same classes from a linear head on the pooled image-encoder
+    features, cross-entropy (the decoder frozen; accuracy)."""
     model_name: str = "cruller_base"
     """Model preset name (see pixparse.models.list_presets()) or a path to a preset JSON."""
     init_from: str | None = None

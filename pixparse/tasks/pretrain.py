@@ -23,6 +23,7 @@ class TaskCrullerPretrain(TaskBase):
 
     name = "cruller_pretrain"
     prompt = PRETRAIN_PROMPT
+    needs_page_text = True
 
     def example_builder(self) -> PageText:
         return PageText(self.prompt)

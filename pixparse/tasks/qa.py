@@ -4,12 +4,19 @@ DocVQA: the question is in the prompt (<s_docvqa><s_question>...</s_question><s_
 loss is on the answer only, and the score is ANLS over the reference answers.
 RVL-CDIP: the decoder writes one class token (<class_memo/>); the classes are read from the
 training shards' `label`, like field names, and the score is accuracy.
+Xent: the same classes from a linear classifier on the mean-pooled image-encoder tokens
+(cross-entropy over classes; the decoder is not used and stays frozen).
 """
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from pixparse.data.decode import Page, SampleError
+from pixparse.models.export import load_weights
+from pixparse.models.flops import classifier_flops
 from pixparse.tasks.base import DataVocabTask, Example, TaskBase
 from pixparse.tasks.fields import scan_annotations
 from pixparse.tasks.metrics import anls, anls_one
@@ -112,3 +119,71 @@ class TaskCrullerFinetuneRvlcdip(DataVocabTask):
 
     def sample_scores(self, prediction: Any, reference: Any) -> dict[str, float]:
         return {"accuracy": float(prediction == reference)}
+
+
+class TaskCrullerFinetuneXent(TaskCrullerFinetuneRvlcdip):
+    """Classify the page with a linear head on the pooled image-encoder features (any encoder
+    width), trained with cross-entropy; the text decoder is frozen and unused. Examples are those
+    of the RVL-CDIP task: the class is the first target token, mapped to its class index here."""
+
+    name = "cruller_finetune_xent"
+    prompt = "<s_xent>"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model.text_decoder.requires_grad_(False)
+        self.model.enc_to_dec_proj.requires_grad_(False)
+        self.classes = sorted(self.labels)
+        ids = self.tokenizer.convert_tokens_to_ids([class_token(c) for c in self.classes])
+        lookup = torch.full((len(self.tokenizer),), -100, dtype=torch.long)
+        lookup[torch.tensor(ids)] = torch.arange(len(ids))
+        self.register_buffer("class_of_token", lookup, persistent=False)  # token id -> class index
+
+    def num_classes(self) -> int:
+        return len(self.values)
+
+    def load_init_weights(self, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        """A pretrained reader has no classifier and a classifier of other classes does not fit:
+        both start with a fresh head (logged); the rest loads strictly."""
+        if info.get("num_classes") and sorted(info.get(self.info_key, [])) == sorted(self.values):
+            load_weights(self.model, weights)
+            return
+        logger.info("new classifier head for %d classes (the checkpoint's: %s)", self.num_classes(),
+                    info.get(self.info_key) if info.get("num_classes") else "none")
+        fresh = {k: v for k, v in self.model.state_dict().items() if k.startswith("classifier.")}
+        load_weights(self.model, {**{k: v for k, v in weights.items() if not k.startswith("classifier.")}, **fresh})
+
+    def export_info(self) -> dict[str, Any]:
+        return {**super().export_info(), "num_classes": self.num_classes()}
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class index per sample: its first target token (after the prompt) mapped to a class."""
+        first = batch["input_ids"].gather(1, batch["prompt_length"].view(-1, 1)).squeeze(1)
+        target = self.class_of_token[first]
+        if (target < 0).any():
+            raise ValueError("a sample's target is not a class token of this task")
+        return target
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.model.classify(self.normalize(batch["image"]))
+        return {"loss": F.cross_entropy(logits.float(), self.targets(batch)),
+                "num_target_tokens": batch["image"].new_tensor(logits.shape[0])}
+
+    @torch.no_grad()
+    def eval_batch(self, batch: dict[str, torch.Tensor], max_new_tokens: int | None,
+                   synced: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        target = self.targets(batch)
+        logits = self.model.classify(self.normalize(batch["image"])).float()
+        rolled = self.model.classify(self.normalize(batch["image"].roll(1, dims=0))).float()
+        texts = [class_token(self.classes[i]) for i in logits.argmax(dim=1).tolist()]
+        return (F.cross_entropy(logits, target, reduction="none"), F.cross_entropy(rolled, target, reduction="none"),
+                torch.ones_like(target), texts)
+
+    def batch_stats(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        size = batch["image"].shape[0]
+        try:
+            train_flops = classifier_flops(self.model)[1]
+        except NotImplementedError:
+            train_flops = float("nan")
+        return {"flops": float(train_flops * size), "image_tokens": float(size * self.model.image_encoder.num_tokens),
+                "text_tokens": 0.0}

@@ -2,11 +2,11 @@
 from pixparse.tasks.base import TaskBase
 from pixparse.tasks.fields import TaskCrullerFinetuneCord, TaskCrullerFinetuneSroie
 from pixparse.tasks.pretrain import TaskCrullerPretrain
-from pixparse.tasks.qa import TaskCrullerFinetuneDocVQA, TaskCrullerFinetuneRvlcdip
+from pixparse.tasks.qa import TaskCrullerFinetuneDocVQA, TaskCrullerFinetuneRvlcdip, TaskCrullerFinetuneXent
 
 TASKS: dict[str, type[TaskBase]] = {t.name: t for t in (
     TaskCrullerPretrain, TaskCrullerFinetuneSroie, TaskCrullerFinetuneCord, TaskCrullerFinetuneDocVQA,
-    TaskCrullerFinetuneRvlcdip,
+    TaskCrullerFinetuneRvlcdip, TaskCrullerFinetuneXent,
 )}
 
 
