@@ -32,8 +32,12 @@ setup(
     extras_require={
         # ZeRO-3 zero.Init of HF decoders needs accelerate (transformers' HfDeepSpeedConfig)
         "zero3": ["accelerate>=0.30"],
-        "test": ["pytest>=8.0", "accelerate>=0.30"],
-        "dev": ["pytest>=8.0", "accelerate>=0.30", "ruff"],
+        # --train.wandb; S3 checkpoints in the eval app (--s3-bucket, s3://)
+        "wandb": ["wandb>=0.17"],
+        "s3": ["boto3>=1.28"],
+        # the S3 tests start a local S3-compatible server (moto)
+        "test": ["pytest>=8.0", "accelerate>=0.30", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0"],
+        "dev": ["pytest>=8.0", "accelerate>=0.30", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0", "ruff"],
     },
     entry_points={"console_scripts": ["pixparse=pixparse.cli:main"]},
 )

@@ -14,8 +14,9 @@ class PretrainConfig:
     """Model, objective and optimizer."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Run folder, logging, checkpoints."""
-    deepspeed_config: str
-    """DeepSpeed JSON (ZeRO stage, precision, clipping); see ds_configs/."""
+    deepspeed_config: str | None = None
+    """DeepSpeed JSON (ZeRO stage, precision, clipping); see ds_configs/. Unset: ZeRO-2 with the
+    precision of --task.dtype (what ds_configs/zero2_<dtype>.json holds)."""
     local_rank: int = -1
     """Set by the deepspeed launcher; the rank itself is read from LOCAL_RANK/RANK."""
 

@@ -148,3 +148,38 @@ def test_resume_with_nothing_to_resume_fails_before_the_process_group(synth_shar
     with pytest.raises(SystemExit, match="--train.resume latest needs --train.experiment"):
         main(argv + ["--train.resume", "latest"])
     assert not dist.is_initialized()
+
+
+def test_task_dtype_fills_or_must_agree_with_the_ds_json(tmp_path, monkeypatch):
+    from pixparse.engine import ds_config as dsc
+
+    bf16 = f"{REPO}/ds_configs/zero2_bf16.json"
+    assert resolve_ds_config(bf16, 2, 1, 1, None, "bfloat16")["bf16"]["enabled"] is True
+    with pytest.raises(ValueError, match=r"--task.dtype float32 \(float32\) disagrees with .*zero2_bf16.json, "
+                                         r"which enables bfloat16"):
+        resolve_ds_config(bf16, 2, 1, 1, None, "float32")
+    with pytest.raises(ValueError, match="disagrees with .*zero2_fp32.json, which enables float32"):
+        resolve_ds_config(f"{REPO}/ds_configs/zero2_fp32.json", 2, 1, 1, None, "bfloat16")
+    # a JSON that states no precision (or "auto") takes the flag's
+    ds = resolve_ds_config(_write(tmp_path, {"bf16": {"enabled": "auto"}}), 2, 1, 1, None, "float16")
+    assert ds["fp16"]["enabled"] is True and ds["bf16"]["enabled"] is False
+    with pytest.raises(ValueError, match="leaves its precision \"auto\": set --task.dtype"):
+        resolve_ds_config(_write(tmp_path, {"bf16": {"enabled": "auto"}}), 2, 1, 1, None)
+    # no --deepspeed_config: the built-in ZeRO-2 config with the flag's precision
+    ds = resolve_ds_config(None, 2, 1, 1, None, "bfloat16")
+    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is True and ds["train_batch_size"] == 2
+    assert resolve_ds_config(None, 2, 1, 1, None)["zero_optimization"]["stage"] == 2  # fp32 when nothing says
+    # auto: bf16 only where it is computed natively
+    monkeypatch.setattr(dsc, "native_bf16", lambda: (False, "no AMX"))
+    assert dsc.resolve_dtype("auto") == ("float32", "--task.dtype auto: no AMX")
+    assert resolve_ds_config(None, 2, 1, 1, None, "auto")["bf16"]["enabled"] is False
+    monkeypatch.setattr(dsc, "native_bf16", lambda: (True, "AMX"))
+    assert resolve_ds_config(None, 2, 1, 1, None, "auto")["bf16"]["enabled"] is True
+
+
+def test_native_bf16_reads_the_cpu_flags():
+    from pixparse.engine.ds_config import native_bf16
+
+    ok, why = native_bf16()
+    flags = open("/proc/cpuinfo").read()
+    assert ok == (" amx_bf16" in flags or " avx512_bf16" in flags), why

@@ -39,8 +39,9 @@ def deepspeed_two_ranks(*args: str) -> list[str]:
             "--master_port", str(free_port()), f"{REPO}/launch/train.py", *args]
 
 
-def _run(cmd, timeout=300):
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+def _run(cmd, timeout=300, env=None):
+    proc = subprocess.run(cmd, cwd=REPO, env={**_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
@@ -280,3 +281,46 @@ def test_bench_reports_throughput(synth_shards, tmp_path, synthetic):
     assert (tmp_path / f"bench{synthetic}" / "bench.json").is_file()
     if synthetic:
         assert report["data_wait_pct"] < 5
+
+
+def test_huggingface_pixparse_train_command_line_with_wandb_and_gallery(synth_shards, tmp_path):
+    """huggingface/pixparse's README train command, flag for flag (local shards for its S3 URL, a
+    tiny model and run length for CPU): no --deepspeed_config, --task.dtype bfloat16 fills the
+    built-in ZeRO-2 config, --train.wandb (offline) and --train.log-eval-data log the metrics and a
+    gallery of eval pages with their outputs."""
+    cmd = [sys.executable, "-m", "pixparse.app.train",
+           "--data.train.source", synth_shards, "--data.train.batch-size", "2",
+           "--data.train.num-samples", "16", "--data.train.num-workers", "1",
+           "--task.model-name", "cruller_tiny", "--task.opt.clip-grad-value", "1.0",
+           "--task.opt.clip-grad-mode", "norm", "--task.opt.learning-rate", "3e-4",
+           "--task.opt.grad-accum-steps", "1", "--task.opt.betas", "0.9", "0.98",
+           "--task.dtype", "bfloat16", "--task.num-intervals", "1", "--task.num-warmup-intervals", "0",
+           "--train.checkpoint-dir", str(tmp_path / "ckpt"), "--train.output-dir", str(tmp_path),
+           "--train.experiment", "awesome_experiment", "--train.tensorboard", "True",
+           "--train.log-eval-data", "True", "--train.wandb", "True", "--train.log-filename", "out.log",
+           "--data.eval.source", synth_shards.replace("000003", "000001"), "--data.eval.num-samples", "3"]
+    _run(cmd, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    run = tmp_path / "awesome_experiment"
+    ds = json.loads((run / "ds_config.json").read_text())
+    assert ds["bf16"]["enabled"] is True and ds["zero_optimization"]["stage"] == 2
+    assert "precision bfloat16 (--task.dtype)" in (run / "out.log").read_text()
+    assert os.path.isdir(tmp_path / "ckpt" / "awesome_experiment" / "step_00000008")
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "tensors": 0}).Reload()
+    tags = events.Tags()
+    assert {"eval_samples/0", "eval_samples/2"} <= set(tags["images"]), tags
+    assert "eval/loss" in tags["scalars"] and "eval_samples/0/text_summary" in tags["tensors"]
+    text = events.Tensors("eval_samples/0/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "prediction:" in text and "reference:" in text
+    image = events.Images("eval_samples/0")[0]
+    assert (image.height, image.width) == (128, 96)  # the page as the model sees it
+
+    # W&B offline: the run's record file holds the same metric series; the gallery is a table
+    (record,) = glob.glob(str(run / "wandb" / "offline-run-*" / "run-awesome_experiment.wandb"))
+    data = open(record, "rb").read()
+    assert all(k in data for k in (b"train/loss", b"train/lr", b"eval/loss", b"eval/cer", b"eval/image_gap"))
+    (table,) = glob.glob(str(run / "wandb" / "offline-run-*" / "files" / "media" / "table" / "eval" / "*.json"))
+    table = json.loads(open(table).read())
+    assert table["columns"] == ["key", "page", "prediction", "reference"] and len(table["data"]) == 3

@@ -91,3 +91,26 @@ def test_docvqa_zero3_eval_with_uneven_prompt_lengths_does_not_hang(synth_shards
     _run(cmd, timeout=240)
     evals = [r for r in _metrics(tmp_path, "qa") if "eval/anls" in r]
     assert len(evals) == 1 and evals[0]["eval/num_samples"] == 12  # 4 x 2 questions + 4 x 1
+
+
+def _learning_check_all(shared_data, out, zero, *tasks):
+    proc = _run(["bash", f"{REPO}/benchmarks/learning_check_all.sh", shared_data, str(out), *tasks],
+                env={"ZERO": str(zero)}, timeout=900)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_learning_checks_fields_and_qa_zero2(shared_data, tmp_path):
+    """CORD-layout receipts (nested groups, a list) and FUNSD questions (each question asked of 4
+    forms, each form asked 2 questions): every field and answer right, from the page."""
+    m = _learning_check_all(shared_data, tmp_path, 2, "cord", "docvqa")
+    assert m["cord_field_f1"] == 1.0 and m["docvqa_anls"] == 1.0, m
+    assert m["cord_image_gap"] > 0.05 and m["docvqa_image_gap"] > 0.05, m
+    cord = json.loads((tmp_path / "cord" / "metrics.json").read_text())
+    assert cord["ted_accuracy"] == 1.0 and cord["num_samples"] == 8
+
+
+def test_learning_checks_classification_zero3(shared_data, tmp_path):
+    """The RVL-CDIP pages, as a generated class token and with the linear head (xent), ZeRO-3."""
+    m = _learning_check_all(shared_data, tmp_path, 3, "rvlcdip", "xent")
+    assert m["rvlcdip_accuracy"] == 1.0 and m["xent_accuracy"] == 1.0, m
+    assert m["rvlcdip_image_gap"] > 0.05 and m["xent_image_gap"] > 0.05, m

@@ -122,15 +122,17 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     rank, _, world_size = pdist.world_info()
     ds_config = resolve_ds_config(
         cfg.deepspeed_config, cfg.data.train.batch_size, cfg.task.opt.grad_accum_steps,
-        world_size, cfg.task.opt.clip_grad_value,
+        world_size, cfg.task.opt.clip_grad_value, cfg.task.dtype,
     )
-    _check_precision_supported(ds_config, cfg.deepspeed_config)
+    _check_precision_supported(ds_config, cfg.deepspeed_config or "--task.dtype")
     plan = make_plan(cfg.data.train, cfg.task.opt, cfg.task.num_intervals,
                      cfg.task.warmup_intervals, world_size)
     if read_shards:
         check_shards_cover(cfg.data.train, world_size)
     if cfg.data.eval is not None:
         check_eval_shards(cfg.data.eval, world_size)
+    elif cfg.train.log_eval_data:
+        raise ValueError("--train.log_eval_data true shows eval samples: give them with --data.eval.source")
     if cfg.task.init_from:
         from pixparse.models.export import read_source
 
@@ -160,6 +162,11 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     logger.info("run %s: %d rank(s), %d steps/interval x %d intervals, global batch %d",
                 paths.run_dir, world_size, plan.steps_per_interval, cfg.task.num_intervals,
                 plan.global_batch_size)
+    from pixparse.engine.ds_config import compute_dtype_name, resolve_dtype
+
+    logger.info("precision %s (%s), ZeRO stage %d", compute_dtype_name(ds_config),
+                resolve_dtype(cfg.task.dtype)[1] if cfg.task.dtype else cfg.deepspeed_config or "built-in config",
+                ds_config.get("zero_optimization", {}).get("stage", 0))
 
     from pixparse.tasks.registry import create_task
 

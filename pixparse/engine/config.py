@@ -1,4 +1,5 @@
 """Engine (run folder, logging, checkpoints) configuration. Imports only the stdlib."""
+import importlib.util
 from dataclasses import dataclass
 
 
@@ -12,6 +13,17 @@ class TrainConfig:
     """Run name. Unset: a timestamp plus model name, chosen on rank 0."""
     tensorboard: bool = False
     """Write TensorBoard event files to <output_dir>/<experiment>/tensorboard."""
+    wandb: bool = False
+    """Also log the metrics (and the eval gallery) to Weights & Biases, in <run>/wandb. Needs
+    `pip install wandb`; WANDB_MODE=offline works with no network (upload later: `wandb sync`)."""
+    wandb_project: str = "pixparse"
+    """W&B project of --train.wandb runs."""
+    log_eval_data: bool = False
+    """After each evaluation, log a gallery of the first --train.log_eval_samples eval samples (page
+    image as the model sees it, its output, the reference) to TensorBoard (and W&B). Needs
+    --data.eval.source and --train.tensorboard or --train.wandb."""
+    log_eval_samples: int = 4
+    """Samples in the --train.log_eval_data gallery."""
     log_filename: str = "out.log"
     """Log file name inside the run folder (rank 0)."""
     log_every_n_steps: int = 10
@@ -35,6 +47,13 @@ class TrainConfig:
             raise ValueError(
                 f"--train.checkpoint_every_n_steps must be >= 0, got {self.checkpoint_every_n_steps}"
             )
+        if self.log_eval_data and not (self.tensorboard or self.wandb):
+            raise ValueError("--train.log_eval_data true shows its gallery in TensorBoard or W&B: add "
+                             "--train.tensorboard true or --train.wandb true")
+        if self.log_eval_samples <= 0:
+            raise ValueError(f"--train.log_eval_samples must be > 0, got {self.log_eval_samples}")
+        if self.wandb and importlib.util.find_spec("wandb") is None:
+            raise ValueError("--train.wandb true needs the wandb package: pip install wandb")
         if self.keep_last_k <= 0:
             raise ValueError(f"--train.keep_last_k must be > 0, got {self.keep_last_k}")
         if self.experiment is not None and ("/" in self.experiment or not self.experiment.strip()):

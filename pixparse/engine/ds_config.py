@@ -21,6 +21,59 @@ def _fill(ds: dict[str, Any], key: str, value: Any, flag: str, path: str) -> Non
         )
 
 
+# Without --deepspeed_config: ds_configs/zero2_*.json, its precision from --task.dtype.
+DEFAULT_DS_CONFIG: dict[str, Any] = {
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True},
+    "steps_per_print": 1_000_000_000,
+    "wall_clock_breakdown": False,
+}
+_PRECISION_KEYS = {"bfloat16": "bf16", "float16": "fp16"}
+
+
+def native_bf16() -> tuple[bool, str]:
+    """(bf16 is computed natively here, why): CUDA devices that support it; CPUs with AMX or
+    AVX512-BF16 (elsewhere bf16 on CPU is emulated, several times slower than fp32)."""
+    import torch
+
+    if torch.cuda.is_available():
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"{torch.cuda.get_device_name()} {'supports' if ok else 'lacks'} bf16"
+    cap = torch.backends.cpu.get_cpu_capability()
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    native = [f for f in ("amx_bf16", "avx512_bf16") if f in flags.split()]
+    if native:
+        return True, f"the CPU has {' and '.join(native)} (torch CPU capability {cap})"
+    return False, f"the CPU has neither AMX nor AVX512-BF16 (torch CPU capability {cap}): bf16 would be emulated"
+
+
+def resolve_dtype(dtype: str) -> tuple[str, str]:
+    """--task.dtype -> (float32|bfloat16|float16, why); 'auto' is bf16 where computed natively."""
+    if dtype != "auto":
+        return dtype, "--task.dtype"
+    ok, why = native_bf16()
+    return ("bfloat16" if ok else "float32"), f"--task.dtype auto: {why}"
+
+
+def _json_dtype(ds: dict[str, Any]) -> str | None:
+    """The precision the JSON states (None: it states none, or "auto")."""
+    stated = {k: ds[k].get("enabled") for k in ("bf16", "fp16") if isinstance(ds.get(k), dict)}
+    for name, key in _PRECISION_KEYS.items():
+        if stated.get(key) is True:
+            return name
+    if stated and all(v is False for v in stated.values()):
+        return "float32"
+    return None
+
+
 def load_ds_config(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise ValueError(f"--deepspeed_config: file {path!r} does not exist (see ds_configs/)")
@@ -32,14 +85,20 @@ def load_ds_config(path: str) -> dict[str, Any]:
 
 
 def resolve_ds_config(
-    path: str,
+    path: str | None,
     micro_batch_size: int,
     grad_accum_steps: int,
     world_size: int,
     clip_grad_value: float | None,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
-    """The final DeepSpeed dict for this run; every "auto" is filled, every conflict raised."""
-    ds = load_ds_config(path)
+    """The final DeepSpeed dict for this run; every "auto" is filled, every conflict raised.
+    `path` None: the built-in ZeRO-2 config. `dtype` (--task.dtype) fills a precision the JSON
+    leaves unset or "auto" and must agree with one it states."""
+    import copy
+
+    ds = load_ds_config(path) if path else copy.deepcopy(DEFAULT_DS_CONFIG)
+    path = path or "the built-in ZeRO-2 config (no --deepspeed_config)"
     for key, why in _OWNED_BY_PIXPARSE.items():
         if key in ds:
             raise ValueError(f"{path} sets {key!r}, but {why}; remove {key!r} from the JSON")
@@ -48,6 +107,17 @@ def resolve_ds_config(
         raise ValueError(f"{path}: zero_optimization.stage must be 0-3, got {stage!r}")
     if ds.get("bf16", {}).get("enabled") is True and ds.get("fp16", {}).get("enabled") is True:
         raise ValueError(f"{path}: bf16 and fp16 are both enabled; enable one")
+    stated = _json_dtype(ds)
+    if dtype is not None:
+        want, _ = resolve_dtype(dtype)
+        if stated is not None and stated != want:
+            raise ValueError(f"--task.dtype {dtype} ({want}) disagrees with {path}, which enables {stated}; "
+                             f"drop --task.dtype or pass a {want} DeepSpeed config")
+        if stated is None:
+            for name, key in _PRECISION_KEYS.items():
+                ds.setdefault(key, {})["enabled"] = name == want
+    elif stated is None and any(isinstance(ds.get(k), dict) for k in ("bf16", "fp16")):
+        raise ValueError(f"{path} leaves its precision \"auto\": set --task.dtype (float32, bfloat16, float16, auto)")
     _fill(ds, "train_micro_batch_size_per_gpu", micro_batch_size, "--data.train.batch_size", path)
     _fill(ds, "gradient_accumulation_steps", grad_accum_steps, "--task.opt.grad_accum_steps", path)
     _fill(ds, "train_batch_size", micro_batch_size * grad_accum_steps * world_size,

@@ -71,12 +71,14 @@ def evaluate(
     device: torch.device,
     max_samples: int | None = None,
     synced: bool = False,
+    keep_images: int = 0,
 ) -> tuple[list[dict[str, Any]], EvalSums]:
     """Run the task's model over `batches` (with `meta`: key and reference per sample).
 
     Returns this rank's records (key, generated text, parsed prediction, reference, token loss,
     image_gap, per-sample scores) and additive sums. With `synced` (ZeRO-3: forwards are collective) every
-    rank runs the same number of forwards and generation steps.
+    rank runs the same number of forwards and generation steps. The first `keep_images` records
+    also hold their page image ('image', (C, H, W) uint8, for a gallery).
     """
     records: list[dict[str, Any]] = []
     sums = EvalSums()
@@ -110,6 +112,8 @@ def evaluate(
                 "loss": own_l[i] / max(1, tok_l[i]), "image_gap": (rolled_l[i] - own_l[i]) / max(1, tok_l[i]),
                 "scores": task.sample_scores(pred, m["reference"]),
             })
+            if len(records) <= keep_images:
+                records[-1]["image"] = batch["image"][i].clone()
     return records, sums
 
 
@@ -146,12 +150,13 @@ def summarize(task: Any, records: list[dict[str, Any]], sums: EvalSums, max_skip
 
 def evaluate_source(
     task: Any, batches: Iterable[dict[str, Any]], device: torch.device, cfg: Any, world_size: int,
-    synced: bool = False,
+    synced: bool = False, keep_images: int = 0,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One whole evaluation on `cfg` (a DataEvalConfig): each rank its share of
     --data.eval.num_samples, records gathered on every rank, metrics. Returns (records, metrics)."""
     share = math.ceil(cfg.num_samples / world_size) if cfg.num_samples else None
-    records, sums = gather(*evaluate(task, batches, device, max_samples=share, synced=synced))
+    records, sums = gather(*evaluate(task, batches, device, max_samples=share, synced=synced,
+                                     keep_images=keep_images))
     if cfg.num_samples:
         records = records[: cfg.num_samples]
     return records, summarize(task, records, sums, cfg.max_skip_fraction)

@@ -36,8 +36,16 @@ class MetricSink:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         pass
 
+    def gallery(self, step: int, items: list[dict[str, Any]]) -> None:
+        """A few eval samples: {'key', 'image' (C, H, W) uint8 tensor, 'text' (the model's output),
+        'reference'}."""
+
     def close(self) -> None:
         pass
+
+
+def _caption(item: dict[str, Any]) -> str:
+    return f"{item['key']}\n\nprediction:\n{item['text']}\n\nreference:\n{item['reference']}"
 
 
 class JsonlSink(MetricSink):
@@ -62,6 +70,10 @@ class MultiSink(MetricSink):
         for s in self.sinks:
             s.scalars(step, values)
 
+    def gallery(self, step: int, items: list[dict[str, Any]]) -> None:
+        for s in self.sinks:
+            s.gallery(step, items)
+
     def close(self) -> None:
         for s in self.sinks:
             s.close()
@@ -78,5 +90,38 @@ class TensorBoardSink(MetricSink):
             self.writer.add_scalar(k, v, step)
         self.writer.flush()
 
+    def gallery(self, step: int, items: list[dict[str, Any]]) -> None:
+        for i, item in enumerate(items):
+            self.writer.add_image(f"eval_samples/{i}", item["image"], step, dataformats="CHW")
+            # markdown: keep line breaks and field tokens as written
+            self.writer.add_text(f"eval_samples/{i}", "    " + _caption(item).replace("\n", "\n    "), step)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
+
+
+class WandbSink(MetricSink):
+    """The same scalars (and the eval gallery as a table) in Weights & Biases. The run lives in
+    <run_dir>/wandb; WANDB_MODE=offline writes it there with no network (`wandb sync` uploads it
+    later). A resumed run continues the same W&B run (its id is the experiment's)."""
+
+    def __init__(self, run_dir: str, project: str, experiment: str, config: dict[str, Any]) -> None:
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(project=project, name=experiment, id=experiment, resume="allow", dir=run_dir,
+                              config=config)
+
+    def scalars(self, step: int, values: dict[str, Any]) -> None:
+        self.run.log(dict(values), step=step)
+
+    def gallery(self, step: int, items: list[dict[str, Any]]) -> None:
+        table = self.wandb.Table(columns=["key", "page", "prediction", "reference"])
+        for item in items:
+            table.add_data(item["key"], self.wandb.Image(item["image"].permute(1, 2, 0).squeeze(-1).numpy()),
+                           item["text"], str(item["reference"]))
+        self.run.log({"eval/samples": table}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()

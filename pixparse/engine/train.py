@@ -29,7 +29,7 @@ from pixparse.engine.evaluate import evaluate_source
 from pixparse.engine.config import TrainConfig
 from pixparse.engine.ds_config import compute_dtype_name
 from pixparse.engine.metrics import mfu, peak_tflops
-from pixparse.engine.logging import JsonlSink, MetricSink, MultiSink, TensorBoardSink
+from pixparse.engine.logging import JsonlSink, MetricSink, MultiSink, TensorBoardSink, WandbSink
 from pixparse.engine.optim import create_optimizer
 from pixparse.engine.schedule import lr_multiplier
 from pixparse.tasks.config import OptimConfig
@@ -161,6 +161,9 @@ class Trainer:
             sinks: list[MetricSink] = [JsonlSink(os.path.join(paths.run_dir, "metrics.jsonl"))]
             if train_cfg.tensorboard:
                 sinks.append(TensorBoardSink(paths.tensorboard_dir))
+            if train_cfg.wandb:
+                sinks.append(WandbSink(paths.run_dir, train_cfg.wandb_project,
+                                       os.path.basename(paths.run_dir), config_dict))
             self.sink = MultiSink(sinks)
         device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         self.dtype_name = compute_dtype_name(ds_config)
@@ -254,8 +257,11 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Loss, image_gap and the task's metrics on --data.eval (every rank; logged on rank 0)."""
         self.engine.eval()
-        _, metrics = evaluate_source(self.engine.module, self.eval_loader, self.engine.device, self.eval_cfg,
-                                     self.world_size, synced=self.zero3)
+        gallery = self.train_cfg.log_eval_samples if self.train_cfg.log_eval_data else 0
+        records, metrics = evaluate_source(self.engine.module, self.eval_loader, self.engine.device, self.eval_cfg,
+                                           self.world_size, synced=self.zero3, keep_images=gallery)
+        if gallery:
+            self.sink.gallery(self.step, [r for r in records if "image" in r][:gallery])
         logger.info("eval after interval %d (step %d): %s", self.interval - 1, self.step,
                     " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
         self.sink.scalars(self.step, {f"eval/{k}": float(v) for k, v in metrics.items()})

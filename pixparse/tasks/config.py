@@ -84,6 +84,12 @@ class TaskConfig:
     """Longest generated output in evaluation. Unset: --task.max_length minus the prompt."""
     num_beams: int = 1
     """Beam width of generation in evaluation (1: greedy)."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = None
+    """Compute precision. Training: fills the DeepSpeed JSON's precision where it sets none (or
+    "auto"), and must agree with one it sets (a clash is an error naming both). Evaluation: the
+    model runs in it. 'auto': bfloat16 where the device computes it natively (CUDA with bf16, a CPU
+    with AMX or AVX512-BF16), float32 elsewhere; the choice and the reason are logged. Unset:
+    the JSON's precision (training), float32 (evaluation)."""
 
     @property
     def warmup_intervals(self) -> float:
