@@ -45,7 +45,10 @@ class BenchConfig(PretrainConfig):
 class EvalSettings:
     checkpoint_path: str
     """What to evaluate: a checkpoint tag (any ZeRO stage, written on any number of ranks), a
-    checkpoint folder (its `latest` tag is used) or an export folder."""
+    checkpoint folder (its `latest` tag is used) or an export folder; local, s3://BUCKET/KEY, or
+    a key in --s3-bucket."""
+    cache_dir: str = "~/.cache/pixparse/s3"
+    """Where S3 checkpoints are copied (reused when the files are already there)."""
 
 
 @dataclass(kw_only=True)
@@ -61,9 +64,17 @@ class EvalConfig:
     """The checkpoint."""
     output_dir: str = "eval"
     """Folder for <checkpoint>-<dataset>-metrics.json and predictions.jsonl."""
+    s3_bucket: str | None = None
+    """S3 bucket holding --eval.checkpoint_path (then a key in it); via boto3 (AWS_ENDPOINT_URL for
+    S3-compatible stores)."""
+    model_name: str | None = None
+    """The preset the checkpoint was trained with, as a check (the checkpoint brings its preset):
+    a different one is an error."""
     local_rank: int = -1
     """Set by the deepspeed launcher; the rank itself is read from LOCAL_RANK/RANK."""
 
     def __post_init__(self) -> None:
         if self.task.init_from is not None:
             raise ValueError("eval: give the checkpoint as --eval.checkpoint_path, not --task.init_from")
+        if self.s3_bucket is not None and self.eval.checkpoint_path.startswith("s3://"):
+            raise ValueError("--s3-bucket with an s3:// --eval.checkpoint-path: give the bucket once")

@@ -45,16 +45,31 @@ def _check(cfg: EvalConfig) -> str:
     from pixparse.data.loader import check_eval_shards
     from pixparse.models.export import MODEL_CONFIG, resolve_checkpoint_path
 
-    path = resolve_checkpoint_path(cfg.eval.checkpoint_path)
+    path = cfg.eval.checkpoint_path
+    if cfg.s3_bucket is not None:
+        path = f"s3://{cfg.s3_bucket}/{path.lstrip('/')}"
+    if path.startswith("s3://"):
+        from pixparse.app.s3 import fetch_checkpoint
+
+        path = fetch_checkpoint(path, os.path.expanduser(cfg.eval.cache_dir))
+    path = resolve_checkpoint_path(path)
     assets = path if os.path.isfile(os.path.join(path, MODEL_CONFIG)) else os.path.join(path, "assets")
     try:
         with open(os.path.join(assets, MODEL_CONFIG)) as f:
-            trained_for = json.load(f)["pixparse"].get("task", "cruller_pretrain")
+            info = json.load(f)["pixparse"]
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"--eval.checkpoint_path {path}: not a pixparse checkpoint tag or export ({e})") from None
+    trained_for = info.get("task", "cruller_pretrain")
     if trained_for != cfg.task.name:
         raise ValueError(f"--task.name {cfg.task.name}: {path} was trained for {trained_for}; "
                          f"pass --task.name {trained_for}")
+    if cfg.model_name is not None:
+        preset = info.get("model_name")
+        if preset is None:
+            logger.warning("--model-name %s: %s does not record its preset; not checked", cfg.model_name, path)
+        elif preset != cfg.model_name:
+            raise ValueError(f"--model-name {cfg.model_name}: {path} is a {preset} model; drop --model-name "
+                             f"(the checkpoint brings its preset) or pass {preset}")
     check_eval_shards(cfg.data.eval)
     return path
 
@@ -74,11 +89,16 @@ def run_eval(cfg: EvalConfig) -> dict:
     pdist.share_cpu_threads()
     pdist.init_distributed()
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    task = create_task(dataclasses.replace(cfg.task, init_from=checkpoint)).to(device).eval()
+    from pixparse.engine.ds_config import resolve_dtype
+
+    dtype, why = resolve_dtype(cfg.task.dtype or "float32")
+    logger.info("precision %s (%s)", dtype, why if cfg.task.dtype else "default")
+    task = create_task(dataclasses.replace(cfg.task, init_from=checkpoint)).to(device, getattr(torch, dtype)).eval()
     data = cfg.data.eval
     loader = create_eval_loader(data, task.preprocess(data, with_meta=True), task.collate(data), rank, world_size)
     records, metrics = evaluate_source(task, loader, device, data, world_size)
-    metrics.update(checkpoint=checkpoint, task=cfg.task.name, source=data.source, world_size=world_size)
+    metrics.update(checkpoint=checkpoint, task=cfg.task.name, source=data.source, world_size=world_size,
+                   dtype=dtype)
     if rank == 0:
         os.makedirs(cfg.output_dir, exist_ok=True)
         name = f"{checkpoint_name(checkpoint)}-{dataset_name(data.source)}-metrics.json"

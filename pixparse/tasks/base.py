@@ -109,6 +109,7 @@ class TaskBase(nn.Module):
         if cfg.init_from:
             self.model_cfg, self.tokenizer, info, weights = read_source(cfg.init_from)
             self.restore_info(info)
+            self.preset_name = info.get("model_name")
             self.model: Cruller = create_model(
                 self.model_cfg, info["vocab_size"], info["pad_token_id"], info["eos_token_id"],
                 num_classes=self.num_classes(),
@@ -120,6 +121,8 @@ class TaskBase(nn.Module):
                 self.model.text_decoder.model.resize_token_embeddings(len(self.tokenizer))
         else:
             info = {}
+            # a preset file is named by its stem: my/cruller_large_6layers.json -> cruller_large_6layers
+            self.preset_name = os.path.splitext(os.path.basename(cfg.model_name))[0]
             self.model_cfg = model_cfg or get_model_config(cfg.model_name)
             self.tokenizer = create_tokenizer(cfg.tokenizer or self.model_cfg.text_decoder.tokenizer)
             add_task_tokens(self.tokenizer, self.task_tokens())
@@ -236,6 +239,7 @@ class TaskBase(nn.Module):
         tok = self.tokenizer
         return {
             "task": self.name,
+            "model_name": self.preset_name,
             "prompt": self.prompt,
             "vocab_size": len(tok),
             "pad_token_id": tok.pad_token_id,
