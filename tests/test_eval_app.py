@@ -82,3 +82,25 @@ def test_eval_app_on_an_export(synth_shards, tmp_path, capsys):
     lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 5 and len({json.loads(x)["key"] for x in lines}) == 5
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_samples"] == 5
+
+
+@pytest.mark.parametrize("fmt,folder", [("funsd", "funsd/testing_data"), ("docbank", "docbank_samples")])
+def test_ocr_eval_of_a_reader_on_real_pages(shared_data, tmp_path, fmt, folder):
+    """OCR evaluation (cruller_pretrain: CER/WER) of a reader on FUNSD forms and DocBank pages."""
+    from pixparse.app.write import write
+    from pixparse.models.export import save_exported
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    shards = write(fmt, f"{shared_data}/{folder}", str(tmp_path / "shards"), max_samples=3)
+    task = create_task(TaskConfig(model_name="cruller_tiny"))
+    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
+    _, cfg = parse(["eval", "--data.eval.source", shards[0], "--data.eval.batch-size", "3",
+                    "--data.eval.num-workers", "0", "--task.max_new_tokens", "8",
+                    "--eval.checkpoint-path", str(tmp_path / "exp"), "--output-dir", str(tmp_path / "out")])
+    metrics = run_eval(cfg)
+    assert metrics["num_samples"] == 3 and metrics["skipped"] == 0
+    # an untrained reader writes at most 8 tokens of pages of hundreds of characters: CER near 1
+    assert 0.9 <= metrics["cer"] <= 1.0 and metrics["wer"] >= 0.9
+    refs = [json.loads(x)["reference"] for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert all(len(r) > 100 for r in refs)  # the page's real text is the reference
