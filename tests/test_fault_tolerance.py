@@ -2,11 +2,14 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
+from pixparse.engine.dist import free_port
+
 from tests.conftest import REPO
-from tests.test_distributed import _args, _env, deepspeed_two_ranks
+from tests.test_distributed import _args, _env, _metrics, deepspeed_two_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -120,3 +123,36 @@ def test_kill_9_of_all_ranks_during_a_save_leaves_a_complete_latest(synth_shards
     assert "a checkpoint whose save did not finish" in text and f"resumed from {ckpt / tag}" in text
     assert not glob.glob(str(ckpt / "*.partial"))
     assert (ckpt / "latest").read_text().strip() == "step_00000032"
+
+
+def _nan_run(tmp_path, synth_shards, experiment, nan_at, *extra):
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+           f"{REPO}/tests/helpers/nan_train.py",
+           *_args(synth_shards, tmp_path, "zero2_fp32", experiment, "--task.num_intervals", "1",
+                  "--train.log_every_n_steps", "1", "--train.max_nonfinite_steps", "3", *extra)]
+    env = {**_env(), "NAN_AT": nan_at, "NAN_RANK": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_nan_loss_on_one_rank_is_skipped_on_all_and_too_many_stop_the_run(synth_shards, tmp_path):
+    """NaN losses on rank 1 only: both ranks skip those batches (no backward: ZeRO's collectives
+    stay matched), count them and train on; 3 in a row stop the run without saving, the last
+    checkpoint intact and still `latest`."""
+    proc = _nan_run(tmp_path, synth_shards, "some", "5,6")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = _metrics(tmp_path, "some")
+    assert records[-1]["train/nonfinite"] == 2 and records[-1]["step"] == 16
+    # a step whose only batch was skipped has no loss (NaN logged); every other step's is finite
+    bad_steps = [r["step"] for r, prev in zip(records[1:], records) if r["train/nonfinite"] > prev["train/nonfinite"]]
+    assert bad_steps == [6, 7]
+    assert all((r["train/loss"] != r["train/loss"]) == (r["step"] in bad_steps) for r in records)
+    assert proc.stdout.count("NaN/inf loss, batch skipped") == 2  # one line per skip, on rank 0
+
+    proc = _nan_run(tmp_path, synth_shards, "many", "9+", "--train.checkpoint_every_n_steps", "4")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "3 micro-batches in a row had a NaN/inf loss (--train.max_nonfinite_steps=3)" in out
+    assert "(step_00000008) stays the latest good one" in out
+    ckpt = tmp_path / "many" / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == "step_00000008"
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith("step_")) == ["step_00000004", "step_00000008"]

@@ -43,6 +43,15 @@ def list_complete_tags(ckpt_dir: str) -> list[str]:
                   if _TAG.match(t) and os.path.isfile(os.path.join(ckpt_dir, t, MARKER)))
 
 
+def latest_tag(ckpt_dir: str) -> str | None:
+    """The tag `latest` names, if any."""
+    try:
+        with open(os.path.join(ckpt_dir, LATEST)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

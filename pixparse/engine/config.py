@@ -36,6 +36,10 @@ class TrainConfig:
     """Also checkpoint every N optimizer steps inside an interval (0: interval ends only)."""
     keep_last_k: int = 3
     """Checkpoints to keep; older ones are deleted after a newer one is complete."""
+    max_nonfinite_steps: int = 10
+    """A micro-batch whose loss is NaN or inf (on any rank) is skipped on every rank: no backward,
+    no update; counted (train/nonfinite). This many in a row stop the run without saving, so the
+    last checkpoint stays the latest good one. 0: no check (it costs one host sync per micro-batch)."""
     resume: str | None = None
     """'latest', a checkpoint folder, or 'auto' (latest if this experiment has one, else start
     fresh: what a requeued job wants)."""
@@ -54,6 +58,8 @@ class TrainConfig:
             raise ValueError(f"--train.log_eval_samples must be > 0, got {self.log_eval_samples}")
         if self.wandb and importlib.util.find_spec("wandb") is None:
             raise ValueError("--train.wandb true needs the wandb package: pip install wandb")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"--train.max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}")
         if self.keep_last_k <= 0:
             raise ValueError(f"--train.keep_last_k must be > 0, got {self.keep_last_k}")
         if self.experiment is not None and ("/" in self.experiment or not self.experiment.strip()):

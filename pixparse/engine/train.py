@@ -175,6 +175,8 @@ class Trainer:
         self._signal = 0
         self.skipped_total: Counter = Counter()
         self.last_skipped = ""
+        self.nonfinite_total = 0  # micro-batches skipped for a NaN/inf loss
+        self.nonfinite_in_row = 0
 
     # ----------------------------------------------------------------- checkpoint
     def state(self) -> dict[str, Any]:
@@ -314,12 +316,19 @@ class Trainer:
         finally:
             bar.close()
 
-    def micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, dict[str, float]]:
         """Forward, backward and (at accumulation boundaries) the optimizer step on one CPU batch.
-        Returns the loss (on the device, not synced) and the batch's work from batch_stats."""
+        Returns the loss (on the device, not synced), or None when a rank's loss was not finite
+        and every rank skipped the batch, and the batch's work from batch_stats."""
         work = self.task.batch_stats(batch)  # from the CPU batch: no device sync
         batch = to_device(batch, self.engine.device)
         loss = self.engine(batch)["loss"]
+        if self.train_cfg.max_nonfinite_steps:
+            # Agreed on by all ranks: ZeRO's gradient reduction in backward is collective.
+            bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+            if bad.item():
+                return None, work
         self.engine.backward(loss)
         self.engine.step()
         return loss, work
@@ -335,8 +344,12 @@ class Trainer:
             window.text_tokens += work["text_tokens"]
             window.image_tokens += work["image_tokens"]
             window.flops += work["flops"]
-            window.loss_sum += loss.detach().float()
-            window.micro_batches += 1
+            if loss is None:
+                self._on_nonfinite()
+            else:
+                self.nonfinite_in_row = 0
+                window.loss_sum += loss.detach().float()
+                window.micro_batches += 1
             self.batches_done += 1
             if self.batches_done % self.accum == 0:
                 self.step += 1
@@ -351,6 +364,22 @@ class Trainer:
                     self.save()
             data_start = time.perf_counter()
         return True
+
+    def _on_nonfinite(self) -> None:
+        self.nonfinite_total += 1
+        self.nonfinite_in_row += 1
+        limit = self.train_cfg.max_nonfinite_steps
+        if self.rank == 0:  # agreed on by all ranks: one line
+            logger.warning("step %d, micro-batch %d of interval %d: NaN/inf loss, batch skipped (%d in a row, "
+                           "%d in all)", self.step + 1, self.batches_done, self.interval, self.nonfinite_in_row,
+                           self.nonfinite_total)
+        if self.nonfinite_in_row >= limit:
+            latest = checkpoint.latest_tag(self.paths.checkpoint_dir)
+            raise RuntimeError(
+                f"{self.nonfinite_in_row} micro-batches in a row had a NaN/inf loss "
+                f"(--train.max_nonfinite_steps={limit}); stopping without saving, so the last checkpoint "
+                f"({latest or 'none yet'}) stays the latest good one. Resume from it with a lower "
+                f"--task.opt.learning_rate, clipping (gradient_clipping) or fp32/bf16 instead of fp16")
 
     def log(self, window: _Window) -> None:
         elapsed = time.perf_counter() - window.start
@@ -367,7 +396,7 @@ class Trainer:
         self.skipped_total.update(skipped)
         self.samples_read += int(samples) + sum(skipped.values())
         wall = elapsed_sum / self.world_size
-        loss = loss_sum / micro
+        loss = loss_sum / micro if micro else float("nan")
         lr = max(self.scheduler.get_last_lr())  # the peak group (others are layer-decayed)
         gnorm = self.engine.get_global_grad_norm()
         gnorm = float(gnorm) if gnorm is not None else float("nan")
@@ -384,6 +413,7 @@ class Trainer:
             "tflops_per_device": tflops_per_device,
             "data_wait_pct": 100.0 * data_s / elapsed_sum,
             "skipped": float(sum(self.skipped_total.values())),
+            "nonfinite": float(self.nonfinite_total),
         }
         if utilization is not None:
             record["mfu"] = utilization
