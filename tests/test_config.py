@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -183,3 +184,63 @@ def test_native_bf16_reads_the_cpu_flags():
     ok, why = native_bf16()
     flags = open("/proc/cpuinfo").read()
     assert ok == (" amx_bf16" in flags or " avx512_bf16" in flags), why
+
+
+def _bad_config_cases(tmp_path, synth_shards):
+    preset = json.loads(open(f"{REPO}/pixparse/models/presets/cruller_tiny.json").read())
+    preset["image_encoder"]["image_size"] = [130, 96]
+    (tmp_path / "odd.json").write_text(json.dumps(preset))
+    (tmp_path / "notjson.json").write_text("{'stage': 2,")
+    ds_b4 = _write(tmp_path, {"train_micro_batch_size_per_gpu": 4})
+    return {
+        "unknown preset": (["--task.model_name", "cruller_huge"], r"unknown preset 'cruller_huge'; choose one of"),
+        "unknown task": (["--task.name", "cruller_finetune_nope"], r"task.name"),
+        "image size vs patch": (["--task.model_name", str(tmp_path / "odd.json")],
+                                r"image_size \[130, 96\] is not a multiple of .* patch size \[16, 16\]"),
+        "batch vs ds json": (["--deepspeed_config", ds_b4],
+                             r"--data.train.batch_size=2 disagrees with train_micro_batch_size_per_gpu=4"),
+        "ds json not json": (["--deepspeed_config", str(tmp_path / "notjson.json")], r"is not valid JSON"),
+        "ds json missing": (["--deepspeed_config", str(tmp_path / "nope.json")], r"does not exist"),
+        "missing shard": (["--data.train.source", str(tmp_path / "gone-{000..003}.tar")], r"gone-000.tar"),
+        "failing pipe": (["--data.train.source", "pipe:cat /nonexistent/shard-{0..3}.tar"],
+                         r"pipe:cat /nonexistent/shard-0.tar gave 0 bytes and exit status 1: cat: .*No such file"),
+        "pipe not a tar": (["--data.train.source", "pipe:yes notatar | head -c 2000"],
+                           r"does not start with a tar header"),
+        "samples below a batch": (["--data.train.num_samples", "1"], r"smaller than one global batch"),
+        "resume nothing": (["--train.experiment", "nothing", "--train.resume", "latest"], r"--train.resume latest: no"),
+        "dtype clash": (["--task.dtype", "bfloat16"], r"--task.dtype bfloat16 \(bfloat16\) disagrees with"),
+    }
+
+
+@pytest.mark.parametrize("case", ["unknown preset", "unknown task", "image size vs patch", "batch vs ds json",
+                                  "ds json not json", "ds json missing", "missing shard", "failing pipe", "pipe not a tar",
+                                  "samples below a batch", "resume nothing", "dtype clash"])
+def test_every_bad_config_is_one_line_before_any_process_group(case, synth_shards, tmp_path, capsys):
+    import torch.distributed as dist
+
+    from pixparse.cli import main
+
+    extra, message = _bad_config_cases(tmp_path, synth_shards)[case]
+    argv = ["pretrain", "--deepspeed_config", f"{REPO}/ds_configs/zero2_fp32.json", "--data.train.source",
+            synth_shards, "--data.train.num_samples", "8", "--data.train.batch_size", "2",
+            "--data.train.num_workers", "1", "--task.model_name", "cruller_tiny", "--train.output_dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        main(argv + extra)
+    text = str(exc.value.code) + capsys.readouterr().err
+    assert re.search(message, text), text
+    assert "Traceback" not in text
+    assert not dist.is_initialized()
+
+
+def test_fp16_where_the_device_lacks_it_fails_before_the_process_group(synth_shards, tmp_path, monkeypatch):
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+
+    from pixparse.cli import main
+
+    monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: False)
+    with pytest.raises(SystemExit, match=r"enables fp16, which the .* accelerator does not support"):
+        main(["pretrain", "--deepspeed_config", f"{REPO}/ds_configs/zero2_fp16.json", "--data.train.source",
+              synth_shards, "--data.train.num_samples", "8", "--task.model_name", "cruller_tiny",
+              "--train.output_dir", str(tmp_path)])
+    assert not dist.is_initialized()

@@ -42,7 +42,7 @@ def dataset_name(source: str) -> str:
 
 def _check(cfg: EvalConfig) -> str:
     """Everything a user can get wrong, before any process group: returns the resolved checkpoint."""
-    from pixparse.data.loader import check_eval_shards
+    from pixparse.data.loader import check_eval_shards, probe_pipe_sources
     from pixparse.models.export import MODEL_CONFIG, resolve_checkpoint_path
 
     path = cfg.eval.checkpoint_path
@@ -71,6 +71,7 @@ def _check(cfg: EvalConfig) -> str:
             raise ValueError(f"--model-name {cfg.model_name}: {path} is a {preset} model; drop --model-name "
                              f"(the checkpoint brings its preset) or pass {preset}")
     check_eval_shards(cfg.data.eval)
+    probe_pipe_sources(cfg.data.eval.source, "--data.eval.source")
     return path
 
 

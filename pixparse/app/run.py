@@ -112,7 +112,7 @@ class _Setup:
 def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     """Validate everything a user can get wrong, then start the process group, name the run
     folder and build the task (same for pretrain and bench)."""
-    from pixparse.data.loader import check_eval_shards, check_shards_cover
+    from pixparse.data.loader import check_eval_shards, check_shards_cover, probe_pipe_sources
     from pixparse.engine import dist as pdist
     from pixparse.engine import logging as plogging
     from pixparse.engine.ds_config import resolve_ds_config
@@ -129,8 +129,10 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
                      cfg.task.warmup_intervals, world_size)
     if read_shards:
         check_shards_cover(cfg.data.train, world_size)
+        probe_pipe_sources(cfg.data.train.source, "--data.train.source")
     if cfg.data.eval is not None:
         check_eval_shards(cfg.data.eval, world_size)
+        probe_pipe_sources(cfg.data.eval.source, "--data.eval.source")
     elif cfg.train.log_eval_data:
         raise ValueError("--train.log_eval_data true shows eval samples: give them with --data.eval.source")
     if cfg.task.init_from:

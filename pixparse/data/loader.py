@@ -269,6 +269,37 @@ def _check_local_shards(urls: list[str], flag: str) -> None:
                          f"{missing[:3]}; check the path and brace pattern")
 
 
+def probe_pipe_sources(source: str, flag: str, timeout_s: float = 120.0) -> None:
+    """Run the first 'pipe:' command of each part of `source` until it gives one tar block (512
+    bytes), so a command that fails (no such file, no credentials, a typo) is reported before any
+    process group starts rather than as unreadable shards later. The command runs as the loader
+    will run it (webdataset: through the shell, braces already expanded by us)."""
+    import subprocess
+    import tarfile
+
+    for group in expand_source_groups(source):
+        url = group[0]
+        if not url.startswith("pipe:"):
+            continue
+        cmd = url[len("pipe:"):]
+        proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            head = proc.stdout.read(512)
+            if len(head) < 512:
+                code = proc.wait(timeout=timeout_s)
+                err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+                raise ValueError(f"{flag}: {url} gave {len(head)} bytes and exit status {code}"
+                                 f"{': ' + err[-1] if err else ''}; check the command")
+            try:
+                tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as e:
+                raise ValueError(f"{flag}: {url} does not start with a tar header ({e}); the command must "
+                                 f"write a tar shard to stdout (e.g. 'aws s3 cp s3://... -')") from None
+        finally:
+            proc.kill()
+            proc.wait()
+
+
 def check_shards_cover(cfg: DataLoaderConfig, world_size: int) -> list[str]:
     """Expand the source and check that every rank and worker gets a shard (finite mode)."""
     urls = expand_source(cfg.source)
