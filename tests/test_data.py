@@ -354,3 +354,70 @@ def test_a_shuffle_buffer_over_one_sample_shards_is_not_taken_for_unreadable_sha
     loader = create_loader(cfg, tiny_task.preprocess(cfg), tiny_task.collate(cfg), 3, 0, 1, 0)
     loader.set_interval(0)
     assert len(list(loader)) == 3
+
+
+def _bomb_png(width=50_000, height=50_000):
+    """A valid PNG header claiming width x height pixels (a few hundred bytes on disk)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_every_kind_of_corrupt_data_is_skipped_and_counted_by_reason(tmp_path, tiny_task):
+    """Garbled image, invalid JSON, missing image, missing JSON, empty text, a 50,000 x 50,000 px
+    image header, a 5 MB target text, a zero-byte shard and a shard that vanishes after the run
+    started: each skipped and counted under its reason with shard:key, the good samples all read."""
+    text = json.dumps({"pages": [{"lines": {"text": ["hello"]}}]}).encode()
+    good = [{"__key__": f"good{i}", "json": text, "png": _png()} for i in range(4)]
+    bad = [
+        {"__key__": "garbled", "json": text, "png": b"\x89PNG\r\n\x1a\n" + os.urandom(200)},
+        {"__key__": "badjson", "json": b'{"pages": [', "png": _png()},
+        {"__key__": "noimage", "json": text},
+        {"__key__": "nojson", "png": _png()},
+        {"__key__": "emptytext", "json": json.dumps({"pages": [{"lines": {"text": [""]}}]}).encode(), "png": _png()},
+        {"__key__": "bomb", "json": text, "png": _bomb_png()},
+        {"__key__": "huge", "json": json.dumps({"pages": [{"lines": {"text": ["x" * 5_000_000]}}]}).encode(),
+         "png": _png()},
+    ]
+    write_shards(iter(good[:2] + bad + good[2:]), str(tmp_path / "c-%06d.tar"), 100)
+    (tmp_path / "c-000001.tar").write_bytes(b"")  # zero bytes
+    import shutil
+
+    shutil.copy(tmp_path / "c-000000.tar", tmp_path / "c-000002.tar")
+    cfg = _cfg(str(tmp_path / "c-{000000..000002}.tar"), batch_size=1, num_workers=0, shuffle_buffer=0,
+               num_samples=8)
+    loader = create_loader(cfg, tiny_task.preprocess(cfg), tiny_task.collate(cfg), 8, 0, 1, 0)
+    loader.set_interval(0)
+    os.remove(tmp_path / "c-000002.tar")  # vanishes after the loader was made (before it is read)
+    skipped, last, keys = {}, [], 0
+    for b in loader:
+        keys += b["image"].shape[0]
+        for k, v in b[SKIPPED_KEY].items():
+            skipped[k] = skipped.get(k, 0) + v
+        last.append(b[LAST_SKIPPED_KEY])
+    assert keys == 8  # the good samples of shard 0, read again in the next pass
+    for reason in ("bad_image", "bad_json", "missing_image", "missing_json", "empty_page", "target_too_long",
+                   "bad_tar"):
+        assert skipped.get(reason, 0) >= 1, (reason, skipped)
+    assert skipped["bad_image"] >= 2  # garbled and the bomb
+    joined = "\n".join(last)
+    assert "c-000000.tar:" in joined
+
+
+def test_decompression_bomb_and_huge_text_reasons_name_the_cause(tiny_task):
+    from pixparse.data.config import DataEvalConfig
+
+    prep = tiny_task.preprocess(DataEvalConfig(source="x.tar"))
+    text = json.dumps({"pages": [{"lines": {"text": ["hello"]}}]}).encode()
+    from pixparse.data.decode import SampleError
+
+    with pytest.raises(SampleError, match="bad_image.*(decompression bomb|exceeds limit)"):
+        prep({"__key__": "bomb", "json": text, "png": _bomb_png()}, random.Random(0))
+    huge = json.dumps({"pages": [{"lines": {"text": ["x" * 5_000_000]}}]}).encode()
+    with pytest.raises(SampleError, match="target_too_long.*5000000 characters"):
+        prep({"__key__": "huge", "json": huge, "png": _png()}, random.Random(0))

@@ -32,6 +32,9 @@ class DataLoaderConfig:
     """Stop the run once this fraction of read samples was skipped as unreadable."""
     pad_to_multiple_of: int = 8
     """Pad text batches to a multiple of this length (1 pads to the longest only)."""
+    max_target_chars: int = 100_000
+    """A sample whose target text is longer is skipped as corrupt ('target_too_long'; a dense
+    page has ~10,000 characters). Longer targets that fit are cut to --task.max_length tokens."""
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -82,6 +85,8 @@ class DataEvalConfig:
     """Pad text batches to a multiple of this length."""
     max_skip_fraction: float = 0.1
     """Fail the evaluation if more than this fraction of read samples was unusable."""
+    max_target_chars: int = 100_000
+    """A sample whose reference text is longer is skipped as corrupt ('target_too_long')."""
 
     def __post_init__(self) -> None:
         if not self.source.strip():

@@ -101,7 +101,8 @@ class TextTargets:
     def __call__(self, prompt: str, target: str) -> tuple[list[int], int]:
         """Returns (ids, prompt_length)."""
         prompt_ids = self.prompt_ids(prompt)
-        body = self.tokenizer(target, add_special_tokens=False).input_ids
+        # Tokenize only what can fit: no token of a real vocabulary spans 64 characters.
+        body = self.tokenizer(target[: 64 * self.max_length], add_special_tokens=False).input_ids
         body = body[: self.max_length - len(prompt_ids) - 1]
         return prompt_ids + body + [self.eos_id], len(prompt_ids)
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixparse.data.config import DataLoaderConfig
-from pixparse.data.decode import Page, decode_document_pages
+from pixparse.data.decode import Page, SampleError, decode_document_pages
 from pixparse.data.tokenizer import add_task_tokens, create_tokenizer
 from pixparse.data.transforms import DocAugment, ResizePad, TextTargets, collate_text_image
 from pixparse.models import Cruller, create_model, get_model_config
@@ -61,8 +61,10 @@ class _Preprocess:
     holds the tokenizer and the task's example builder, never the model)."""
 
     def __init__(self, image_transform: ResizePad, text: TextTargets, page_sampling: str,
-                 examples: Callable[[Page], list[Example]], with_meta: bool, need_text: bool = True) -> None:
+                 examples: Callable[[Page], list[Example]], with_meta: bool, need_text: bool = True,
+                 max_target_chars: int = 100_000) -> None:
         self.image_transform = image_transform
+        self.max_target_chars = max_target_chars
         self.need_text = need_text
         self.text = text
         self.page_sampling = page_sampling
@@ -81,6 +83,10 @@ class _Preprocess:
             examples = self.examples(page)
             if not examples:
                 continue
+            longest = max(len(ex.target) for ex in examples)
+            if longest > self.max_target_chars:
+                raise SampleError("target_too_long", f"a target of {longest} characters, over "
+                                                     f"--data.*.max_target_chars={self.max_target_chars}")
             image = self.image_transform(page.image, rng)
             for j, ex in enumerate(examples):
                 ids, prompt_length = self.text(ex.prompt, ex.target)
@@ -200,6 +206,7 @@ class TaskBase(nn.Module):
             self.example_builder(),
             with_meta,
             self.needs_page_text,
+            data_cfg.max_target_chars,
         )
 
     def collate(self, data_cfg: DataLoaderConfig) -> functools.partial:
