@@ -9,7 +9,7 @@ import pytest
 from pixparse.engine.dist import free_port
 
 from tests.conftest import REPO
-from tests.test_distributed import _args, _env, _metrics, deepspeed_two_ranks
+from tests.test_distributed import _args, _env, _metrics, _run, deepspeed_two_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -156,3 +156,48 @@ def test_nan_loss_on_one_rank_is_skipped_on_all_and_too_many_stop_the_run(synth_
     ckpt = tmp_path / "many" / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == "step_00000008"
     assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith("step_")) == ["step_00000004", "step_00000008"]
+
+
+def _launch(ranks, script, *args):
+    if ranks == 1:
+        return [sys.executable, script, *args]
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+            script, *args]
+
+
+def _universal(tag_dir, out):
+    """Per-parameter fp32 weights and Adam moments of a tag, as DeepSpeed's universal format has them."""
+    import torch
+
+    subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+                    "--output_folder", str(out), "--inject_missing_state"], check=True, capture_output=True,
+                   env=_env(), cwd=REPO)
+    states = {}
+    for path in sorted(out.glob("zero/*/*.pt")):
+        value = torch.load(path, weights_only=False)
+        states[f"{path.parent.name}/{path.stem}"] = value["param"] if isinstance(value, dict) else value
+    return states
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_elastic_resume_loads_exactly_the_saved_weights_and_optimizer(synth_shards, tmp_path, stage):
+    """2 -> 1 and 1 -> 2 ranks: the fp32 master weights and both Adam moments loaded on the new
+    world size (written straight back after the resume) equal, element for element, those saved."""
+    import torch
+
+    for saved_on, resumed_on in ((2, 1), (1, 2)):
+        name = f"z{stage}_{saved_on}to{resumed_on}"
+        args = _args(synth_shards, tmp_path, f"zero{stage}_fp32", name, "--data.train.num_samples", "16",
+                     "--task.num_intervals", "1")
+        _run(_launch(saved_on, f"{REPO}/launch/train.py", *args))
+        tag = tmp_path / name / "checkpoints" / "step_" f"{16 // (2 * saved_on):08d}"
+        args = _args(synth_shards, tmp_path, f"zero{stage}_fp32", name + "_back", "--data.train.num_samples", "16",
+                     "--task.num_intervals", "2", "--train.resume", str(tag))
+        proc = _run(_launch(resumed_on, f"{REPO}/tests/helpers/resave_after_resume.py", *args))
+        assert f"checkpoint written by {saved_on} rank(s), resuming on {resumed_on}" in proc.stdout
+        (back,) = (tmp_path / (name + "_back") / "checkpoints").glob("step_*")
+        before, after = _universal(tag, tmp_path / f"{name}_u1"), _universal(back, tmp_path / f"{name}_u2")
+        assert before.keys() == after.keys() and sum(k.endswith("/exp_avg_sq") for k in before) > 30, sorted(before)[:8]
+        assert all(before[k].abs().sum() > 0 for k in before if k.endswith("/exp_avg_sq"))  # trained state
+        different = [k for k in before if not torch.equal(before[k], after[k])]
+        assert not different, (saved_on, resumed_on, different[:5])
