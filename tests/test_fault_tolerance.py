@@ -201,3 +201,51 @@ def test_elastic_resume_loads_exactly_the_saved_weights_and_optimizer(synth_shar
         assert all(before[k].abs().sum() > 0 for k in before if k.endswith("/exp_avg_sq"))  # trained state
         different = [k for k in before if not torch.equal(before[k], after[k])]
         assert not different, (saved_on, resumed_on, different[:5])
+
+
+def test_kill_9_of_one_rank_mid_interval_then_resume_is_bit_exact(synth_shards, tmp_path):
+    """2 ranks, dropout in both towers and doc_aug on (so the restored RNG streams matter):
+    kill -9 rank 1 mid-interval; the launcher ends the job (no hang); --train.resume latest goes
+    on from the last checkpoint and ends with fp32 weights equal to an uninterrupted run's."""
+    import signal
+    import time
+
+    import torch
+
+    from tests.test_distributed import _weights
+
+    preset = json.loads(open(f"{REPO}/pixparse/models/presets/cruller_tiny.json").read())
+    preset["image_encoder"]["model_args"].update(proj_drop_rate=0.1, attn_drop_rate=0.1)
+    preset["text_decoder"]["config"].update(dropout=0.1, attention_dropout=0.1)
+    (tmp_path / "tiny_dropout.json").write_text(json.dumps(preset))
+
+    def args(experiment, *extra):
+        return _args(synth_shards, tmp_path, "zero2_fp32", experiment, "--task.num_intervals", "2",
+                     "--task.model_name", str(tmp_path / "tiny_dropout.json"), "--data.train.image_pipeline",
+                     "doc_aug", "--train.checkpoint_every_n_steps", "8", "--train.log_every_n_steps", "1", *extra)
+
+    _run(deepspeed_two_ranks(*args("full")))
+    log = open(tmp_path / "kill.log", "w")
+    proc = subprocess.Popen(deepspeed_two_ranks(*args("kill")), cwd=REPO, env=_env(), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        metrics = tmp_path / "kill" / "metrics.jsonl"
+        _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 11 or proc.poll() is not None,
+                  240, "step 11")
+        assert proc.poll() is None, "finished before the kill"
+        rank1 = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "local_rank=1"], capture_output=True, text=True)
+        os.kill(int(rank1.stdout.split()[0]), signal.SIGKILL)
+        start = time.time()
+        proc.wait(timeout=120)  # the launcher ends the whole job
+        took = time.time() - start
+    finally:
+        subprocess.run(["pkill", "-9", "-s", str(proc.pid)], check=False)
+        log.close()
+    assert proc.returncode != 0 and took < 120
+    ckpt = tmp_path / "kill" / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == "step_00000008"
+    proc = _run(deepspeed_two_ranks(*args("kill", "--train.resume", "latest")))
+    assert f"resumed from {ckpt / 'step_00000008'}/mp_rank_00_model_states.pt at step 8" in proc.stdout
+    full, resumed = _weights(tmp_path / "full" / "checkpoints" / "step_00000032"), _weights(ckpt / "step_00000032")
+    different = [k for k in full if not torch.equal(full[k], resumed[k])]
+    assert full.keys() == resumed.keys() and not different, different[:5]

@@ -240,6 +240,10 @@ class Loader:
             persistent_workers=False,
             prefetch_factor=2 if num_workers > 0 else None,
             pin_memory=torch.cuda.is_available(),  # page-locked batches: async host-to-GPU copies
+            # Its own generator: each iter() draws the workers' base seed from it, which would
+            # otherwise come from the global torch RNG and shift the model's dropout stream
+            # (a resumed run starts its iterator at another point of that stream).
+            generator=torch.Generator().manual_seed(pipeline.seed),
         )
 
     def set_interval(self, interval: int) -> None:
