@@ -249,3 +249,75 @@ def test_kill_9_of_one_rank_mid_interval_then_resume_is_bit_exact(synth_shards, 
     full, resumed = _weights(tmp_path / "full" / "checkpoints" / "step_00000032"), _weights(ckpt / "step_00000032")
     different = [k for k in full if not torch.equal(full[k], resumed[k])]
     assert full.keys() == resumed.keys() and not different, different[:5]
+
+
+_FAKE_SRUN = """#!/usr/bin/env bash
+# emulated srun: SLURM_NTASKS copies of the command on this machine, each with its
+# SLURM_PROCID/SLURM_LOCALID; pids to $SRUN_PIDS; the exit status is the first non-zero one.
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NTASKS_PER_NODE=$SLURM_NTASKS "$@" &
+  pids+=($!)
+done
+echo "${pids[@]}" > "$SRUN_PIDS"
+rc=0
+for p in "${pids[@]}"; do wait "$p"; c=$?; if [ "$c" -ne 0 ] && [ "$rc" -eq 0 ]; then rc=$c; fi; done
+exit $rc
+"""
+_FAKE_SCONTROL = """#!/usr/bin/env bash
+# emulated scontrol: 'show hostnames' -> this machine; 'requeue ID' is recorded
+case "$1" in
+  show) echo 127.0.0.1 ;;
+  requeue) echo "requeue $2" >> "$SCONTROL_LOG" ;;
+esac
+"""
+
+
+def test_slurm_sbatch_usr1_checkpoints_exits_75_requeues_and_resumes(synth_shards, tmp_path):
+    """launch/slurm.sbatch as written, under an emulated SLURM (srun starting 2 tasks with
+    SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS, scontrol): USR1 reaching one rank only is agreed on,
+    both checkpoint and exit 75, the script requeues; the requeued job resumes (auto) and finishes."""
+    import signal
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", _FAKE_SRUN), ("scontrol", _FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {**_env(), "PATH": f"{os.path.dirname(sys.executable)}:{bin_dir}:{os.environ['PATH']}",
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[1]", "SLURM_NTASKS": "2",
+           "MASTER_PORT": str(free_port()), "DS_CONFIG": "ds_configs/zero2_fp32.json",
+           "SRUN_PIDS": str(tmp_path / "pids"), "SCONTROL_LOG": str(tmp_path / "scontrol.log")}
+    flags = ["--data.train.source", synth_shards, "--data.train.batch_size", "2", "--data.train.num_samples", "512",
+             "--data.train.num_workers", "1", "--task.model_name", "cruller_tiny", "--task.num_intervals", "1",
+             "--train.output_dir", str(tmp_path), "--train.log_every_n_steps", "2"]
+    log = open(tmp_path / "job1.log", "w")
+    proc = subprocess.Popen(["bash", "launch/slurm.sbatch", *flags], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        metrics = tmp_path / "pixparse-4242" / "metrics.jsonl"
+        _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3 or proc.poll() is not None,
+                  240, "training to start")
+        assert proc.poll() is None, (tmp_path / "job1.log").read_text()[-3000:]
+        rank1 = int((tmp_path / "pids").read_text().split()[1])
+        os.kill(rank1, signal.SIGUSR1)  # one rank only
+        proc.wait(timeout=180)
+    finally:
+        subprocess.run(["pkill", "-9", "-s", str(proc.pid)], check=False)
+        log.close()
+    text = (tmp_path / "job1.log").read_text()
+    assert proc.returncode == 75, text[-3000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    ckpt = tmp_path / "pixparse-4242" / "checkpoints"
+    stopped_at = json.loads((ckpt / (ckpt / "latest").read_text().strip() / "pixparse_state.json").read_text())["step"]
+    assert 0 < stopped_at < 128
+    # the requeued job: same script, same job id
+    env["MASTER_PORT"] = str(free_port())
+    proc = subprocess.run(["bash", "launch/slurm.sbatch", *flags], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "--train.resume auto: resuming from latest" in proc.stdout
+    assert f"at step {stopped_at}" in proc.stdout
+    assert (ckpt / "latest").read_text().strip() == "step_00000128"
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]  # not requeued again
