@@ -210,16 +210,40 @@ def test_fp16_on_cpu_fails_before_training(synth_shards, tmp_path):
     assert not (tmp_path / "fp16").exists()  # nothing started
 
 
-def test_torchrun_two_ranks(synth_shards, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           f"{REPO}/launch/train.py"]
-    cmd += _args(synth_shards, tmp_path, "zero2_bf16", "tr", "--task.num_intervals", "1",
-                 "--task.opt.grad_accum_steps", "2")
-    proc = _run(cmd)
+def _script_env(ds_config):
+    return {"PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "MASTER_PORT": str(free_port()),
+            "DS_CONFIG": f"ds_configs/{ds_config}.json"}
+
+
+def test_torchrun_script_two_ranks(synth_shards, tmp_path):
+    """launch/torchrun.sh as written (standalone rendezvous, one node)."""
+    args = _args(synth_shards, tmp_path, "zero2_bf16", "tr", "--task.num_intervals", "1",
+                 "--task.opt.grad_accum_steps", "2")[2:]  # the script sets --deepspeed_config (DS_CONFIG)
+    proc = _run(["bash", "launch/torchrun.sh", "2", *args], env=_script_env("zero2_bf16"))
     assert "2 rank(s), 8 steps/interval" in proc.stdout + proc.stderr  # 64 / (2 x 2 x 2)
     assert _metrics(tmp_path, "tr")[-1]["step"] == 8
     ds = json.loads((tmp_path / "tr" / "ds_config.json").read_text())
     assert (ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (2, 8)
+
+
+def test_multinode_script_with_a_localhost_hostfile(synth_shards, tmp_path):
+    """launch/multinode_deepspeed.sh as written, with a one-node hostfile (localhost slots=2):
+    the deepspeed launcher reads the hostfile and starts the node's 2 ranks (with one node it
+    runs them locally instead of over pdsh: as far as one machine allows)."""
+    (tmp_path / "hostfile").write_text("# one node\nlocalhost slots=2\n")
+    # The launcher first checks the hosts by `ssh HOST hostname`; no ssh server here: this one
+    # runs the command on this machine, as ssh to localhost would.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ssh").write_text('#!/usr/bin/env bash\nwhile [[ "$1" == -* ]]; do shift 2; done\n'
+                                          'shift\nexec bash -c "$*"\n')
+    (tmp_path / "bin" / "ssh").chmod(0o755)
+    args = _args(synth_shards, tmp_path, "zero2_fp32", "mn", "--task.num_intervals", "1")[2:]
+    env = _script_env("zero2_fp32")
+    env["PATH"] = f"{tmp_path / 'bin'}:{env['PATH']}"
+    proc = _run(["bash", "launch/multinode_deepspeed.sh", str(tmp_path / "hostfile"), *args], env=env)
+    out = proc.stdout + proc.stderr
+    assert "2 rank(s), 16 steps/interval" in out and "--train.resume auto: no checkpoint, starting fresh" in out
+    assert _metrics(tmp_path, "mn")[-1]["step"] == 16
 
 
 def test_run_stops_when_too_many_samples_are_bad(tmp_path):
