@@ -156,9 +156,9 @@ def test_resume_mid_interval_reaches_the_same_parameters(synth_shards, tmp_path)
     assert steps[0] == 12 and steps[-1] == 64
 
 
-def test_sigterm_checkpoints_and_stops(synth_shards, tmp_path):
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_sigterm_checkpoints_and_stops(synth_shards, tmp_path, signame):
     import signal
-    import time
 
     cmd = [sys.executable, "-m", "pixparse.app.train"] + _args(
         synth_shards, tmp_path, "zero2_fp32", "pre", "--task.num_intervals", "200",
@@ -168,7 +168,7 @@ def test_sigterm_checkpoints_and_stops(synth_shards, tmp_path):
     for line in proc.stdout:
         lines.append(line)
         if "step 3/" in line:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(getattr(signal, signame))
             break
     out, _ = proc.communicate(timeout=120)
     text = "".join(lines) + out

@@ -44,7 +44,9 @@ def test_full_disk_while_saving_is_a_clear_error_and_keeps_the_last_checkpoint(s
     assert state["step"] == 4
 
 
-def test_sigterm_to_the_deepspeed_launcher_checkpoints_instead_of_orphaning_the_ranks(synth_shards, tmp_path):
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_sigterm_to_the_deepspeed_launcher_checkpoints_instead_of_orphaning_the_ranks(synth_shards, tmp_path,
+                                                                                       signame):
     """`deepspeed` itself dies at once on SIGTERM (no handler for local runs); the ranks notice
     their launcher is gone, agree at the next log step, checkpoint and stop."""
     import signal
@@ -59,7 +61,7 @@ def test_sigterm_to_the_deepspeed_launcher_checkpoints_instead_of_orphaning_the_
         while "step 3/" not in (tmp_path / "run.log").read_text():
             assert time.time() < deadline and proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)  # the runner only, not its process group
+        proc.send_signal(getattr(signal, signame))  # the runner only, not its process group
         proc.wait(timeout=30)
         # The ranks (in the runner's session) must finish by themselves, with a checkpoint.
         deadline = time.time() + 120
