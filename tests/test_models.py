@@ -80,3 +80,23 @@ def test_conv_encoder_trains_without_a_flop_formula():
     task(batch)["loss"].backward()
     stats = task.batch_stats(batch)
     assert math.isnan(stats["flops"]) and stats["image_tokens"] == 2 * 2 * 2  # 64x48 / 32 -> 2x2
+
+
+def test_hf_export_of_a_conv_encoder_is_refused_with_the_reason():
+    """TimmWrapper gives a conv trunk's (B, C, h, w) map to VisionEncoderDecoderModel's projection
+    unflattened: the HF export says so instead of writing a model that fails (the plain export works)."""
+    import dataclasses
+
+    import pytest
+
+    from pixparse.models import get_model_config
+    from pixparse.models.config import ImageEncoderConfig
+    from pixparse.models.export import to_hf_vision_encoder_decoder
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    preset = get_model_config("cruller_tiny")
+    preset = dataclasses.replace(preset, image_encoder=ImageEncoderConfig(name="resnet10t", image_size=(64, 48)))
+    task = create_task(TaskConfig(model_name="cruller_tiny"), preset).eval()
+    with pytest.raises(ValueError, match=r"resnet10t trunk gives a \(B, C, h, w\) feature map.*--hf false"):
+        to_hf_vision_encoder_decoder(task.model, task.export_info()["decoder_start_token_id"])

@@ -9,7 +9,7 @@ import torch
 
 from pixparse.engine.checkpoint import MARKER
 from pixparse.models.export import (
-    load_weights, model_from_info, read_source, resolve_checkpoint_path, save_exported, to_hf_vision_encoder_decoder,
+    hf_unsupported, load_weights, model_from_info, read_source, resolve_checkpoint_path, save_exported, to_hf_vision_encoder_decoder,
 )
 from pixparse.app.tool import run_tool
 
@@ -41,9 +41,9 @@ def export(
     load_weights(model, weights())
     model = model.to(_DTYPES[dtype]).eval()
     save_exported(model, model_cfg, tokenizer, output_dir, info)
-    if hf and model.classifier is not None:
-        logger.warning("%s is a classifier (task %s): a VisionEncoderDecoderModel has no place for its head, "
-                       "so no hf/ folder is written (model.safetensors has it)", checkpoint, info.get("task"))
+    reason = hf_unsupported(model)
+    if hf and reason:
+        logger.warning("%s: no hf/ folder, since %s (model.safetensors has every weight)", checkpoint, reason)
         hf = False
     if hf:
         hf_model = to_hf_vision_encoder_decoder(model, info["decoder_start_token_id"])

@@ -158,6 +158,16 @@ def load_exported(export_dir: str, dtype: torch.dtype = torch.float32) -> tuple[
     return model.to(dtype).eval(), tokenizer, info
 
 
+def hf_unsupported(model: Cruller) -> str | None:
+    """Why `model` has no VisionEncoderDecoderModel form (None: it has one)."""
+    if model.classifier is not None:
+        return "it is a classifier: a VisionEncoderDecoderModel has no place for its head"
+    if not hasattr(model.image_encoder.trunk, "patch_embed"):
+        return (f"its {model.cfg.image_encoder.name} trunk gives a (B, C, h, w) feature map, which "
+                f"VisionEncoderDecoderModel passes to its projection unflattened")
+    return None
+
+
 def to_hf_vision_encoder_decoder(model: Cruller, decoder_start_token_id: int) -> Any:
     """The same network as a transformers VisionEncoderDecoderModel (TimmWrapper encoder +
     BartForCausalLM decoder), weights copied; logits match Cruller's for the same inputs.
@@ -166,6 +176,10 @@ def to_hf_vision_encoder_decoder(model: Cruller, decoder_start_token_id: int) ->
     """
     from transformers import TimmWrapperConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
+    reason = hf_unsupported(model)
+    if reason:
+        raise ValueError(f"no Hugging Face export: {reason}; export with --hf false (model.safetensors loads "
+                         f"with pixparse.models.export.load_exported)")
     enc_cfg = model.cfg.image_encoder
     trunk = model.image_encoder.trunk
     timm_cfg = TimmWrapperConfig(
