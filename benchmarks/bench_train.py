@@ -1,0 +1,230 @@
+"""What the engine costs against what a user would write instead: the same task module, batch
+and synthetic data, one rank, each variant in a fresh process, interleaved rounds; each run's
+step time is the mean over its timed window, the result the median over rounds.
+
+    python benchmarks/bench_train.py --model cruller_tiny --batch_size 8 --rounds 3
+    python benchmarks/bench_train.py --model cruller_base --batch_size 2 --steps 10 --warmup 3 --rounds 1 \
+        --tokenizer ../shared/data/tokenizers/albert_spiece.model
+
+Variants (--variants; dtype suffix _fp32 or _bf16):
+  plain     a plain PyTorch loop: eager task module (pixparse's loss), torch AdamW with the engine's
+            parameter groups, global-norm clipping 1.0, zero_grad(set_to_none); bf16 = autocast
+            (what huggingface/pixparse did, minus its own bookkeeping)
+  zero2/3   the engine: `pixparse bench --synthetic_data true` with ds_configs/zero{2,3}_{fp32,bf16}.json
+  trainer   transformers' VisionEncoderDecoderModel (TimmWrapper + BART at the preset's sizes, built
+            from config by pixparse's own HF export) trained by Seq2SeqTrainer (AdamW, clipping 1.0,
+            no logging, no saving; timed from step begin to step end, its data fetch left out);
+            bf16 = its bf16 flag (autocast)
+Prints a table of step times and ratios against the plain loop of the same dtype, then one JSON
+line with zero2_vs_plain, zero3_vs_plain, trainer_vs_plain (fp32; bf16 ones when run), and
+saves it all (command, git sha, versions, CPU/GPU model) to --out.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+# ----------------------------------------------------------------- workers (one fresh process each)
+def _task_and_batch(args):
+    import torch
+
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    torch.manual_seed(0)
+    task = create_task(TaskConfig(model_name=args.model, tokenizer=args.tokenizer))
+    batch = task.synthetic_batch(args.batch_size, torch.Generator().manual_seed(0))
+    return task, batch
+
+
+def worker_plain(args, dtype: str) -> list[float]:
+    import torch
+
+    from pixparse.engine.optim import create_optimizer
+    from pixparse.tasks.config import OptimConfig
+
+    task, batch = _task_and_batch(args)
+    task.train()
+    opt = create_optimizer(task, OptimConfig())
+    params = [p for p in task.parameters() if p.requires_grad]
+    times = []
+    for _ in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            loss = task(batch)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()  # the engine's step ends with the loss known too
+        times.append(time.perf_counter() - start)
+    return times[args.warmup:]
+
+
+def worker_trainer(args, dtype: str) -> list[float]:
+    import torch
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+    from pixparse.models.export import to_hf_vision_encoder_decoder
+
+    task, batch = _task_and_batch(args)
+    model = to_hf_vision_encoder_decoder(task.model, task.export_info()["decoder_start_token_id"]).train()
+    # Seq2SeqTrainer would pass num_items_in_batch, which VisionEncoderDecoderModel hands on to
+    # TimmWrapper's forward_features (a TypeError in transformers 5.x): the plain mean loss, then.
+    model.accepts_loss_kwargs = False
+    pixels = task.normalize(batch["image"]).detach()
+    # decoder_input_ids are the labels shifted right by the start token: feed ours directly
+    item = {"pixel_values": pixels[0], "decoder_input_ids": batch["input_ids"][0],
+            "decoder_attention_mask": batch["attention_mask"][0], "labels": batch["labels"][0].roll(-1)}
+
+    class Repeat(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10**6
+
+        def __getitem__(self, i):
+            return item
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.start)
+
+    out = tempfile.mkdtemp()
+    targs = Seq2SeqTrainingArguments(
+        output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps,
+        learning_rate=3e-4, max_grad_norm=1.0, weight_decay=0.02, adam_beta2=0.98, adam_epsilon=1e-6,
+        lr_scheduler_type="constant", logging_strategy="no", save_strategy="no", report_to=[],
+        dataloader_num_workers=0, use_cpu=True, bf16=dtype == "bf16", disable_tqdm=True, seed=0,
+    )
+    Seq2SeqTrainer(model=model, args=targs, train_dataset=Repeat(), callbacks=[Clock()]).train()
+    return times[args.warmup:]
+
+
+def worker_engine(args, stage: int, dtype: str) -> list[float]:
+    """The real CLI; the bench window gives the mean step time of --steps steps."""
+    cmd = [sys.executable, "-m", "pixparse.cli", "bench", "--synthetic_data", "true",
+           "--deepspeed_config", f"{REPO}/ds_configs/zero{stage}_{dtype}.json",
+           "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size),
+           "--data.train.batch_size", str(args.batch_size), "--task.model_name", args.model,
+           "--warmup_steps", str(args.warmup), "--steps", str(args.steps),
+           "--train.output_dir", tempfile.mkdtemp(), "--train.progress_bar", "false"]
+    if args.tokenizer:
+        cmd += ["--task.tokenizer", args.tokenizer]
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return [report["step_s"]]
+
+
+def run_worker(args) -> None:
+    kind, dtype = args.worker.rsplit("_", 1)
+    if kind == "plain":
+        times = worker_plain(args, dtype)
+    elif kind == "trainer":
+        times = worker_trainer(args, dtype)
+    else:
+        times = worker_engine(args, int(kind[-1]), dtype)
+    # the mean over the timed window, as the engine's bench reports it
+    print(json.dumps({"variant": args.worker, "step_s": statistics.mean(times), "steps": len(times)}))
+
+
+# ----------------------------------------------------------------- driver
+def _env_info() -> dict:
+    import deepspeed
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return {"git_sha": sha, "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+            "transformers": transformers.__version__, "cpu": cpu, "cpu_count": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cruller_tiny")
+    p.add_argument("--tokenizer", default=None, help="--task.tokenizer (e.g. a SentencePiece model for base sizes)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per run (>= 20 for the engine's bench)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--variants", default="plain_fp32,zero2_fp32,zero3_fp32,trainer_fp32")
+    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every variant (default: all cores)")
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        run_worker(args)
+        return
+    variants = args.variants.split(",")
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(args.threads or os.cpu_count())
+    results: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(args.rounds):  # interleaved: drift hits every variant alike
+        for v in variants:
+            cmd = [sys.executable, __file__, "--worker", v, "--model", args.model, "--batch_size",
+                   str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            if args.tokenizer:
+                cmd += ["--tokenizer", args.tokenizer]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"{v} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            step = json.loads(proc.stdout.strip().splitlines()[-1])["step_s"]
+            results[v].append(step)
+            print(f"round {r + 1}/{args.rounds} {v}: {step:.4f} s/step", file=sys.stderr, flush=True)
+    median = {v: statistics.median(t) for v, t in results.items()}
+    rows = []
+    for v in variants:
+        base = median.get(f"plain_{v.rsplit('_', 1)[1]}")
+        ratio = median[v] / base if base else None
+        rows.append((v, median[v], args.batch_size / median[v], ratio, results[v]))
+    print(f"model {args.model}, batch {args.batch_size}, 1 rank, {args.steps} timed steps "
+          f"({args.warmup} warm-up), {args.rounds} round(s), median of rounds")
+    print(f"| variant | step s | samples/s | vs plain (same dtype) | rounds |\n|---|---|---|---|---|")
+    for v, s, sps, ratio, all_ in rows:
+        print(f"| {v} | {s:.4f} | {sps:.1f} | {f'{ratio:.3f}x' if ratio else '-'} | "
+              f"{', '.join(f'{x:.4f}' for x in all_)} |")
+    summary = {}
+    for dtype in ("fp32", "bf16"):
+        base = median.get(f"plain_{dtype}")
+        for kind in ("zero2", "zero3", "trainer"):
+            if base and f"{kind}_{dtype}" in median:
+                key = f"{kind}_vs_plain" + ("" if dtype == "fp32" else "_bf16")
+                summary[key] = round(median[f"{kind}_{dtype}"] / base, 4)
+    record = {"summary": summary, "median_step_s": median, "rounds": results, "args": vars(args),
+              "command": " ".join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(REPO)
+                                   else "python", *sys.argv]),
+              "when": datetime.datetime.now().isoformat(timespec="seconds"), **_env_info()}
+    os.makedirs(args.out, exist_ok=True)
+    name = f"bench_train_{args.model}_b{args.batch_size}_{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+    with open(os.path.join(args.out, name), "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"saved {os.path.join(args.out, name)}", file=sys.stderr)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
