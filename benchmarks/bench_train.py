@@ -132,8 +132,96 @@ def worker_engine(args, stage: int, dtype: str) -> list[float]:
     return [report["step_s"]]
 
 
+def _phase_table(name: str, phases: dict[str, list[float]], warmup: int) -> dict[str, float]:
+    out = {k: 1000 * statistics.mean(v[warmup:]) for k, v in phases.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def phases_plain(args, dtype: str) -> dict[str, float]:
+    """ms per step of each phase of the plain loop."""
+    import torch
+
+    from pixparse.engine.optim import create_optimizer
+    from pixparse.tasks.config import OptimConfig
+
+    task, batch = _task_and_batch(args)
+    task.train()
+    opt = create_optimizer(task, OptimConfig())
+    params = [p for p in task.parameters() if p.requires_grad]
+    phases: dict[str, list[float]] = {"forward": [], "backward": [], "clip": [], "optimizer": []}
+    for _ in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            loss = task(batch)["loss"]
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        t3 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        t4 = time.perf_counter()
+        for k, a, b in (("forward", t0, t1), ("backward", t1, t2), ("clip", t2, t3), ("optimizer", t3, t4)):
+            phases[k].append(b - a)
+    return _phase_table("plain", phases, args.warmup)
+
+
+def phases_engine(args, stage: int, dtype: str) -> dict[str, float]:
+    """ms per step of each phase of the engine's micro-step (1 rank, in this process)."""
+    import dataclasses
+
+    import torch
+
+    from pixparse.app.run import _setup
+    from pixparse.cli import parse
+    from pixparse.engine.dist import to_device
+    from pixparse.engine.train import Trainer
+
+    argv = ["bench", "--synthetic_data", "true", "--deepspeed_config", f"{REPO}/ds_configs/zero{stage}_{dtype}.json",
+            "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size),
+            "--data.train.batch_size", str(args.batch_size), "--task.model_name", args.model,
+            "--train.output_dir", tempfile.mkdtemp(), "--train.progress_bar", "false"]
+    if args.tokenizer:
+        argv += ["--task.tokenizer", args.tokenizer]
+    cfg = parse(argv)[1]
+    setup = _setup(cfg, read_shards=False)
+    trainer = Trainer(setup.task, cfg.data.train, cfg.train, cfg.task.opt, setup.plan, cfg.task.num_intervals,
+                      setup.ds_config, setup.paths, dataclasses.asdict(cfg), build_loader=False)
+    engine = trainer.engine
+    engine.train()
+    batch = trainer.task.synthetic_batch(args.batch_size, torch.Generator().manual_seed(0))
+    phases: dict[str, list[float]] = {"bookkeeping": [], "forward": [], "nonfinite check": [], "backward": [],
+                                      "step (reduce, clip, optimizer)": []}
+    for _ in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        trainer.task.batch_stats(batch)
+        b = to_device(batch, engine.device)
+        t1 = time.perf_counter()
+        loss = engine(b)["loss"]
+        t2 = time.perf_counter()
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        torch.distributed.all_reduce(bad)
+        bad.item()
+        t3 = time.perf_counter()
+        engine.backward(loss)
+        t4 = time.perf_counter()
+        engine.step()
+        loss.item()
+        t5 = time.perf_counter()
+        for k, a, z in (("bookkeeping", t0, t1), ("forward", t1, t2), ("nonfinite check", t2, t3),
+                        ("backward", t3, t4), ("step (reduce, clip, optimizer)", t4, t5)):
+            phases[k].append(z - a)
+    return _phase_table(f"zero{stage}", phases, args.warmup)
+
+
 def run_worker(args) -> None:
     kind, dtype = args.worker.rsplit("_", 1)
+    if args.phases:
+        table = phases_plain(args, dtype) if kind == "plain" else phases_engine(args, int(kind[-1]), dtype)
+        print(json.dumps({"variant": args.worker, "phases_ms": table}))
+        return
     if kind == "plain":
         times = worker_plain(args, dtype)
     elif kind == "trainer":
@@ -163,6 +251,26 @@ def _env_info() -> dict:
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+def run_phases(args) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or os.cpu_count())}
+    tables = {}
+    for v in args.variants.split(","):
+        if v.startswith("trainer"):
+            continue
+        cmd = [sys.executable, __file__, "--worker", v, "--phases", "--model", args.model, "--batch_size",
+               str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        if args.tokenizer:
+            cmd += ["--tokenizer", args.tokenizer]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"{v} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        tables[v] = json.loads(proc.stdout.strip().splitlines()[-1])["phases_ms"]
+    print(f"ms per step, model {args.model}, batch {args.batch_size}, 1 rank, mean of {args.steps} steps")
+    for v, t in tables.items():
+        print(f"{v}: " + " | ".join(f"{k} {ms:.2f}" for k, ms in t.items()))
+    print(json.dumps(tables))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cruller_tiny")
@@ -174,10 +282,16 @@ def main() -> None:
     p.add_argument("--variants", default="plain_fp32,zero2_fp32,zero3_fp32,trainer_fp32")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every variant (default: all cores)")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
+    p.add_argument("--phases", action="store_true",
+                   help="instead: ms per step of each phase (forward, backward, reduction/optimizer step, "
+                        "bookkeeping) of the plain loop and the engine variants, in one round")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         run_worker(args)
+        return
+    if args.phases:
+        run_phases(args)
         return
     variants = args.variants.split(",")
     env = dict(os.environ)

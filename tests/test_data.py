@@ -421,3 +421,32 @@ def test_decompression_bomb_and_huge_text_reasons_name_the_cause(tiny_task):
     huge = json.dumps({"pages": [{"lines": {"text": ["x" * 5_000_000]}}]}).encode()
     with pytest.raises(SampleError, match="target_too_long.*5000000 characters"):
         prep({"__key__": "huge", "json": huge, "png": _png()}, random.Random(0))
+
+
+def test_exact_decode_keeps_small_text_sharper_than_fast(shared_data):
+    """--data.*.decode exact (full JPEG decode, bicubic all the way) is closer to a full decode +
+    Lanczos fit than fast (DCT-scaled decode, box reduce first) on real receipts, at the model's size."""
+    import numpy as np
+
+    from pixparse.data.config import DataEvalConfig
+    from pixparse.data.decode import fit_size
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    task = create_task(TaskConfig(model_name="cruller_tiny"))
+    path = f"{shared_data}/sroie/img/000.jpg"
+    data = open(path, "rb").read()
+    sample = {"__key__": "000", "jpg": data,
+              "json": json.dumps({"pages": [{"lines": {"text": ["x"]}}]}).encode()}
+    h, w = task.model_cfg.image_encoder.image_size
+    full = Image.open(path).convert("L")
+    fw, fh = fit_size(full.size, (h, w))
+    reference = np.asarray(full.resize((fw, fh), Image.Resampling.LANCZOS), dtype=np.float64)
+
+    def psnr(decode):
+        out = task.preprocess(DataEvalConfig(source="x.tar", decode=decode))(sample, random.Random(0))[0]["image"]
+        got = out[0, :fh, :fw].double().numpy()
+        return 10 * np.log10(255**2 / np.mean((got - reference) ** 2))
+
+    fast, exact = psnr("fast"), psnr("exact")
+    assert exact > fast + 2.0, (fast, exact)

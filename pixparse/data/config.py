@@ -35,6 +35,10 @@ class DataLoaderConfig:
     max_target_chars: int = 100_000
     """A sample whose target text is longer is skipped as corrupt ('target_too_long'; a dense
     page has ~10,000 characters). Longer targets that fit are cut to --task.max_length tokens."""
+    decode: Literal["fast", "exact"] = "fast"
+    """Image decode quality. 'fast': JPEGs (and scanned PDF pages) decode at a reduced DCT scale
+    near the model's size and the resize first box-reduces to within 3x; 'exact': full decode
+    and an antialiased bicubic resize all the way (slower on large scans, sharper small text)."""
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -87,6 +91,10 @@ class DataEvalConfig:
     """Fail the evaluation if more than this fraction of read samples was unusable."""
     max_target_chars: int = 100_000
     """A sample whose reference text is longer is skipped as corrupt ('target_too_long')."""
+    decode: Literal["fast", "exact"] = "fast"
+    """Image decode quality. 'fast': JPEGs (and scanned PDF pages) decode at a reduced DCT scale
+    near the model's size and the resize first box-reduces to within 3x; 'exact': full decode
+    and an antialiased bicubic resize all the way (slower on large scans, sharper small text)."""
 
     def __post_init__(self) -> None:
         if not self.source.strip():

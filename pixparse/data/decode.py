@@ -55,11 +55,12 @@ class _PdfPages:
         self.doc = pdfium.PdfDocument(data)
         self.n_frames = len(self.doc)
 
-    def render(self, index: int, target_size: tuple[int, int] | None, grayscale: bool) -> Image.Image:
+    def render(self, index: int, target_size: tuple[int, int] | None, grayscale: bool,
+               draft: bool = True) -> Image.Image:
         page = self.doc[index]
         scan = self._scanned_jpeg(page)
         if scan is not None:
-            return _load_jpeg(scan, target_size, grayscale)
+            return _load_jpeg(scan, target_size if draft else None, grayscale)
         width_pt, height_pt = page.get_size()
         if target_size is None:
             scale = 2.0  # 144 dpi
@@ -94,9 +95,10 @@ def fit_size(size: tuple[int, int], target_size: tuple[int, int]) -> tuple[int, 
 
 
 def _draft(image: Image.Image, target_size: tuple[int, int] | None, grayscale: bool) -> None:
-    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale (still >= the fit size) and straight to gray."""
-    if image.format == "JPEG" and target_size is not None:
-        image.draft("L" if grayscale else "RGB", fit_size(image.size, target_size))
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale (still >= the fit size) and straight to gray;
+    with no target size, at full size (straight to gray still: libjpeg's luma, exact)."""
+    if image.format == "JPEG":
+        image.draft("L" if grayscale else "RGB", fit_size(image.size, target_size) if target_size else image.size)
 
 
 def _load_jpeg(data: bytes, target_size: tuple[int, int] | None, grayscale: bool) -> Image.Image:
@@ -143,6 +145,7 @@ def decode_document_pages(
     target_size: tuple[int, int] | None = None,
     grayscale: bool = False,
     need_text: bool = True,
+    draft: bool = True,
 ) -> list[Page]:
     """Decode the annotated page(s) of a document sample; pages without text are never chosen
     unless `need_text` is False (tasks whose target is not the page text: classes, answers).
@@ -154,6 +157,8 @@ def decode_document_pages(
         target_size: (H, W) the image is going to: JPEGs decode at a reduced DCT scale and PDFs
             render at the scale that fits it.
         grayscale: decode JPEG/PDF straight to gray.
+        draft: JPEGs (and scanned PDF pages) decode at a reduced DCT scale near target_size;
+            False: at full size (--data.*.decode exact).
     """
     if "json" not in sample and "txt" in sample:
         return [_image_text_pair(sample)]
@@ -190,11 +195,11 @@ def decode_document_pages(
     for index in indices:
         try:
             if isinstance(image, _PdfPages):
-                page_image = image.render(index, target_size, grayscale)
+                page_image = image.render(index, target_size, grayscale, draft)
             else:
                 if num_frames > 1:
                     image.seek(index)
-                _draft(image, target_size, grayscale)
+                _draft(image, target_size if draft else None, grayscale)
                 image.load()
                 page_image = image.copy() if len(indices) > 1 else image
         except Exception as e:

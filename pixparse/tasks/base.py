@@ -77,6 +77,7 @@ class _Preprocess:
             target_size=(self.image_transform.height, self.image_transform.width),
             grayscale=self.image_transform.image_fmt == "L",
             need_text=self.need_text,
+            draft=not self.image_transform.exact,
         )
         out = []
         for page in pages:
@@ -200,7 +201,8 @@ class TaskBase(nn.Module):
         enc = self.model_cfg.image_encoder
         return _Preprocess(
             ResizePad(enc.image_size, enc.image_fmt,
-                      augment=DocAugment() if data_cfg.image_pipeline == "doc_aug" else None),
+                      augment=DocAugment() if data_cfg.image_pipeline == "doc_aug" else None,
+                      exact=data_cfg.decode == "exact"),
             TextTargets(self.tokenizer, self.max_length),
             data_cfg.page_sampling,
             self.example_builder(),
