@@ -326,7 +326,8 @@ class Trainer:
         if self.train_cfg.max_nonfinite_steps:
             # Agreed on by all ranks: ZeRO's gradient reduction in backward is collective.
             bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+            if self.world_size > 1:
+                dist.all_reduce(bad, op=dist.ReduceOp.MAX)
             if bad.item():
                 return None, work
         self.engine.backward(loss)
