@@ -162,12 +162,12 @@ def test_sigterm_checkpoints_and_stops(synth_shards, tmp_path, signame):
 
     cmd = [sys.executable, "-m", "pixparse.app.train"] + _args(
         synth_shards, tmp_path, "zero2_fp32", "pre", "--task.num_intervals", "200",
-        "--train.log_every_n_steps", "1")
+        "--train.log_every_n_steps", "1000")
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "step 3/" in line:
+        if "step 1/" in line:  # the next log step is 1000: the stop must not wait for it
             proc.send_signal(getattr(signal, signame))
             break
     out, _ = proc.communicate(timeout=120)
@@ -177,7 +177,7 @@ def test_sigterm_checkpoints_and_stops(synth_shards, tmp_path, signame):
     ckpt = tmp_path / "pre" / "checkpoints"
     tag = (ckpt / "latest").read_text().strip()
     state = json.loads((ckpt / tag / "pixparse_state.json").read_text())
-    assert 3 <= state["step"] < 200 * 32
+    assert 1 <= state["step"] < 100, state  # agreed on within a step or so, not at a log step
 
     # A requeued job passes --train.resume auto and goes on from there.
     cmd2 = [sys.executable, "-m", "pixparse.app.train"] + _args(

@@ -173,6 +173,7 @@ class Trainer:
         self.batches_done = 0
         self.samples_read = 0
         self._signal = 0
+        self._stop_agreed = False  # every rank knows a rank got a stop signal (micro-step check)
         self.skipped_total: Counter = Counter()
         self.last_skipped = ""
         self.nonfinite_total = 0  # micro-batches skipped for a NaN/inf loss
@@ -324,11 +325,16 @@ class Trainer:
         batch = to_device(batch, self.engine.device)
         loss = self.engine(batch)["loss"]
         if self.train_cfg.max_nonfinite_steps:
-            # Agreed on by all ranks: ZeRO's gradient reduction in backward is collective.
-            bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+            # One tiny all-reduce per micro-batch, agreed on by all ranks: a NaN/inf loss anywhere
+            # (ZeRO's gradient reduction in backward is collective: all skip or none) and a stop
+            # signal anywhere (so pre-emption checkpoints within a step, not at the next log step).
+            flags = torch.stack([(~torch.isfinite(loss.detach())).float().reshape(()),
+                                 torch.tensor(1.0 if self._signal else 0.0, device=loss.device)])
             if self.world_size > 1:
-                dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-            if bad.item():
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            bad, stop = flags.tolist()
+            self._stop_agreed = self._stop_agreed or bool(stop)
+            if bad:
                 return None, work
         self.engine.backward(loss)
         self.engine.step()
@@ -358,9 +364,11 @@ class Trainer:
                 if self.step == 1 or self.step % self.train_cfg.log_every_n_steps == 0 or self.step == last_step:
                     self.log(window)
                     window.reset()
-                    # Signals are agreed on at log steps only: the check is a host sync.
-                    if self._stop_requested():
+                    # Without the per-micro-step check, signals are agreed on at log steps.
+                    if not self.train_cfg.max_nonfinite_steps and self._stop_requested():
                         return False
+                if self._stop_agreed:
+                    return False
                 if every and self.step % every == 0 and self.step != last_step:
                     self.save()
             data_start = time.perf_counter()
