@@ -36,7 +36,9 @@ setup(
         "wandb": ["wandb>=0.17"],
         "s3": ["boto3>=1.28"],
         # the S3 tests start a local S3-compatible server (moto)
-        "test": ["pytest>=8.0", "accelerate>=0.30", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0"],
+        "bench": ["matplotlib>=3.7"],  # benchmarks/plot.py
+        "test": ["pytest>=8.0", "accelerate>=0.30", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0",
+                 "matplotlib>=3.7"],
         "dev": ["pytest>=8.0", "accelerate>=0.30", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0", "ruff"],
     },
     entry_points={"console_scripts": ["pixparse=pixparse.cli:main"]},

@@ -1,0 +1,32 @@
+"""The training benchmark runs its variants in fresh processes, saves what a person needs to
+compare runs, and plots saved results."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_distributed import _env
+
+
+@pytest.mark.slow
+def test_bench_train_runs_the_variants_and_saves_results(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, f"{REPO}/benchmarks/bench_train.py", "--model", "cruller_tiny", "--batch_size", "2",
+         "--steps", "20", "--warmup", "1", "--rounds", "1", "--threads", "1",
+         "--variants", "plain_fp32,zero2_fp32,trainer_fp32", "--out", str(tmp_path)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"zero2_vs_plain", "trainer_vs_plain"} and all(v > 0 for v in summary.values())
+    assert "| plain_fp32 |" in proc.stdout and "| trainer_fp32 |" in proc.stdout
+    (saved,) = tmp_path.glob("bench_train_cruller_tiny_b2_*.json")
+    record = json.loads(saved.read_text())
+    assert record["summary"] == summary and len(record["git_sha"]) == 40 and record["cpu"]
+    assert {"torch", "deepspeed", "transformers", "command"} <= set(record)
+
+    out = tmp_path / "plot.png"
+    subprocess.run([sys.executable, f"{REPO}/benchmarks/plot.py", str(saved), "--out", str(out)], check=True,
+                   cwd=REPO, capture_output=True)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
