@@ -251,20 +251,22 @@ def _env_info() -> dict:
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def run_phases(args) -> None:
+def spawn(args, variant: str, *extra: str) -> dict:
+    """Run one variant in a fresh process; its last stdout line (JSON)."""
+    cmd = [sys.executable, __file__, "--worker", variant, *extra, "--model", args.model, "--batch_size",
+           str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if args.tokenizer:
+        cmd += ["--tokenizer", args.tokenizer]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or os.cpu_count())}
-    tables = {}
-    for v in args.variants.split(","):
-        if v.startswith("trainer"):
-            continue
-        cmd = [sys.executable, __file__, "--worker", v, "--phases", "--model", args.model, "--batch_size",
-               str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        if args.tokenizer:
-            cmd += ["--tokenizer", args.tokenizer]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"{v} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        tables[v] = json.loads(proc.stdout.strip().splitlines()[-1])["phases_ms"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{variant} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_phases(args) -> None:
+    tables = {v: spawn(args, v, "--phases")["phases_ms"] for v in args.variants.split(",")
+              if not v.startswith("trainer")}
     print(f"ms per step, model {args.model}, batch {args.batch_size}, 1 rank, mean of {args.steps} steps")
     for v, t in tables.items():
         print(f"{v}: " + " | ".join(f"{k} {ms:.2f}" for k, ms in t.items()))
@@ -294,19 +296,10 @@ def main() -> None:
         run_phases(args)
         return
     variants = args.variants.split(",")
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(args.threads or os.cpu_count())
     results: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(args.rounds):  # interleaved: drift hits every variant alike
         for v in variants:
-            cmd = [sys.executable, __file__, "--worker", v, "--model", args.model, "--batch_size",
-                   str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            if args.tokenizer:
-                cmd += ["--tokenizer", args.tokenizer]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(f"{v} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-            step = json.loads(proc.stdout.strip().splitlines()[-1])["step_s"]
+            step = spawn(args, v)["step_s"]
             results[v].append(step)
             print(f"round {r + 1}/{args.rounds} {v}: {step:.4f} s/step", file=sys.stderr, flush=True)
     median = {v: statistics.median(t) for v, t in results.items()}
