@@ -244,3 +244,15 @@ def test_fp16_where_the_device_lacks_it_fails_before_the_process_group(synth_sha
               synth_shards, "--data.train.num_samples", "8", "--task.model_name", "cruller_tiny",
               "--train.output_dir", str(tmp_path)])
     assert not dist.is_initialized()
+
+
+def test_one_rank_zero2_drops_the_gradient_exchange_machinery():
+    from pixparse.engine.ds_config import single_rank_zero
+
+    ds = resolve_ds_config(f"{REPO}/ds_configs/zero2_bf16.json", 2, 1, 1, None)
+    assert single_rank_zero(ds, 1) == ["overlap_comm", "contiguous_gradients"]
+    assert ds["zero_optimization"]["overlap_comm"] is False and ds["zero_optimization"]["contiguous_gradients"] is False
+    two = resolve_ds_config(f"{REPO}/ds_configs/zero2_bf16.json", 2, 1, 2, None)
+    assert single_rank_zero(two, 2) == [] and two["zero_optimization"]["overlap_comm"] is True
+    three = resolve_ds_config(f"{REPO}/ds_configs/zero3_bf16.json", 2, 1, 1, None)
+    assert single_rank_zero(three, 1) == []  # ZeRO-3 keeps its settings

@@ -115,7 +115,7 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     from pixparse.data.loader import check_eval_shards, check_shards_cover, probe_pipe_sources
     from pixparse.engine import dist as pdist
     from pixparse.engine import logging as plogging
-    from pixparse.engine.ds_config import resolve_ds_config
+    from pixparse.engine.ds_config import resolve_ds_config, single_rank_zero
     from pixparse.engine.train import make_plan, seed_everything
     from pixparse.models import get_model_config
 
@@ -125,6 +125,7 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
         world_size, cfg.task.opt.clip_grad_value, cfg.task.dtype,
     )
     _check_precision_supported(ds_config, cfg.deepspeed_config or "--task.dtype")
+    changed = single_rank_zero(ds_config, world_size)
     plan = make_plan(cfg.data.train, cfg.task.opt, cfg.task.num_intervals,
                      cfg.task.warmup_intervals, world_size)
     if read_shards:
@@ -165,6 +166,9 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
                 paths.run_dir, world_size, plan.steps_per_interval, cfg.task.num_intervals,
                 plan.global_batch_size)
     from pixparse.engine.ds_config import compute_dtype_name, resolve_dtype
+
+    if changed:
+        logger.info("one rank: %s off (no gradients to exchange)", " and ".join(changed))
 
     logger.info("precision %s (%s), ZeRO stage %d", compute_dtype_name(ds_config),
                 resolve_dtype(cfg.task.dtype)[1] if cfg.task.dtype else cfg.deepspeed_config or "built-in config",
