@@ -149,6 +149,10 @@ def test_xent_head_on_pooled_encoder_features(tmp_path):
     assert own.shape == rolled.shape == count.shape == (4,) and count.tolist() == [1, 1, 1, 1]
     assert all(task.postprocess(t) in task.classes for t in texts)
     assert task.export_info()["num_classes"] == 3
+    from pixparse.models.flops import classifier_flops
+
+    stats = task.batch_stats(batch)  # the encoder and head only: no decoder work counted
+    assert stats["flops"] == 4 * classifier_flops(task.model)[1] and stats["text_tokens"] == 0.0
 
 
 def test_xent_from_a_reader_gets_a_fresh_head_and_exports_with_it(tmp_path):

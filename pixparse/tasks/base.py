@@ -222,7 +222,7 @@ class TaskBase(nn.Module):
         tokens and real text tokens."""
         size, text_len = batch["input_ids"].shape
         try:
-            _, train_flops = cruller_flops(self.model, text_len)  # padded length: the kernels do that work
+            train_flops = self.step_flops(text_len)  # padded length: the kernels do that work
         except NotImplementedError:  # no formula for this trunk (conv): TFLOP/s and MFU unknown
             train_flops = float("nan")
         return {
@@ -230,6 +230,10 @@ class TaskBase(nn.Module):
             "image_tokens": float(size * self.model.image_encoder.num_tokens),
             "text_tokens": float(batch["attention_mask"].sum()),
         }
+
+    def step_flops(self, text_len: int) -> int:
+        """Model FLOPs of one training step per sample (NotImplementedError: no formula)."""
+        return cruller_flops(self.model, text_len)[1]
 
     def synthetic_batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Random pixels and full-length random text: the worst case the loader can send."""

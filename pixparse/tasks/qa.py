@@ -167,23 +167,21 @@ class TaskCrullerFinetuneXent(TaskCrullerFinetuneRvlcdip):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.model.classify(self.normalize(batch["image"]))
         return {"loss": F.cross_entropy(logits.float(), self.targets(batch)),
-                "num_target_tokens": batch["image"].new_tensor(logits.shape[0])}
+                "num_target_tokens": torch.tensor(logits.shape[0], device=logits.device)}
 
     @torch.no_grad()
     def eval_batch(self, batch: dict[str, torch.Tensor], max_new_tokens: int | None,
                    synced: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
         target = self.targets(batch)
-        logits = self.model.classify(self.normalize(batch["image"])).float()
-        rolled = self.model.classify(self.normalize(batch["image"].roll(1, dims=0))).float()
+        pixels = self.normalize(batch["image"])
+        logits = self.model.classify(pixels).float()
+        rolled = self.model.classify(pixels.roll(1, dims=0)).float()
         texts = [class_token(self.classes[i]) for i in logits.argmax(dim=1).tolist()]
         return (F.cross_entropy(logits, target, reduction="none"), F.cross_entropy(rolled, target, reduction="none"),
                 torch.ones_like(target), texts)
 
+    def step_flops(self, text_len: int) -> int:
+        return classifier_flops(self.model)[1]
+
     def batch_stats(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        size = batch["image"].shape[0]
-        try:
-            train_flops = classifier_flops(self.model)[1]
-        except NotImplementedError:
-            train_flops = float("nan")
-        return {"flops": float(train_flops * size), "image_tokens": float(size * self.model.image_encoder.num_tokens),
-                "text_tokens": 0.0}
+        return {**super().batch_stats(batch), "text_tokens": 0.0}  # the decoder is not run
