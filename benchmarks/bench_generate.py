@@ -31,7 +31,7 @@ from pixparse.tasks.registry import create_task  # noqa: E402
 def uncached_greedy(task, image: torch.Tensor, start: int, new_tokens: int) -> torch.Tensor:
     """huggingface/pixparse's loop: full prefix through the decoder at every step, no cache."""
     dec = task.model.text_decoder.model
-    image_tokens = task.model.encode(task.normalize(image))
+    image_tokens, _ = task.model.encode(task.normalize(image))
     ids = torch.full((image.shape[0], 1), start, dtype=torch.long)
     for _ in range(new_tokens):
         logits = dec(input_ids=ids, encoder_hidden_states=image_tokens, use_cache=False).logits[:, -1]
@@ -42,7 +42,7 @@ def uncached_greedy(task, image: torch.Tensor, start: int, new_tokens: int) -> t
 @torch.no_grad()
 def cached_greedy(task, image: torch.Tensor, start: int, new_tokens: int) -> torch.Tensor:
     """pixparse's generate (self-attention cached, cross-attention keys/values computed once)."""
-    out = task.generate(image, [[start]] * image.shape[0], max_new_tokens=new_tokens, stop_at_eos=False)
+    out = task.generate({"image": image}, [[start]] * image.shape[0], max_new_tokens=new_tokens, stop_at_eos=False)
     return torch.tensor(out)
 
 

@@ -8,10 +8,10 @@ from pixparse.tasks.config import TaskConfig
 from pixparse.tasks.registry import create_task
 
 
-@pytest.fixture(scope="module")
-def task():
+@pytest.fixture(scope="module", params=["cruller_tiny", "pix2struct_tiny", "pali_tiny"])
+def task(request):
     torch.manual_seed(0)
-    t = create_task(TaskConfig(model_name="cruller_tiny", max_length=256)).eval()
+    t = create_task(TaskConfig(model_name=request.param, max_length=256)).eval()
     # A random decoder's logits are nearly flat: near-ties would let float noise pick the argmax.
     # Sharpen them so the comparison tests the cache, not rounding.
     with torch.no_grad():
@@ -19,15 +19,15 @@ def task():
     return t
 
 
-def _uncached_greedy(task, image, prompt, max_new):
+def _uncached_greedy(task, batch, i, prompt, max_new):
     """What huggingface/pixparse did: re-run the decoder on the whole prefix every step."""
     eos = task.tokenizer.eos_token_id
-    dec = task.model.text_decoder.model
-    tokens = task.model.encode(task.normalize(image))
+    memory, mask = task.model.encode(task.pixels(batch), **task.text_inputs(batch))
+    memory, mask = memory[i:i + 1], None if mask is None else mask[i:i + 1]
     ids = torch.tensor([prompt])
     out = []
     for _ in range(max_new):
-        logits = dec(input_ids=ids, encoder_hidden_states=tokens, use_cache=False).logits[:, -1]
+        logits = task.model.text_decoder(ids, torch.ones_like(ids), memory, mask)[:, -1]
         nxt = int(logits.argmax(-1))
         if nxt == eos:
             break
@@ -36,25 +36,38 @@ def _uncached_greedy(task, image, prompt, max_new):
     return out
 
 
+def _pages(task, n, seed):
+    """A collated batch of n synthetic pages of mixed sizes (packed patches for pix2struct)."""
+    import random
+
+    from pixparse.data.config import DataLoaderConfig
+    from pixparse.data.synth import find_fonts, synth_document
+
+    rng = random.Random(seed)
+    sizes = [(300, 400), (200, 640), (500, 380), (120, 300)]
+    samples = [dict(synth_document(rng, sizes[i % 4], find_fonts(), 1), __key__=str(i)) for i in range(n)]
+    cfg = DataLoaderConfig(source="unused", num_samples=n)
+    pre = task.preprocess(cfg)
+    return task.collate(cfg)([item for s in samples for item in pre(s, rng)])
+
+
 def test_cached_greedy_equals_uncached(task):
-    h, w = task.model_cfg.image_encoder.image_size
-    image = torch.randint(0, 256, (3, 1, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    batch = _pages(task, 3, seed=1)
     start = task.tokenizer.convert_tokens_to_ids(task.prompt)
     prompts = [[start], [start], [start, 70]]  # two prompt lengths: two groups
-    cached = task.generate(image, prompts, max_new_tokens=60)
+    cached = task.generate(batch, prompts, max_new_tokens=60)
     for i, p in enumerate(prompts):
-        assert cached[i] == _uncached_greedy(task, image[i:i + 1], p, 60), i
+        assert cached[i] == _uncached_greedy(task, batch, i, p, 60), i
     assert any(len(c) > 10 for c in cached)
 
 
 def test_beam_search_runs_and_one_beam_is_greedy(task):
-    h, w = task.model_cfg.image_encoder.image_size
-    image = torch.randint(0, 256, (2, 1, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    batch = _pages(task, 2, seed=2)
     start = task.tokenizer.convert_tokens_to_ids(task.prompt)
-    greedy = task.generate(image, [[start]] * 2, max_new_tokens=20)
-    beams = task.generate(image, [[start]] * 2, max_new_tokens=20, num_beams=3)
+    greedy = task.generate(batch, [[start]] * 2, max_new_tokens=20)
+    beams = task.generate(batch, [[start]] * 2, max_new_tokens=20, num_beams=3)
     assert len(beams) == 2 and all(len(b) <= 20 for b in beams)
-    assert task.generate(image, [[start]] * 2, max_new_tokens=20, num_beams=1) == greedy
+    assert task.generate(batch, [[start]] * 2, max_new_tokens=20, num_beams=1) == greedy
 
 
 def test_evaluate_fields_task_end_to_end(shared_data, tmp_path):

@@ -112,7 +112,7 @@ def test_generation_groups_prompts_of_different_lengths():
     tok = task.tokenizer
     prompts = [tok(f"<s_docvqa><s_question>{q}</s_question><s_answer>", add_special_tokens=False).input_ids
                for q in ("a?", "longer question?", "a?")]
-    out = task.generate(image, prompts, max_new_tokens=3)
+    out = task.generate({"image": image}, prompts, max_new_tokens=3)
     assert len(out) == 3 and all(len(o) <= 3 for o in out)
 
 

@@ -39,6 +39,10 @@ class DataLoaderConfig:
     """Image decode quality. 'fast': JPEGs (and scanned PDF pages) decode at a reduced DCT scale
     near the model's size and the resize first box-reduces to within 3x; 'exact': full decode
     and an antialiased bicubic resize all the way (slower on large scans, sharper small text)."""
+    pack_patches: bool = True
+    """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
+    max_patches (attention kept inside each page); false pads every page to its own row, as
+    Pix2Struct does (for comparison: more rows, more padding)."""
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -95,6 +99,10 @@ class DataEvalConfig:
     """Image decode quality. 'fast': JPEGs (and scanned PDF pages) decode at a reduced DCT scale
     near the model's size and the resize first box-reduces to within 3x; 'exact': full decode
     and an antialiased bicubic resize all the way (slower on large scans, sharper small text)."""
+    pack_patches: bool = True
+    """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
+    max_patches (attention kept inside each page); false pads every page to its own row, as
+    Pix2Struct does (for comparison: more rows, more padding)."""
 
     def __post_init__(self) -> None:
         if not self.source.strip():

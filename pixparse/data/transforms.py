@@ -86,10 +86,13 @@ class TextTargets:
     """(prompt, target) -> token ids [prompt ids] + target ids + [eos], truncated to max_length.
 
     The prompt (a task token, maybe a question) is what the decoder is given; the loss is on
-    the target and eos only."""
+    the target and eos only. `decoder_prompt` 'first': the decoder is given only the prompt's
+    first token (the task token), the model family shows it the rest another way (drawn on the
+    page, or read by a text encoder: `encoder_ids`)."""
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, decoder_prompt: str = "all") -> None:
         self.tokenizer = tokenizer
+        self.decoder_prompt = decoder_prompt
         self.eos_id: int = tokenizer.eos_token_id
         self.max_length = max_length
         self._prompt_ids: dict[str, list[int]] = {}
@@ -105,10 +108,17 @@ class TextTargets:
     def __call__(self, prompt: str, target: str) -> tuple[list[int], int]:
         """Returns (ids, prompt_length)."""
         prompt_ids = self.prompt_ids(prompt)
+        if self.decoder_prompt == "first":
+            prompt_ids = prompt_ids[:1]
         # Tokenize only what can fit: no token of a real vocabulary spans 64 characters.
         body = self.tokenizer(target[: 64 * self.max_length], add_special_tokens=False).input_ids
         body = body[: self.max_length - len(prompt_ids) - 1]
         return prompt_ids + body + [self.eos_id], len(prompt_ids)
+
+
+    def encoder_ids(self, prompt: str) -> list[int]:
+        """The whole prompt for a text encoder, cut to max_length tokens."""
+        return self.tokenizer(prompt[: 64 * self.max_length], add_special_tokens=False).input_ids[: self.max_length]
 
 
 def collate_text_image(
@@ -138,6 +148,14 @@ def collate_text_image(
         "labels": labels,
         "prompt_length": torch.tensor([s["prompt_length"] for s in samples], dtype=torch.long),
     }
+    if "prompt_ids" in samples[0]:  # a text encoder's input (pali): padded on the right
+        longest = max(len(s["prompt_ids"]) for s in samples)
+        prompt_ids = torch.full((batch, longest), pad_id, dtype=torch.long)
+        prompt_mask = torch.zeros((batch, longest), dtype=torch.long)
+        for i, s in enumerate(samples):
+            prompt_ids[i, :len(s["prompt_ids"])] = torch.as_tensor(s["prompt_ids"], dtype=torch.long)
+            prompt_mask[i, :len(s["prompt_ids"])] = 1
+        out["prompt_ids"], out["prompt_mask"] = prompt_ids, prompt_mask
     if "meta" in samples[0]:
         out["meta"] = [s["meta"] for s in samples]
     return out

@@ -113,7 +113,7 @@ def evaluate(
                 "scores": task.sample_scores(pred, m["reference"]),
             })
             if len(records) <= keep_images:
-                records[-1]["image"] = batch["image"][i].clone()
+                records[-1]["image"] = task.page_image(batch, i)
     return records, sums
 
 

@@ -7,8 +7,11 @@ from typing import Any, Literal
 class ImageEncoderConfig:
     name: str
     """timm architecture, e.g. 'vit_base_patch16_224'."""
-    image_size: tuple[int, int]
-    """Input (height, width) in pixels."""
+    image_size: tuple[int, int] | None = None
+    """Input (height, width) in pixels (fixed-size families: cruller, pali)."""
+    max_patches: int | None = None
+    """Pixels-only family (pix2struct): the most patches a page is cut into, and the length of a
+    packed patch row; the page keeps its aspect ratio and is never enlarged."""
     image_fmt: Literal["L", "RGB"] = "L"
     """Grayscale ('L', one channel) or 'RGB' input."""
     model_args: dict[str, Any] = field(default_factory=dict)
@@ -25,8 +28,8 @@ class ImageEncoderConfig:
 class TextDecoderConfig:
     name: str
     """Hub name or local folder of the pretrained decoder (used only when pretrained)."""
-    arch: Literal["bart"] = "bart"
-    """Decoder family; the architecture below is a transformers config of that family."""
+    arch: Literal["bart", "t5"] = "bart"
+    """Decoder family; the architecture below is a transformers config of that family ('t5': pali only)."""
     config: dict[str, Any]
     """The decoder's transformers config (d_model, layers, heads, ...), so it builds offline."""
     num_decoder_layers: int | None = None
@@ -39,15 +42,29 @@ class TextDecoderConfig:
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    type: Literal["cruller"] = "cruller"
-    """Model family: 'cruller' = image encoder + text decoder with cross-attention."""
+    type: Literal["cruller", "pix2struct", "pali"] = "cruller"
+    """Model family: 'cruller' = image encoder + text decoder with cross-attention (Donut);
+    'pix2struct' = variable-resolution patches (packed, 2D positions) + text decoder, prompts drawn
+    on the page; 'pali' = image tokens prefixed to a text encoder-decoder's input."""
     image_encoder: ImageEncoderConfig
     text_decoder: TextDecoderConfig
+
+    def __post_init__(self) -> None:
+        enc = self.image_encoder
+        if self.type == "pix2struct":
+            if not enc.max_patches or enc.max_patches <= 0:
+                raise ValueError("a pix2struct preset needs image_encoder.max_patches > 0 (e.g. 2048)")
+        elif enc.image_size is None:
+            raise ValueError(f"a {self.type} preset needs image_encoder.image_size [height, width]")
+        if self.text_decoder.arch == "t5" and self.type != "pali":
+            raise ValueError(f"text_decoder.arch 't5' is an encoder-decoder: use it with type 'pali', "
+                             f"not {self.type!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         enc = dict(d["image_encoder"])
-        enc["image_size"] = tuple(enc["image_size"])
+        if enc.get("image_size") is not None:
+            enc["image_size"] = tuple(enc["image_size"])
         return cls(
             type=d.get("type", "cruller"),
             image_encoder=ImageEncoderConfig(**enc),
@@ -56,5 +73,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["image_encoder"]["image_size"] = list(self.image_encoder.image_size)
+        if self.image_encoder.image_size is not None:
+            d["image_encoder"]["image_size"] = list(self.image_encoder.image_size)
         return d

@@ -30,9 +30,9 @@ class Cruller(nn.Module):
         self.num_classes = num_classes
         self.classifier = nn.Linear(enc_dim, num_classes) if num_classes else None
 
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        # (B, C, H, W) -> (B, N_img, C_dec)
-        return self.enc_to_dec_proj(self.image_encoder(image))
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, None]:
+        # (B, C, H, W) -> (B, N_img, C_dec) memory; every token is real (no mask)
+        return self.enc_to_dec_proj(self.image_encoder(image)), None
 
     def classify(self, image: torch.Tensor) -> torch.Tensor:
         # (B, C, H, W) -> class logits (B, num_classes), from the encoder's tokens, mean-pooled
@@ -44,17 +44,5 @@ class Cruller(nn.Module):
         self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         # image (B, C, H, W), input_ids (B, T_txt) -> logits (B, T_txt, V)
-        return self.text_decoder(input_ids, attention_mask, self.encode(image))
+        return self.text_decoder(input_ids, attention_mask, self.encode(image)[0])
 
-
-def create_model(
-    cfg: ModelConfig,
-    vocab_size: int,
-    pad_token_id: int,
-    eos_token_id: int,
-    pretrained: bool = False,
-    num_classes: int = 0,
-) -> Cruller:
-    if cfg.type != "cruller":
-        raise ValueError(f"model type {cfg.type!r} is not supported (only 'cruller')")
-    return Cruller(cfg, vocab_size, pad_token_id, eos_token_id, pretrained=pretrained, num_classes=num_classes)

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from pixparse.models.config import ModelConfig
-from pixparse.models.cruller import Cruller, create_model
+from pixparse.models.build import create_model
+from pixparse.models.cruller import Cruller
 from pixparse.models.safe_load import check_checkpoint_files, safe_torch_load
 
 logger = logging.getLogger(__name__)

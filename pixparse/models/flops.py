@@ -56,3 +56,74 @@ def classifier_flops(model: Cruller) -> tuple[int, int]:
     enc_fwd, embed = _vit_forward_flops(model.image_encoder.trunk)
     fwd = enc_fwd + 2 * model.classifier.in_features * model.classifier.out_features
     return fwd, 3 * fwd - embed
+
+
+# Linear layers of a transformers decoder layer that read the encoder's memory (n tokens), not the text.
+_MEMORY_LINEARS = ("encoder_attn.k_proj", "encoder_attn.v_proj", "EncDecAttention.k", "EncDecAttention.v")
+
+
+def _layer_flops(layer: nn.Module, t: int, n: int = 0) -> int:
+    """Forward FLOPs of one BART or T5 layer (encoder or decoder) on t tokens, cross-attending to n
+    memory tokens: every Linear at 2*in*out per token it sees, plus the attention products
+    (QK^T and AV) at the query projection's width."""
+    total = 0
+    for name, m in layer.named_modules():
+        if isinstance(m, nn.Linear):
+            tokens = n if name.endswith(_MEMORY_LINEARS) else t
+            total += 2 * tokens * m.in_features * m.out_features
+        if name.endswith(("self_attn.q_proj", "SelfAttention.q")):
+            total += 2 * 2 * t * t * m.out_features
+        elif name.endswith(("encoder_attn.q_proj", "EncDecAttention.q")):
+            total += 2 * 2 * t * n * m.out_features
+    return total
+
+
+def _decoder_stack(hf_model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(encoder layers, decoder layers) of a BartForCausalLM / BartForConditionalGeneration / T5."""
+    inner = hf_model.model if hasattr(hf_model, "model") else hf_model
+    if hasattr(inner, "decoder") and hasattr(inner.decoder, "layers"):  # BART
+        enc = list(inner.encoder.layers) if hasattr(inner, "encoder") else []
+        return enc, list(inner.decoder.layers)
+    return list(hf_model.encoder.block), list(hf_model.decoder.block)  # T5
+
+
+def _head_flops(hf_model: nn.Module, t: int) -> int:
+    head = hf_model.get_output_embeddings()
+    return 2 * t * head.in_features * head.out_features
+
+
+def pix2struct_flops(model: nn.Module, num_rows: int, row_len: int, num_samples: int,
+                     text_len: int) -> tuple[int, int]:
+    """(forward FLOPs, training-step FLOPs) of one packed batch: num_rows rows of row_len patch
+    slots (the attention is computed over the whole row, masked), num_samples decoders of text_len
+    tokens, each cross-attending to its row (row_len keys, masked to its page)."""
+    enc = model.image_encoder
+    d = enc.num_features
+    embed = 2 * num_rows * row_len * enc.patch_embed.in_features * d
+    blocks = 0
+    for block in enc.blocks:
+        hidden = block.mlp.fc1.out_features
+        blocks += 2 * row_len * d * 3 * d + 2 * 2 * row_len * row_len * d + 2 * row_len * d * d
+        blocks += 2 * 2 * row_len * d * hidden
+    proj = 2 * num_rows * row_len * d * model.text_decoder.hidden_size \
+        if isinstance(model.enc_to_dec_proj, nn.Linear) else 0
+    hf = model.text_decoder.model
+    _, layers = _decoder_stack(hf)
+    dec = sum(_layer_flops(layer, text_len, row_len) for layer in layers) + _head_flops(hf, text_len)
+    fwd = embed + num_rows * blocks + proj + num_samples * dec
+    return fwd, 3 * fwd - embed
+
+
+def pali_flops(model: nn.Module, text_len: int, prompt_len: int) -> tuple[int, int]:
+    """(forward FLOPs per sample, training-step FLOPs per sample): the ViT, the projection, the
+    text encoder over image tokens + prompt_len prompt tokens, the decoder over text_len tokens."""
+    vit_fwd, embed = _vit_forward_flops(model.image_encoder.trunk)
+    n_img = model.image_encoder.trunk.patch_embed.num_patches + model.image_encoder.trunk.num_prefix_tokens
+    proj = 2 * n_img * model.enc_to_dec_proj.in_features * model.enc_to_dec_proj.out_features
+    s = n_img + prompt_len
+    hf = model.text_decoder.model
+    enc_layers, dec_layers = _decoder_stack(hf)
+    text_enc = sum(_layer_flops(layer, s) for layer in enc_layers)
+    dec = sum(_layer_flops(layer, text_len, s) for layer in dec_layers) + _head_flops(hf, text_len)
+    fwd = vit_fwd + proj + text_enc + dec
+    return fwd, 3 * fwd - embed

@@ -62,12 +62,103 @@ class TextDecoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # (B, T_txt) ids, (B, N_img, C_dec) image tokens -> (B, T_txt, V) logits
+        # (B, T_txt) ids, (B, N_img, C_dec) image tokens (, (B, N_img) which are real) -> (B, T_txt, V) logits
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
             use_cache=False,
         )
         return out.logits
+
+    def generate(self, input_ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
+                 config: GenerationConfig, synced: bool = False) -> torch.Tensor:
+        """Continue `input_ids` (B, T) cross-attending to `memory` (B, N, C); returns (B, T + new).
+
+        Self-attention keys/values are cached and the cross-attention ones computed once (an
+        EncoderDecoderCache: transformers' generate would otherwise give a decoder-only cache that
+        the cross-attention appends to)."""
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        extra = {} if memory_mask is None else {"encoder_attention_mask": memory_mask}
+        return self.model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), encoder_hidden_states=memory,
+            cache=EncoderDecoderCache(DynamicCache(), DynamicCache()), generation_config=config,
+            synced_gpus=synced, **extra,
+        )
+
+
+class TextEncoderDecoder(nn.Module):
+    """A transformers encoder-decoder (BART or T5) whose encoder reads image tokens followed by the
+    prompt's token embeddings (PaLI), built offline from the preset's config."""
+
+    def __init__(self, cfg: TextDecoderConfig, vocab_size: int, pad_token_id: int, eos_token_id: int,
+                 pretrained: bool = False) -> None:
+        super().__init__()
+        from transformers import BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+        cls, config_cls = {"bart": (BartForConditionalGeneration, BartConfig),
+                           "t5": (T5ForConditionalGeneration, T5Config)}[cfg.arch]
+        if pretrained:
+            model = cls.from_pretrained(cfg.name)
+        else:
+            model = cls(config_cls(**cfg.config, tie_word_embeddings=True))
+        if cfg.num_decoder_layers is not None:
+            raise ValueError("text_decoder.num_decoder_layers applies to decoder-only presets, not to pali")
+        if model.config.vocab_size != vocab_size:
+            model.resize_token_embeddings(vocab_size)
+        model.config.pad_token_id = pad_token_id
+        model.config.eos_token_id = eos_token_id
+        model.config.forced_eos_token_id = None
+        model.generation_config = GenerationConfig(eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                                   use_cache=True)
+        self.model = model
+        self.hidden_size: int = model.config.d_model
+        # T5 has relative positions (no table); BART's table bounds both the encoder and decoder
+        self.max_positions: int = getattr(model.config, "max_position_embeddings", None) or 1 << 16
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if enable:
+            self.model.gradient_checkpointing_enable({"use_reentrant": False})
+        elif self.model.is_gradient_checkpointing:
+            self.model.gradient_checkpointing_disable()
+
+    def encode(self, image_tokens: torch.Tensor, prompt_ids: torch.Tensor,
+               prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (B, N_img, C) image tokens + (B, T_p) prompt -> encoder states (B, N_img + T_p, C) and mask
+        text = self.model.get_input_embeddings()(prompt_ids)  # BART scales inside its embedding
+        x = torch.cat([image_tokens.to(text.dtype), text], dim=1)
+        mask = torch.cat([prompt_mask.new_ones(image_tokens.shape[:2]), prompt_mask], dim=1)
+        states = self.model.get_encoder()(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        return states, mask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # decoder ids (B, T_txt), encoder states (B, S, C) -> (B, T_txt, V) logits
+        from transformers.modeling_outputs import BaseModelOutput
+
+        out = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
+            attention_mask=encoder_attention_mask,
+            decoder_input_ids=input_ids,
+            decoder_attention_mask=attention_mask,
+            use_cache=False,
+        )
+        return out.logits
+
+    def generate(self, input_ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
+                 config: GenerationConfig, synced: bool = False) -> torch.Tensor:
+        """Continue the decoder ids `input_ids` (B, T) from the encoder states; returns (B, T + new)."""
+        import copy
+
+        from transformers.modeling_outputs import BaseModelOutput
+
+        config = copy.deepcopy(config)  # generate insists on a start id even when given decoder ids
+        config.decoder_start_token_id = int(input_ids[0, 0])
+        return self.model.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=memory_mask,
+            decoder_input_ids=input_ids, generation_config=config, synced_gpus=synced,
+        )

@@ -22,11 +22,12 @@ from torch import nn
 from pixparse.data.config import DataLoaderConfig
 from pixparse.data.decode import Page, SampleError, decode_document_pages
 from pixparse.data.tokenizer import add_task_tokens, create_tokenizer
+from pixparse.data.patches import PatchPage, collate_patches, page_image
 from pixparse.data.transforms import DocAugment, ResizePad, TextTargets, collate_text_image
 from pixparse.models import Cruller, create_model, get_model_config
 from pixparse.models.config import ModelConfig
 from pixparse.models.export import load_weights, read_source
-from pixparse.models.flops import cruller_flops
+from pixparse.models.flops import cruller_flops, pali_flops, pix2struct_flops
 from pixparse.tasks.config import TaskConfig
 
 logger = logging.getLogger(__name__)
@@ -54,16 +55,25 @@ class Example:
     prompt: str  # what the decoder is given (a task token, maybe a question)
     target: str  # what it learns to write
     reference: Any = None  # what eval scores the parsed output against
+    header: str = ""  # the part of the prompt a pixels-only model sees drawn above the page (a question)
+
+
+# How each model family is shown the prompt: 'decoder' (all of it in the decoder's input),
+# 'pixels' (the header drawn on the page, the task token in the decoder), 'encoder' (a text
+# encoder reads it after the image tokens, the task token starts the decoder).
+PROMPT_LAYOUT = {"cruller": "decoder", "pix2struct": "pixels", "pali": "encoder"}
 
 
 class _Preprocess:
-    """Worker-side: sample -> [{'image', 'input_ids', 'prompt_length'(, 'meta')}] (picklable:
-    holds the tokenizer and the task's example builder, never the model)."""
+    """Worker-side: sample -> [{'image' (or 'patches', 'patch_pos'), 'input_ids', 'prompt_length'
+    (, 'prompt_ids')(, 'meta')}] (picklable: holds the tokenizer and the task's example builder,
+    never the model)."""
 
-    def __init__(self, image_transform: ResizePad, text: TextTargets, page_sampling: str,
+    def __init__(self, image_transform: ResizePad | PatchPage, text: TextTargets, page_sampling: str,
                  examples: Callable[[Page], list[Example]], with_meta: bool, need_text: bool = True,
-                 max_target_chars: int = 100_000) -> None:
+                 max_target_chars: int = 100_000, layout: str = "decoder") -> None:
         self.image_transform = image_transform
+        self.layout = layout
         self.max_target_chars = max_target_chars
         self.need_text = need_text
         self.text = text
@@ -88,10 +98,20 @@ class _Preprocess:
             if longest > self.max_target_chars:
                 raise SampleError("target_too_long", f"a target of {longest} characters, over "
                                                      f"--data.*.max_target_chars={self.max_target_chars}")
-            image = self.image_transform(page.image, rng)
+            shared = self.image_transform(page.image, rng) if self.layout != "pixels" else None
             for j, ex in enumerate(examples):
                 ids, prompt_length = self.text(ex.prompt, ex.target)
-                item = {"image": image, "input_ids": ids, "prompt_length": prompt_length}
+                item = {"input_ids": ids, "prompt_length": prompt_length}
+                if self.layout == "pixels":  # patches; a header makes each example's page its own
+                    if shared is None or ex.header:
+                        pixels = self.image_transform(page.image, rng, header=ex.header)
+                        if not ex.header:
+                            shared = pixels
+                    item.update(shared if not ex.header else pixels)
+                else:
+                    item["image"] = shared
+                if self.layout == "encoder":
+                    item["prompt_ids"] = self.text.encoder_ids(ex.prompt)
                 if self.with_meta:  # a unique key per example: page and question index when several
                     key = f"{sample.get('__key__', '?')}" + (f"/p{page.page_index}" if page.page_index else "") \
                         + (f"/{j}" if len(examples) > 1 else "")
@@ -152,8 +172,10 @@ class TaskBase(nn.Module):
             )
         self.model.image_encoder.set_grad_checkpointing(cfg.encoder_grad_checkpointing)
         self.model.text_decoder.set_grad_checkpointing(cfg.decoder_grad_checkpointing)
+        self.layout = PROMPT_LAYOUT[self.model_cfg.type]
         enc = self.model.image_encoder
-        mean, std = enc.trunk.pretrained_cfg.get("mean", (0.5,)), enc.trunk.pretrained_cfg.get("std", (0.5,))
+        pretrained_cfg = getattr(getattr(enc, "trunk", None), "pretrained_cfg", {})  # the patch encoder: none
+        mean, std = pretrained_cfg.get("mean", (0.5,)), pretrained_cfg.get("std", (0.5,))
         if self.model_cfg.image_encoder.image_fmt == "L":
             mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
         # (1, C, 1, 1) in the 0..255 pixel scale, so uint8 pixels normalize in one step
@@ -199,19 +221,31 @@ class TaskBase(nn.Module):
     # ----------------------------------------------------------------- data
     def preprocess(self, data_cfg: DataLoaderConfig, with_meta: bool = False) -> _Preprocess:
         enc = self.model_cfg.image_encoder
+        augment = DocAugment() if data_cfg.image_pipeline == "doc_aug" else None
+        if self.layout == "pixels":
+            image_transform: ResizePad | PatchPage = PatchPage(
+                self.model.image_encoder.patch_size, enc.max_patches, enc.image_fmt, augment=augment,
+                exact=data_cfg.decode == "exact")
+        else:
+            image_transform = ResizePad(enc.image_size, enc.image_fmt, augment=augment,
+                                        exact=data_cfg.decode == "exact")
         return _Preprocess(
-            ResizePad(enc.image_size, enc.image_fmt,
-                      augment=DocAugment() if data_cfg.image_pipeline == "doc_aug" else None,
-                      exact=data_cfg.decode == "exact"),
-            TextTargets(self.tokenizer, self.max_length),
+            image_transform,
+            TextTargets(self.tokenizer, self.max_length, decoder_prompt="all" if self.layout == "decoder" else "first"),
             data_cfg.page_sampling,
             self.example_builder(),
             with_meta,
             self.needs_page_text,
             data_cfg.max_target_chars,
+            self.layout,
         )
 
     def collate(self, data_cfg: DataLoaderConfig) -> functools.partial:
+        if self.layout == "pixels":
+            return functools.partial(
+                collate_patches, pad_id=self.tokenizer.pad_token_id, max_patches=self.model_cfg.image_encoder.max_patches,
+                pack=data_cfg.pack_patches, pad_to_multiple_of=data_cfg.pad_to_multiple_of,
+            )
         return functools.partial(
             collate_text_image, pad_id=self.tokenizer.pad_token_id,
             pad_to_multiple_of=data_cfg.pad_to_multiple_of,
@@ -221,8 +255,17 @@ class TaskBase(nn.Module):
         """Work in a (CPU) batch, for throughput: model FLOPs of one training step on it, image
         tokens and real text tokens."""
         size, text_len = batch["input_ids"].shape
+        if self.layout == "pixels":  # packed rows: the rows' work, the real patches
+            num_rows, row_len = batch["segment"].shape
+            return {
+                "flops": float(pix2struct_flops(self.model, num_rows, row_len, size, text_len)[1]),
+                "image_tokens": float((batch["segment"] > 0).sum()),
+                "text_tokens": float(batch["attention_mask"].sum()),
+            }
         try:
-            train_flops = self.step_flops(text_len)  # padded length: the kernels do that work
+            # padded lengths: the kernels do that work
+            prompt_len = batch["prompt_ids"].shape[1] if "prompt_ids" in batch else 0
+            train_flops = self.step_flops(text_len, prompt_len)
         except NotImplementedError:  # no formula for this trunk (conv): TFLOP/s and MFU unknown
             train_flops = float("nan")
         return {
@@ -231,20 +274,37 @@ class TaskBase(nn.Module):
             "text_tokens": float(batch["attention_mask"].sum()),
         }
 
-    def step_flops(self, text_len: int) -> int:
+    def step_flops(self, text_len: int, prompt_len: int = 0) -> int:
         """Model FLOPs of one training step per sample (NotImplementedError: no formula)."""
+        if self.layout == "encoder":
+            return pali_flops(self.model, text_len, prompt_len)[1]
         return cruller_flops(self.model, text_len)[1]
 
     def synthetic_batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Random pixels and full-length random text: the worst case the loader can send."""
+        """Random pixels and full-length random text: the worst case the loader can send (for
+        patches: every page a full row of max_patches)."""
         enc = self.model_cfg.image_encoder
-        h, w = enc.image_size
-        image = torch.randint(0, 256, (batch_size, enc.in_chans, h, w), dtype=torch.uint8, generator=generator)
         ids = torch.randint(0, len(self.tokenizer), (batch_size, self.max_length), generator=generator)
         ids[:, 0] = self.tokenizer.convert_tokens_to_ids(self.prompt)
         labels = ids.clone()
         labels[:, 0] = -100
-        return {"image": image, "input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        if self.layout == "pixels":
+            p, n = self.model.image_encoder.patch_size, enc.max_patches
+            side = int(n ** 0.5)
+            rows, cols = torch.meshgrid(torch.arange(n) // side, torch.arange(n) % side, indexing="ij")
+            out["patches"] = torch.randint(0, 256, (batch_size, n, enc.in_chans * p * p), dtype=torch.uint8,
+                                           generator=generator)
+            out["patch_pos"] = torch.stack([torch.arange(n) // side, torch.arange(n) % side], -1).expand(batch_size, n, 2)
+            out["segment"] = torch.ones((batch_size, n), dtype=torch.long)
+            out["sample_row"] = torch.arange(batch_size)
+            out["sample_segment"] = torch.ones(batch_size, dtype=torch.long)
+            return out
+        h, w = enc.image_size
+        out["image"] = torch.randint(0, 256, (batch_size, enc.in_chans, h, w), dtype=torch.uint8, generator=generator)
+        if self.layout == "encoder":
+            out["prompt_ids"], out["prompt_mask"] = ids[:, :1].clone(), torch.ones_like(ids[:, :1])
+        return out
 
     # ----------------------------------------------------------------- export
     def export_info(self) -> dict[str, Any]:
@@ -276,17 +336,43 @@ class TaskBase(nn.Module):
         dtype = next(self.model.image_encoder.parameters()).dtype
         return ((image.float() - self.pixel_mean) / self.pixel_std).to(dtype)
 
+    def pixels(self, batch: dict[str, torch.Tensor], roll: bool = False) -> Any:
+        """What the model's encoder takes, normalized: the image (B, C, H, W), or for patches the
+        packed rows and where each sample's page lies. `roll`: each sample gets the next one's page
+        (rolled by one), for the image-dependence check."""
+        if self.layout != "pixels":
+            return self.normalize(batch["image"].roll(1, dims=0) if roll else batch["image"])
+        patches = batch["patches"]  # (R, L, C*p*p) -> per-channel normalization over (C, p*p)
+        r, n, _ = patches.shape
+        c = self.pixel_mean.numel()
+        norm = self.normalize(patches.view(r * n, c, -1, 1)).view(r, n, -1)
+        pick = (lambda t: t.roll(1, dims=0)) if roll else (lambda t: t)
+        return {"patches": norm, "patch_pos": batch["patch_pos"], "segment": batch["segment"],
+                "sample_row": pick(batch["sample_row"]), "sample_segment": pick(batch["sample_segment"])}
+
+    def page_image(self, batch: dict[str, Any], index: int) -> torch.Tensor:
+        """Sample `index`'s page as the model saw it, (C, H, W) uint8 (for galleries)."""
+        if self.layout == "pixels":
+            return page_image(batch, index, self.model.image_encoder.patch_size)
+        return batch["image"][index].clone()
+
+    def text_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Text the encoder side reads besides the pixels (pali: the prompt)."""
+        if self.layout == "encoder":
+            return {"prompt_ids": batch["prompt_ids"], "prompt_mask": batch["prompt_mask"]}
+        return {}
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        image = self.normalize(batch["image"])  # (B, C, H, W)
-        logits = self.model(image, batch["input_ids"], batch["attention_mask"])  # (B, T_txt, V)
+        logits = self.model(self.pixels(batch), batch["input_ids"], batch["attention_mask"],
+                            **self.text_inputs(batch))  # (B, T_txt, V)
         loss, num_tokens = token_cross_entropy(logits, batch["labels"])
         return {"loss": loss, "num_target_tokens": num_tokens}
 
     @torch.no_grad()
-    def token_losses(self, batch: dict[str, torch.Tensor], image: torch.Tensor | None = None) -> torch.Tensor:
-        """Summed target-token loss per sample (B,), with `image` in place of the batch's own."""
-        pixels = self.normalize(batch["image"] if image is None else image)
-        logits = self.model(pixels, batch["input_ids"], batch["attention_mask"])
+    def token_losses(self, batch: dict[str, torch.Tensor], roll: bool = False) -> torch.Tensor:
+        """Summed target-token loss per sample (B,); `roll`: with the next sample's page instead."""
+        logits = self.model(self.pixels(batch, roll), batch["input_ids"], batch["attention_mask"],
+                            **self.text_inputs(batch))
         losses, _ = token_cross_entropy(logits, batch["labels"], reduction="none")
         return losses.sum(dim=1)
 
@@ -296,39 +382,37 @@ class TaskBase(nn.Module):
         """One eval batch -> (summed target loss per sample with its own image (B,), the same with
         the batch's images rolled by one (B,), target tokens per sample (B,), output texts)."""
         own = self.token_losses(batch).float()
-        rolled = self.token_losses(batch, image=batch["image"].roll(1, dims=0)).float()
+        rolled = self.token_losses(batch, roll=True).float()
         num_tokens = (batch["labels"][:, 1:] != -100).sum(dim=1)
         prompts = [row[:n].tolist() for row, n in zip(batch["input_ids"], batch["prompt_length"].tolist())]
         new = max_new_tokens or self.max_length - max(len(p) for p in prompts)
         texts = [self.decode(ids) for ids in self.generate(
-            batch["image"], prompts, new, num_beams=self.cfg.num_beams, synced=synced)]
+            batch, prompts, new, num_beams=self.cfg.num_beams, synced=synced)]
         return own, rolled, num_tokens, texts
 
     @torch.no_grad()
     def generate(
         self,
-        image: torch.Tensor,
+        batch: dict[str, torch.Tensor],
         prompts: list[list[int]],
         max_new_tokens: int,
         num_beams: int = 1,
         synced: bool = False,
         stop_at_eos: bool = True,
     ) -> list[list[int]]:
-        """Continue each prompt from its page; returns the new token ids per sample, cut at eos.
+        """Continue each decoder prompt from its page (the batch's pixels, and its prompt_ids for a
+        text encoder); returns the new token ids per sample, cut at eos.
 
-        Self-attention keys/values are cached and the cross-attention ones computed once from the
-        image tokens (an EncoderDecoderCache; transformers' generate would otherwise give a
-        decoder-only cache that the cross-attention appends to). Samples stop at eos; prompts of
-        equal length run as one batch (`stop_at_eos` False: always max_new_tokens, for timing).
+        The encoder runs once; the decoder caches its keys/values (see the text decoder's
+        generate). Samples stop at eos; prompts of equal length run as one batch (`stop_at_eos` False: always max_new_tokens, for timing).
         `synced` (every rank of a ZeRO-3 job calls this the same
         number of times) keeps each rank stepping until all are done, as ZeRO-3 forwards are
         collective; a rank with fewer prompt lengths than another makes dummy calls to match.
         """
         from transformers import GenerationConfig
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-        image_tokens = self.model.encode(self.normalize(image))  # (B, N_img, C_dec)
-        device = image_tokens.device
+        memory, memory_mask = self.model.encode(self.pixels(batch), **self.text_inputs(batch))  # (B, N, C_dec)
+        device = memory.device
         eos = self.tokenizer.eos_token_id if stop_at_eos else None
         pad = self.tokenizer.pad_token_id
         # Our settings only: the decoder's own defaults (BART's forced_eos_token_id=2, ...) would
@@ -349,13 +433,8 @@ class TaskBase(nn.Module):
         for length, index in calls:
             rows = index or groups[calls[0][0]][:1]
             ids = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)
-            generated = self.model.text_decoder.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                encoder_hidden_states=image_tokens[rows],
-                cache=EncoderDecoderCache(DynamicCache(), DynamicCache()),
-                generation_config=config,
-                synced_gpus=synced,
+            generated = self.model.text_decoder.generate(
+                ids, memory[rows], None if memory_mask is None else memory_mask[rows], config, synced=synced,
             )[:, length:]
             for i, row in zip(index, generated.tolist()):
                 out[i] = row[: row.index(eos)] if eos is not None and eos in row else row

@@ -42,7 +42,7 @@ class QAExamples:
             question = str(item.get("question", "")).strip()
             if question and answers:
                 prompt = f"{self.prompt}{QUESTION[0]}{question}{QUESTION[1]}{ANSWER[0]}"
-                out.append(Example(prompt, answers[0] + ANSWER[1], answers))
+                out.append(Example(prompt, answers[0] + ANSWER[1], answers, header=question))
         if not out:
             raise SampleError("missing_qa", "no question with an answer")
         return out
@@ -180,7 +180,7 @@ class TaskCrullerFinetuneXent(TaskCrullerFinetuneRvlcdip):
         return (F.cross_entropy(logits, target, reduction="none"), F.cross_entropy(rolled, target, reduction="none"),
                 torch.ones_like(target), texts)
 
-    def step_flops(self, text_len: int) -> int:
+    def step_flops(self, text_len: int, prompt_len: int = 0) -> int:
         return classifier_flops(self.model)[1]
 
     def batch_stats(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
