@@ -43,7 +43,7 @@ class ImageEncoder(nn.Module):
 def check_image_size(trunk: nn.Module, cfg: ImageEncoderConfig) -> None:
     """A patch trunk silently drops the pixels beyond the last whole patch: refuse such sizes."""
     patch = getattr(getattr(trunk, "patch_embed", None), "patch_size", None)
-    if patch is None:
+    if patch is None or cfg.image_size is None:  # conv trunks; variable-size patch encoders
         return
     h, w = cfg.image_size
     if h % patch[0] or w % patch[1]:
@@ -59,6 +59,10 @@ def validate_encoder_config(cfg: ImageEncoderConfig) -> None:
     """Build the trunk on the meta device (no memory, no weights) to check the preset before any
     process group starts."""
     with torch.device("meta"):
+        if cfg.max_patches:  # the patch encoder builds its trunk at one patch's size
+            patch = cfg.model_args.get("patch_size", 16)
+            cfg = ImageEncoderConfig(name=cfg.name, image_size=(patch, patch), image_fmt=cfg.image_fmt,
+                                     model_args=cfg.model_args)
         trunk = create_trunk(cfg.name, cfg, False, **cfg.model_args)
     check_image_size(trunk, cfg)
 

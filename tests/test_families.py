@@ -1,0 +1,177 @@
+"""The pix2struct (packed variable-resolution patches) and pali (image tokens into a text
+encoder) families: patching, packing, attention isolation between packed pages, FLOPs."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from pixparse.data.patches import PatchPage, collate_patches, pack_rows, page_image, patch_grid, unpatchify
+from pixparse.models import create_model, get_model_config
+from pixparse.models.flops import pali_flops, pix2struct_flops
+from pixparse.tasks.config import TaskConfig
+from pixparse.tasks.registry import create_task
+
+
+@pytest.mark.parametrize("size", [(1000, 463), (1000, 754), (2200, 1700), (40, 30), (3000, 300), (300, 3000)])
+@pytest.mark.parametrize("max_patches", [64, 2048])
+def test_patch_grid_keeps_aspect_and_budget(size, max_patches):
+    h, w = size
+    rows, cols = patch_grid(h, w, 16, max_patches)
+    assert 1 <= rows * cols <= max_patches
+    assert rows <= max(1, -(-h // 16)) and cols <= max(1, -(-w // 16))  # never enlarged
+    if rows > 4 and cols > 4:  # the aspect ratio survives up to the rounding of one patch per side
+        assert (rows - 1) / (cols + 1) <= h / w <= (rows + 1) / (cols - 1)
+    capped = rows == -(-h // 16) or cols == -(-w // 16)
+    if not capped:  # fills the budget to within one row or column
+        assert (rows + 1) * (cols + 1) > max_patches
+
+
+def test_small_page_is_not_enlarged_and_large_page_fills():
+    small = PatchPage(16, 2048)(Image.new("L", (320, 480), 255))
+    assert small["patches"].shape == (20 * 30, 256)
+    large = PatchPage(16, 2048)(Image.new("L", (1700, 2200), 255))
+    assert 1900 < large["patches"].shape[0] <= 2048
+
+
+def test_patches_round_trip_to_the_resized_page():
+    rng = random.Random(0)
+    image = Image.effect_noise((90, 130), 60).convert("L")  # (W, H) 90x130
+    out = PatchPage(8, 4096)(image, rng)
+    rows, cols = patch_grid(130, 90, 8, 4096)
+    expected = torch.from_numpy(np.array(image.resize((cols * 8, rows * 8), Image.Resampling.BICUBIC)))
+    back = unpatchify(out["patches"], out["patch_pos"].long(), 8)
+    assert torch.equal(back[0], expected)
+    assert out["patch_pos"][:, 0].max() == rows - 1 and out["patch_pos"][:, 1].max() == cols - 1
+
+
+def test_pack_rows_first_fit_decreasing():
+    rows = pack_rows([100, 30, 60, 90, 20], capacity=128)
+    assert sorted(i for r in rows for i in r) == [0, 1, 2, 3, 4]
+    assert all(sum([100, 30, 60, 90, 20][i] for i in r) <= 128 for r in rows)
+    assert len(rows) == 3  # 300 patches need at least 3 rows of 128
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_rows([129], capacity=128)
+
+
+def _page_items(sizes, patch=8, max_patches=192):
+    pp = PatchPage(patch, max_patches)
+    items = []
+    for k, (w, h) in enumerate(sizes):
+        img = Image.effect_noise((w, h), 50 + k).convert("L")
+        items.append({**pp(img), "input_ids": [5, 6 + k, 7, 2], "prompt_length": 1})
+    return items
+
+
+def test_collate_packs_pages_and_each_sample_finds_its_page():
+    items = _page_items([(64, 200), (40, 40), (30, 60), (200, 64), (24, 24)])
+    packed = collate_patches(items, pad_id=0, max_patches=192)
+    padded = collate_patches(items, pad_id=0, max_patches=192, pack=False)
+    assert padded["patches"].shape[0] == 5 and packed["patches"].shape[0] < 5
+    real = sum(it["patches"].shape[0] for it in items)
+    assert int((packed["segment"] > 0).sum()) == int((padded["segment"] > 0).sum()) == real
+    for batch in (packed, padded):
+        for i, it in enumerate(items):
+            assert torch.equal(page_image(batch, i, 8), unpatchify(it["patches"], it["patch_pos"].long(), 8))
+
+
+def test_packed_pages_do_not_see_each_other():
+    """A page's encoder output and its decoder logits are the same packed with others, padded
+    alone, or packed beside a different page: no attention crosses pages."""
+    torch.manual_seed(0)
+    task = create_task(TaskConfig(model_name="pix2struct_tiny")).eval()
+    a, b, c = _page_items([(64, 120), (40, 56), (48, 48)])
+    one = collate_patches([a, b], pad_id=0, max_patches=192)
+    two = collate_patches([a, c], pad_id=0, max_patches=192)
+    alone = collate_patches([a], pad_id=0, max_patches=192, pack=False)
+    assert one["patches"].shape[0] == 1 and two["patches"].shape[0] == 1  # really packed together
+    with torch.no_grad():
+        outs = []
+        for batch in (one, two, alone):
+            memory, mask = task.model.encode(task.pixels(batch))
+            outs.append(memory[0][mask[0].bool()])
+            logits = task.model(task.pixels(batch), batch["input_ids"], batch["attention_mask"])[0]
+            outs.append(logits)
+    torch.testing.assert_close(outs[0], outs[2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[0], outs[4], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[1], outs[3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[1], outs[5], atol=1e-5, rtol=1e-5)
+
+
+def test_question_is_drawn_on_the_page_for_pix2struct_only():
+    from pixparse.data.decode import Page
+    from pixparse.tasks.base import Example
+
+    page = Page(image=Image.new("L", (200, 300), 255), text="", page_index=0)
+    ex = [Example("<s_docvqa><s_question>what total?</s_question><s_answer>", "12</s_answer>", ["12"],
+                  header="what total?")]
+    from pixparse.data.config import DataLoaderConfig
+
+    cfg = DataLoaderConfig(source="unused", num_samples=1)
+    for name in ("pix2struct_tiny", "pali_tiny", "cruller_tiny"):
+        task = create_task(TaskConfig(name="cruller_finetune_docvqa", model_name=name))
+        pre = task.preprocess(cfg)
+        tok = task.tokenizer
+        full = tok(ex[0].prompt, add_special_tokens=False).input_ids
+        ids, prompt_length = pre.text(ex[0].prompt, ex[0].target)
+        if name == "cruller_tiny":  # the decoder reads the question
+            assert ids[:prompt_length] == full
+        else:  # the decoder gets the task token only
+            assert ids[:prompt_length] == full[:1]
+        if name == "pix2struct_tiny":
+            plain = pre.image_transform(page.image)
+            drawn = pre.image_transform(page.image, header="what total?")
+            assert not torch.equal(plain["patches"], drawn["patches"][: plain["patches"].shape[0]])
+            top = unpatchify(drawn["patches"], drawn["patch_pos"].long(), 8)[0]
+            assert (top[: top.shape[0] // 6] < 128).any()  # ink in the header band
+        if name == "pali_tiny":
+            assert pre.text.encoder_ids(ex[0].prompt) == full
+
+
+@pytest.mark.parametrize("text_len", [7, 33])
+def test_pix2struct_formula_matches_flop_counter(text_len):
+    model = create_model(get_model_config("pix2struct_tiny"), 300, 0, 1)
+    items = _page_items([(64, 200), (40, 40), (200, 64)])
+    batch = collate_patches(items, pad_id=0, max_patches=192)
+    pixels = {k: batch[k] for k in ("patch_pos", "segment", "sample_row", "sample_segment")}
+    pixels["patches"] = batch["patches"].float() / 255
+    ids = torch.randint(0, 300, (3, text_len))
+    rows, row_len = batch["segment"].shape
+    fwd, train = pix2struct_flops(model, rows, row_len, 3, text_len)
+    with sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as counter:
+            model(pixels, ids, torch.ones_like(ids))
+        assert counter.get_total_flops() == fwd
+        with FlopCounterMode(display=False) as counter:
+            model(pixels, ids, torch.ones_like(ids)).float().logsumexp(-1).sum().backward()
+        assert counter.get_total_flops() == train
+
+
+@pytest.mark.parametrize("text_len,prompt_len", [(7, 1), (33, 9)])
+def test_pali_formula_matches_flop_counter(text_len, prompt_len):
+    model = create_model(get_model_config("pali_tiny"), 300, 0, 1)
+    h, w = model.cfg.image_encoder.image_size
+    image, ids = torch.randn(2, 1, h, w), torch.randint(0, 300, (2, text_len))
+    prompt = torch.randint(0, 300, (2, prompt_len))
+    fwd, train = pali_flops(model, text_len, prompt_len)
+    with sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as counter:
+            model(image, ids, torch.ones_like(ids), prompt, torch.ones_like(prompt))
+        assert counter.get_total_flops() == 2 * fwd
+        with FlopCounterMode(display=False) as counter:
+            model(image, ids, torch.ones_like(ids), prompt, torch.ones_like(prompt)).float().logsumexp(-1).sum().backward()
+        assert counter.get_total_flops() == 2 * train
+
+
+@pytest.mark.parametrize("name", ["pix2struct_tiny", "pali_tiny"])
+def test_every_parameter_gets_a_gradient(name):
+    from tests.test_generate import _pages
+
+    task = create_task(TaskConfig(model_name=name))
+    batch = _pages(task, 3, seed=0)
+    task(batch)["loss"].backward()
+    missing = [n for n, p in task.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not missing
