@@ -98,12 +98,15 @@ class TextTargets:
         self._prompt_ids: dict[str, list[int]] = {}
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        if prompt not in self._prompt_ids:
-            ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
-            if len(ids) + 1 >= self.max_length:
-                raise ValueError(f"max_length {self.max_length} leaves no room after prompt {prompt!r}")
-            self._prompt_ids[prompt] = ids
-        return self._prompt_ids[prompt]
+        if prompt in self._prompt_ids:
+            return self._prompt_ids[prompt]
+        ids = self.tokenizer(prompt[: 64 * self.max_length], add_special_tokens=False).input_ids
+        if self.decoder_prompt == "first":
+            return ids  # the decoder takes ids[:1]; long, one-off prompts (page text) are not cached
+        if len(ids) + 1 >= self.max_length:
+            raise ValueError(f"max_length {self.max_length} leaves no room after prompt {prompt!r}")
+        self._prompt_ids[prompt] = ids
+        return ids
 
     def __call__(self, prompt: str, target: str) -> tuple[list[int], int]:
         """Returns (ids, prompt_length)."""
@@ -117,8 +120,13 @@ class TextTargets:
 
 
     def encoder_ids(self, prompt: str) -> list[int]:
-        """The whole prompt for a text encoder, cut to max_length tokens."""
-        return self.tokenizer(prompt[: 64 * self.max_length], add_special_tokens=False).input_ids[: self.max_length]
+        """The whole prompt for a text encoder; past max_length tokens, its task token and its last
+        max_length - 1 tokens (a text prefix is continued from its end)."""
+        ids = self.tokenizer(prompt[-64 * self.max_length:], add_special_tokens=False).input_ids
+        if len(ids) <= self.max_length:
+            return ids
+        first = self.tokenizer(prompt[:64], add_special_tokens=False).input_ids[:1]
+        return first + ids[-(self.max_length - 1):]
 
 
 def collate_text_image(

@@ -70,7 +70,7 @@ class _Preprocess:
     never the model)."""
 
     def __init__(self, image_transform: ResizePad | PatchPage, text: TextTargets, page_sampling: str,
-                 examples: Callable[[Page], list[Example]], with_meta: bool, need_text: bool = True,
+                 examples: Callable[[Page, random.Random], list[Example]], with_meta: bool, need_text: bool = True,
                  max_target_chars: int = 100_000, layout: str = "decoder") -> None:
         self.image_transform = image_transform
         self.layout = layout
@@ -91,7 +91,7 @@ class _Preprocess:
         )
         out = []
         for page in pages:
-            examples = self.examples(page)
+            examples = self.examples(page, rng)  # may replace page.image (a masked copy)
             if not examples:
                 continue
             longest = max(len(ex.target) for ex in examples)
@@ -202,8 +202,9 @@ class TaskBase(nn.Module):
         """Load --task.init_from's weights into the freshly built model (strict)."""
         load_weights(self.model, weights)
 
-    def example_builder(self) -> Callable[[Page], list[Example]]:
-        """A picklable callable: decoded page -> examples (runs in loader workers)."""
+    def example_builder(self) -> Callable[[Page, random.Random], list[Example]]:
+        """A picklable callable: (decoded page, the sample's RNG) -> examples (runs in loader
+        workers). It may replace page.image (an objective that masks the page)."""
         raise NotImplementedError
 
     def postprocess(self, text: str) -> Any:

@@ -50,14 +50,19 @@ class OptimConfig:
 @dataclass(kw_only=True)
 class TaskConfig:
     name: Literal["cruller_pretrain", "cruller_finetune_sroie", "cruller_finetune_cord",
-                  "cruller_finetune_docvqa", "cruller_finetune_rvlcdip", "cruller_finetune_xent"] = "cruller_pretrain"
+                  "cruller_finetune_docvqa", "cruller_finetune_rvlcdip", "cruller_finetune_xent",
+                  "parse_pretrain", "prefix_lm_pretrain", "span_pretrain"] = "cruller_pretrain"
     """Objective. 'cruller_pretrain': read the page (write its text lines; CER/WER).
     'cruller_finetune_sroie' / 'cruller_finetune_cord': key-field parsing of receipts (the shards'
     `fields` written with field tokens read from the training shards; field F1 and tree-edit-distance
     accuracy). 'cruller_finetune_docvqa': answer the question in the prompt (the shards' `qa`; ANLS).
     'cruller_finetune_rvlcdip': one class token for the page (the shards' `label`; accuracy).
     'cruller_finetune_xent': the same classes from a linear head on the pooled image-encoder
-    features, cross-entropy (the decoder frozen; accuracy)."""
+    features, cross-entropy (the decoder frozen; accuracy). 'parse_pretrain': Pix2Struct's
+    objective for documents: --task.mask_share of the text lines masked out of the image, the
+    model writes the page in blocks of lines, masked text included (CER). 'prefix_lm_pretrain' /
+    'span_pretrain' (pali presets): a text encoder reads the image and the page text's start /
+    the text with word spans replaced by sentinels; the decoder writes the rest / the spans."""
     model_name: str = "cruller_base"
     """Model preset name (see pixparse.models.list_presets()) or a path to a preset JSON."""
     init_from: str | None = None
@@ -84,6 +89,12 @@ class TaskConfig:
     """Longest generated output in evaluation. Unset: --task.max_length minus the prompt."""
     num_beams: int = 1
     """Beam width of generation in evaluation (1: greedy)."""
+    mask_share: float = 0.5
+    """parse_pretrain: share of the page's boxed text lines masked in the image (Pix2Struct: 0.5)."""
+    span_noise_density: float = 0.15
+    """span_pretrain: share of the page's words replaced by sentinel spans (T5: 0.15)."""
+    span_mean_length: float = 3.0
+    """span_pretrain: mean span length in words (T5: 3)."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = None
     """Compute precision. Training: fills the DeepSpeed JSON's precision where it sets none (or
     "auto"), and must agree with one it sets (a clash is an error naming both). Evaluation: the
@@ -112,6 +123,12 @@ class TaskConfig:
             )
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"--task.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0.0 <= self.mask_share <= 1.0:
+            raise ValueError(f"--task.mask_share must be in [0, 1], got {self.mask_share}")
+        if not 0.0 < self.span_noise_density < 1.0:
+            raise ValueError(f"--task.span_noise_density must be in (0, 1), got {self.span_noise_density}")
+        if self.span_mean_length < 1.0:
+            raise ValueError(f"--task.span_mean_length must be >= 1, got {self.span_mean_length}")
         if self.num_beams < 1:
             raise ValueError(f"--task.num_beams must be >= 1, got {self.num_beams}")
         if self.max_length is not None and self.max_length < 2:

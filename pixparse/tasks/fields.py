@@ -1,6 +1,7 @@
 """Key-field parsing (SROIE, CORD): image -> the document's `fields` tree, written with field
 tokens (pixparse.data.fields), scored with Donut's field F1 and tree-edit-distance accuracy."""
 import logging
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ class FieldExamples:
 
     prompt: str
 
-    def __call__(self, page: Page) -> list[Example]:
+    def __call__(self, page: Page, rng: random.Random) -> list[Example]:
         fields = (page.anno or {}).get("fields")
         if not isinstance(fields, dict) or not fields:
             raise SampleError("missing_fields", "no 'fields' object in the annotation")

@@ -1,11 +1,28 @@
-"""OCR-reading pretraining (Donut's 'read the page' objective): image -> page text."""
-from dataclasses import dataclass
-from typing import Any
+"""Pretraining objectives on the page text.
 
-from pixparse.data.decode import Page
+- cruller_pretrain: read the page (Donut): image -> its text lines, any family.
+- parse_pretrain (Pix2Struct's screenshot parsing, for documents): a share of the text lines is
+  masked out of the image (gray boxes at their line boxes) and the model writes the whole page
+  with its structure (blocks of lines), masked lines included. Warm up with cruller_pretrain
+  (Pix2Struct's reading curriculum), then --task.init_from that run.
+- prefix_lm_pretrain, span_pretrain (PaLI): a text encoder reads the image tokens and part of
+  the page text: its first part (the decoder writes the rest), or the text with random word spans
+  replaced by sentinels (the decoder writes the spans, T5's span corruption).
+"""
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from PIL import Image, ImageDraw
+
+from pixparse.data.decode import Page, SampleError, page_lines
 from pixparse.tasks.base import Example, TaskBase
 
 PRETRAIN_PROMPT = "<s_pretrain>"
+BLOCK = ("<s_block>", "</s_block>")
+MASK_FILL = 128  # masked lines become mid-gray boxes: visibly masked, unlike blank paper
+NUM_SENTINELS = 64
 
 
 @dataclass
@@ -14,7 +31,7 @@ class PageText:
 
     prompt: str
 
-    def __call__(self, page: Page) -> list[Example]:
+    def __call__(self, page: Page, rng: random.Random) -> list[Example]:
         return [Example(self.prompt, page.text, page.text)]
 
 
@@ -46,3 +63,160 @@ def reading_scores(predictions: list[str], references: list[str]) -> dict[str, f
         return {}
     refs, preds = [r for r, _ in pairs], [p for _, p in pairs]
     return {"cer": jiwer.cer(refs, preds), "wer": jiwer.wer(refs, preds)}
+
+
+def boxed_lines(page: Page) -> list[tuple[str, list[float] | None]]:
+    """The page's non-empty lines with their boxes ([x0, y0, x1, y1] in 0..1; None when the
+    shards have no box for the line)."""
+    pages = (page.anno or {}).get("pages") or [{}]
+    entry = pages[page.page_index] if page.page_index < len(pages) else {}
+    lines = page_lines(entry)
+    boxes = entry.get("lines", {}).get("bbox", []) if isinstance(entry.get("lines"), dict) else []
+    boxes = boxes if len(boxes) == len(lines) else [None] * len(lines)
+    return [(t, b) for t, b in zip(lines, boxes) if t.strip()]
+
+
+def structure_markup(lines: list[tuple[str, list[float] | None]]) -> str:
+    """Lines (in reading order) grouped into blocks: a new block where the vertical gap to the
+    previous line exceeds 0.75 of the median line height, or where reading order jumps up (a new
+    column). <s_block>line\nline</s_block><s_block>..."""
+    heights = sorted(b[3] - b[1] for _, b in lines if b is not None)
+    median = heights[len(heights) // 2] if heights else 0.0
+    blocks: list[list[str]] = []
+    prev = None
+    for text, box in lines:
+        new = not blocks or (box is not None and prev is not None and
+                             (box[1] - prev[3] > 0.75 * median or box[1] < prev[1] - 0.5 * median))
+        if new:
+            blocks.append([])
+        blocks[-1].append(text)
+        prev = box if box is not None else prev
+    return "".join(f"{BLOCK[0]}{chr(10).join(b)}{BLOCK[1]}" for b in blocks)
+
+
+@dataclass
+class MaskedParse:
+    """Page -> its structure markup; `mask_share` of its boxed lines painted over in the image."""
+
+    prompt: str
+    mask_share: float
+
+    def __call__(self, page: Page, rng: random.Random) -> list[Example]:
+        lines = boxed_lines(page)
+        if not lines:
+            raise SampleError("empty_page", "no text line")
+        boxed = [i for i, (_, b) in enumerate(lines) if b is not None]
+        masked = sorted(rng.sample(boxed, round(self.mask_share * len(boxed)))) if boxed else []
+        if masked:
+            page.image = mask_lines(page.image, [lines[i][1] for i in masked])
+        target = structure_markup(lines)
+        return [Example(self.prompt, target, target)]
+
+
+def mask_lines(image: Image.Image, boxes: list[list[float]]) -> Image.Image:
+    """A copy of `image` with each box (0..1 of the page) filled mid-gray."""
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    w, h = out.size
+    fill = MASK_FILL if out.mode == "L" else (MASK_FILL,) * 3
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle([math.floor(x0 * w), math.floor(y0 * h), math.ceil(x1 * w) - 1, math.ceil(y1 * h) - 1], fill=fill)
+    return out
+
+
+class TaskParsePretrain(TaskCrullerPretrain):
+    """Masked page parsing (Pix2Struct's objective for documents)."""
+
+    name = "parse_pretrain"
+
+    def task_tokens(self) -> list[str]:
+        return [self.prompt, *BLOCK]
+
+    def example_builder(self) -> MaskedParse:
+        return MaskedParse(self.prompt, self.cfg.mask_share)
+
+
+def sentinel(i: int) -> str:
+    return f"<extra_id_{i}>"
+
+
+@dataclass
+class PrefixSplit:
+    """Page text split at a random word boundary: the prefix to the text encoder, the rest to
+    the decoder."""
+
+    prompt: str
+
+    def __call__(self, page: Page, rng: random.Random) -> list[Example]:
+        words = page.text.split(" ")
+        if len(words) < 2:
+            raise SampleError("empty_page", "fewer than 2 words to split")
+        cut = rng.randint(1, len(words) - 1)
+        rest = " ".join(words[cut:])
+        return [Example(self.prompt + " ".join(words[:cut]), rest, rest)]
+
+
+@dataclass
+class SpanCorruption:
+    """T5 span corruption on the page's words: `noise_density` of them in spans of mean length
+    `mean_span` replaced by sentinels in the encoder's text; the decoder writes each sentinel and
+    its span."""
+
+    prompt: str
+    noise_density: float
+    mean_span: float
+
+    def __call__(self, page: Page, rng: random.Random) -> list[Example]:
+        words = page.text.split()
+        if len(words) < 2:
+            raise SampleError("empty_page", "fewer than 2 words to corrupt")
+        noise = min(len(words) - 1, max(1, round(len(words) * self.noise_density)))
+        spans = min(NUM_SENTINELS, noise, len(words) - noise, max(1, round(noise / self.mean_span)))
+        noise_lengths = _random_split(noise, spans, rng)
+        keep_lengths = _random_split(len(words) - noise, spans, rng)
+        source, target, at = [], [], 0
+        for k, (keep, drop) in enumerate(zip(keep_lengths, noise_lengths)):
+            source += words[at:at + keep] + [sentinel(k)]
+            target += [sentinel(k)] + words[at + keep:at + keep + drop]
+            at += keep + drop
+        text = " ".join(target)
+        return [Example(self.prompt + " ".join(source), text, text)]
+
+
+def _random_split(total: int, parts: int, rng: random.Random) -> list[int]:
+    """`total` as `parts` positive integers in random order (T5's random segmentation)."""
+    cuts = sorted(rng.sample(range(1, total), parts - 1)) if parts > 1 else []
+    edges = [0, *cuts, total]
+    return [b - a for a, b in zip(edges, edges[1:])]
+
+
+class _TextEncoderPretrain(TaskCrullerPretrain):
+    """Objectives that give the page text to a text encoder: the pali family only."""
+
+    family: ClassVar[str] = "pali"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.model_cfg.type != self.family:
+            raise ValueError(f"--task.name {self.name} gives page text to a text encoder: use a pali preset "
+                             f"(pali_tiny, pali_base, pali_large), not {self.model_cfg.type!r} "
+                             f"({self.cfg.model_name})")
+
+
+class TaskPrefixLMPretrain(_TextEncoderPretrain):
+    name = "prefix_lm_pretrain"
+    prompt = "<s_prefix>"
+
+    def example_builder(self) -> PrefixSplit:
+        return PrefixSplit(self.prompt)
+
+
+class TaskSpanPretrain(_TextEncoderPretrain):
+    name = "span_pretrain"
+    prompt = "<s_span>"
+
+    def task_tokens(self) -> list[str]:
+        return [self.prompt, *(sentinel(i) for i in range(NUM_SENTINELS))]
+
+    def example_builder(self) -> SpanCorruption:
+        return SpanCorruption(self.prompt, self.cfg.span_noise_density, self.cfg.span_mean_length)

@@ -8,6 +8,7 @@ Xent: the same classes from a linear classifier on the mean-pooled image-encoder
 (cross-entropy over classes; the decoder is not used and stays frozen).
 """
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ class QAExamples:
 
     prompt: str
 
-    def __call__(self, page: Page) -> list[Example]:
+    def __call__(self, page: Page, rng: random.Random) -> list[Example]:
         qa = (page.anno or {}).get("qa")
         if not isinstance(qa, list) or not qa:
             raise SampleError("missing_qa", "no 'qa' list in the annotation")
@@ -80,7 +81,7 @@ class ClassExamples:
 
     prompt: str
 
-    def __call__(self, page: Page) -> list[Example]:
+    def __call__(self, page: Page, rng: random.Random) -> list[Example]:
         label = (page.anno or {}).get("label")
         if not isinstance(label, str) or not label.strip():
             raise SampleError("missing_label", "no 'label' in the annotation")

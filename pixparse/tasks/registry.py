@@ -1,12 +1,12 @@
 """Task registry: --task.name -> the class that owns that objective."""
 from pixparse.tasks.base import TaskBase
 from pixparse.tasks.fields import TaskCrullerFinetuneCord, TaskCrullerFinetuneSroie
-from pixparse.tasks.pretrain import TaskCrullerPretrain
+from pixparse.tasks.pretrain import TaskCrullerPretrain, TaskParsePretrain, TaskPrefixLMPretrain, TaskSpanPretrain
 from pixparse.tasks.qa import TaskCrullerFinetuneDocVQA, TaskCrullerFinetuneRvlcdip, TaskCrullerFinetuneXent
 
 TASKS: dict[str, type[TaskBase]] = {t.name: t for t in (
     TaskCrullerPretrain, TaskCrullerFinetuneSroie, TaskCrullerFinetuneCord, TaskCrullerFinetuneDocVQA,
-    TaskCrullerFinetuneRvlcdip, TaskCrullerFinetuneXent,
+    TaskCrullerFinetuneRvlcdip, TaskCrullerFinetuneXent, TaskParsePretrain, TaskPrefixLMPretrain, TaskSpanPretrain,
 )}
 
 
