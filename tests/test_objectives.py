@@ -70,10 +70,10 @@ def test_prefix_split_and_span_corruption_reassemble_the_text():
     words = page.text.split()
     for seed in range(5):
         (ex,) = PrefixSplit("<s_prefix>")(page, random.Random(seed))
-        assert ex.prompt.startswith("<s_prefix>")
-        assert (ex.prompt[len("<s_prefix>"):] + " " + ex.target) == page.text
+        assert ex.prompt == "<s_prefix>"  # the task token starts the decoder; the text goes to the encoder
+        assert (ex.header + " " + ex.target) == page.text
         (sp,) = SpanCorruption("<s_span>", 0.3, 2.0)(page, random.Random(seed))
-        source = sp.prompt[len("<s_span>"):].split()
+        source = sp.header.split()
         target = sp.target.split()
         spans = sum(t.startswith("<extra_id_") for t in source)
         assert spans >= 1 and spans == sum(t.startswith("<extra_id_") for t in target)
@@ -116,3 +116,5 @@ def test_objectives_train_end_to_end(name, model):
     assert out["num_target_tokens"] > 0
     if name != "parse_pretrain":  # the encoder reads page text
         assert batch["prompt_mask"].sum(1).min() > 1
+    else:
+        assert "prompt_ids" not in batch or batch["prompt_ids"].shape[1] == 0

@@ -119,14 +119,12 @@ class TextTargets:
         return prompt_ids + body + [self.eos_id], len(prompt_ids)
 
 
-    def encoder_ids(self, prompt: str) -> list[int]:
-        """The whole prompt for a text encoder; past max_length tokens, its task token and its last
-        max_length - 1 tokens (a text prefix is continued from its end)."""
-        ids = self.tokenizer(prompt[-64 * self.max_length:], add_special_tokens=False).input_ids
-        if len(ids) <= self.max_length:
-            return ids
-        first = self.tokenizer(prompt[:64], add_special_tokens=False).input_ids[:1]
-        return first + ids[-(self.max_length - 1):]
+    def encoder_ids(self, text: str) -> list[int]:
+        """Text for a text encoder (may be empty); past max_length tokens, its last max_length
+        (a text prefix is continued from its end)."""
+        if not text:
+            return []
+        return self.tokenizer(text[-64 * self.max_length:], add_special_tokens=False).input_ids[-self.max_length:]
 
 
 def collate_text_image(

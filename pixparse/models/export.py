@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
+from torch import nn
 
 from pixparse.models.config import ModelConfig
 from pixparse.models.build import create_model
@@ -135,13 +136,18 @@ def read_source(path: str) -> tuple[ModelConfig, Any, dict[str, Any], Callable[[
     return ModelConfig.from_dict(raw), tokenizer, info, weights
 
 
-def load_weights(model: Cruller, weights: dict[str, torch.Tensor]) -> None:
-    """Strict load; a tied LM head may be stored only as the embedding (safetensors dedup)."""
-    tied, embed = "text_decoder.model.lm_head.weight", "text_decoder.model.model.decoder.embed_tokens.weight"
-    if tied not in weights and embed in weights:
-        weights = {**weights, tied: weights[embed]}
-    elif embed not in weights and tied in weights:
-        weights = {**weights, embed: weights[tied]}
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Strict load; tied weights (LM head, shared embeddings) may be stored under one of their
+    names only (safetensors dedup)."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(tensor.data_ptr(), []).append(name)
+    weights = dict(weights)
+    for names in groups.values():
+        present = [n for n in names if n in weights]
+        for n in names:
+            if n not in weights and present:
+                weights[n] = weights[present[0]]
     model.load_state_dict(weights, strict=True)
 
 
@@ -159,8 +165,13 @@ def load_exported(export_dir: str, dtype: torch.dtype = torch.float32) -> tuple[
     return model.to(dtype).eval(), tokenizer, info
 
 
-def hf_unsupported(model: Cruller) -> str | None:
+def hf_unsupported(model: nn.Module) -> str | None:
     """Why `model` has no VisionEncoderDecoderModel form (None: it has one)."""
+    if model.cfg.type == "pix2struct":
+        return ("transformers has no model for packed variable-resolution patches with a BART decoder "
+                "(its Pix2Struct pads each page and has a T5-style decoder of its own)")
+    if model.cfg.type == "pali":
+        return "transformers has no model that feeds image tokens into a BART/T5 text encoder"
     if model.classifier is not None:
         return "it is a classifier: a VisionEncoderDecoderModel has no place for its head"
     if not hasattr(model.image_encoder.trunk, "patch_embed"):

@@ -105,7 +105,8 @@ class TextEncoderDecoder(nn.Module):
         if pretrained:
             model = cls.from_pretrained(cfg.name)
         else:
-            model = cls(config_cls(**cfg.config, tie_word_embeddings=True))
+            # built at the tokenizer's size (no resize after: cheaper, and works on the meta device)
+            model = cls(config_cls(**{**cfg.config, "vocab_size": vocab_size}, tie_word_embeddings=True))
         if cfg.num_decoder_layers is not None:
             raise ValueError("text_decoder.num_decoder_layers applies to decoder-only presets, not to pali")
         if model.config.vocab_size != vocab_size:

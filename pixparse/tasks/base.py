@@ -55,12 +55,17 @@ class Example:
     prompt: str  # what the decoder is given (a task token, maybe a question)
     target: str  # what it learns to write
     reference: Any = None  # what eval scores the parsed output against
-    header: str = ""  # the part of the prompt a pixels-only model sees drawn above the page (a question)
+    # The prompt's content (a question, a text prefix) that a pixels-only model sees drawn above the
+    # page and a PaLI model's text encoder reads; both give their decoder the task token only.
+    # Task tokens stay out of the text encoder: a token that is the same in every sample becomes an
+    # attention sink the decoder learns to read instead of the image (measured: the image gap
+    # stayed 0 on the receipt check until the task token left the encoder's input).
+    header: str = ""
 
 
 # How each model family is shown the prompt: 'decoder' (all of it in the decoder's input),
 # 'pixels' (the header drawn on the page, the task token in the decoder), 'encoder' (a text
-# encoder reads it after the image tokens, the task token starts the decoder).
+# encoder reads the header after the image tokens, the task token starts the decoder).
 PROMPT_LAYOUT = {"cruller": "decoder", "pix2struct": "pixels", "pali": "encoder"}
 
 
@@ -111,7 +116,7 @@ class _Preprocess:
                 else:
                     item["image"] = shared
                 if self.layout == "encoder":
-                    item["prompt_ids"] = self.text.encoder_ids(ex.prompt)
+                    item["prompt_ids"] = self.text.encoder_ids(ex.header)
                 if self.with_meta:  # a unique key per example: page and question index when several
                     key = f"{sample.get('__key__', '?')}" + (f"/p{page.page_index}" if page.page_index else "") \
                         + (f"/{j}" if len(examples) > 1 else "")
@@ -304,7 +309,7 @@ class TaskBase(nn.Module):
         h, w = enc.image_size
         out["image"] = torch.randint(0, 256, (batch_size, enc.in_chans, h, w), dtype=torch.uint8, generator=generator)
         if self.layout == "encoder":
-            out["prompt_ids"], out["prompt_mask"] = ids[:, :1].clone(), torch.ones_like(ids[:, :1])
+            out["prompt_ids"], out["prompt_mask"] = ids[:, :0].clone(), torch.ones_like(ids[:, :0])  # no header
         return out
 
     # ----------------------------------------------------------------- export

@@ -153,7 +153,7 @@ class PrefixSplit:
             raise SampleError("empty_page", "fewer than 2 words to split")
         cut = rng.randint(1, len(words) - 1)
         rest = " ".join(words[cut:])
-        return [Example(self.prompt + " ".join(words[:cut]), rest, rest)]
+        return [Example(self.prompt, rest, rest, header=" ".join(words[:cut]))]
 
 
 @dataclass
@@ -180,7 +180,7 @@ class SpanCorruption:
             target += [sentinel(k)] + words[at + keep:at + keep + drop]
             at += keep + drop
         text = " ".join(target)
-        return [Example(self.prompt + " ".join(source), text, text)]
+        return [Example(self.prompt, text, text, header=" ".join(source))]
 
 
 def _random_split(total: int, parts: int, rng: random.Random) -> list[int]:
