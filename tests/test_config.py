@@ -209,6 +209,7 @@ def _bad_config_cases(tmp_path, synth_shards):
         "samples below a batch": (["--data.train.num_samples", "1"], r"smaller than one global batch"),
         "resume nothing": (["--train.experiment", "nothing", "--train.resume", "latest"], r"--train.resume latest: no"),
         "dtype clash": (["--task.dtype", "bfloat16"], r"--task.dtype bfloat16 \(bfloat16\) disagrees with"),
+        "task vs family": (["--task.name", "span_pretrain"], r"--task.name span_pretrain trains pali presets, not"),
     }
 
 

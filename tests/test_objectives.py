@@ -93,7 +93,7 @@ def test_prefix_split_and_span_corruption_reassemble_the_text():
 
 
 def test_text_encoder_objectives_need_a_pali_preset():
-    with pytest.raises(ValueError, match="use a pali preset"):
+    with pytest.raises(ValueError, match="trains pali presets"):
         create_task(TaskConfig(name="span_pretrain", model_name="cruller_tiny"))
     task = create_task(TaskConfig(name="span_pretrain", model_name="pali_tiny"))
     assert len(task.tokenizer.tokenize(sentinel(3))) == 1

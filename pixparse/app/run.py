@@ -145,6 +145,9 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     from pixparse.models.image_encoder import validate_encoder_config
 
     validate_encoder_config(model_cfg.image_encoder)
+    from pixparse.tasks.registry import TASKS
+
+    TASKS[cfg.task.name].check_model(model_cfg, cfg.task.init_from or cfg.task.model_name)
     if cfg.train.resume == "auto" and not cfg.train.experiment:
         raise ValueError("--train.resume auto needs a fixed --train.experiment to find its checkpoints")
     if cfg.train.experiment and not cfg.train.resume:

@@ -132,6 +132,15 @@ class TaskBase(nn.Module):
     name: ClassVar[str]
     prompt: ClassVar[str]
     needs_page_text: ClassVar[bool] = False  # only pages with text lines are samples (reading targets)
+    families: ClassVar[tuple[str, ...] | None] = None  # model families it trains (None: every one)
+
+    @classmethod
+    def check_model(cls, model_cfg: ModelConfig, model_name: str) -> None:
+        """Refuse a preset of a family this objective cannot train (before any process group)."""
+        if cls.families is not None and model_cfg.type not in cls.families:
+            raise ValueError(f"--task.name {cls.name} trains {'/'.join(cls.families)} presets, not "
+                             f"{model_name!r} (type {model_cfg.type!r}); pick e.g. "
+                             f"--task.model_name {cls.families[0]}_tiny")
 
     def __init__(self, cfg: TaskConfig, model_cfg: ModelConfig | None = None,
                  train_source: str | None = None) -> None:
@@ -140,6 +149,7 @@ class TaskBase(nn.Module):
         self.setup_tokens(train_source)
         if cfg.init_from:
             self.model_cfg, self.tokenizer, info, weights = read_source(cfg.init_from)
+            self.check_model(self.model_cfg, cfg.init_from)
             self.restore_info(info)
             self.preset_name = info.get("model_name")
             self.model: Cruller = create_model(
@@ -156,6 +166,7 @@ class TaskBase(nn.Module):
             # a preset file is named by its stem: my/cruller_large_6layers.json -> cruller_large_6layers
             self.preset_name = os.path.splitext(os.path.basename(cfg.model_name))[0]
             self.model_cfg = model_cfg or get_model_config(cfg.model_name)
+            self.check_model(self.model_cfg, cfg.model_name)
             self.tokenizer = create_tokenizer(cfg.tokenizer or self.model_cfg.text_decoder.tokenizer)
             add_task_tokens(self.tokenizer, self.task_tokens())
             self.model = create_model(

@@ -12,7 +12,7 @@
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -193,14 +193,7 @@ def _random_split(total: int, parts: int, rng: random.Random) -> list[int]:
 class _TextEncoderPretrain(TaskCrullerPretrain):
     """Objectives that give the page text to a text encoder: the pali family only."""
 
-    family: ClassVar[str] = "pali"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.model_cfg.type != self.family:
-            raise ValueError(f"--task.name {self.name} gives page text to a text encoder: use a pali preset "
-                             f"(pali_tiny, pali_base, pali_large), not {self.model_cfg.type!r} "
-                             f"({self.cfg.model_name})")
+    families = ("pali",)
 
 
 class TaskPrefixLMPretrain(_TextEncoderPretrain):

@@ -128,6 +128,7 @@ class TaskCrullerFinetuneXent(TaskCrullerFinetuneRvlcdip):
     of the RVL-CDIP task: the class is the first target token, mapped to its class index here."""
 
     name = "cruller_finetune_xent"
+    families = ("cruller",)  # the linear head sits on a fixed-size encoder's pooled tokens
     prompt = "<s_xent>"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
