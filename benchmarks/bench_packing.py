@@ -7,9 +7,11 @@ ways: packed (several pages per row of max_patches, block-diagonal attention) an
 page per row, Pix2Struct's layout). Reported: the share of padded patch slots, and training
 throughput (forward + backward + AdamW of a pix2struct model, plain loop, one process) in real
 patch tokens/s, the two layouts interleaved over rounds, median of rounds. Both layouts train on
-the same pages with the same text targets.
+the same pages with the same text targets. --min_patches draws each page's budget from
+[min, max] (NaViT's resolution sampling, --data.train.min_patches in training).
 
-    python benchmarks/bench_packing.py --data ../shared/data --max_patches 1024 --rounds 3
+    python benchmarks/bench_packing.py --data ../shared/data --max_patches 2048
+    python benchmarks/bench_packing.py --data ../shared/data --max_patches 2048 --min_patches 512
 """
 import argparse
 import datetime
@@ -29,12 +31,14 @@ SOURCES = {"receipts (SROIE)": "sroie/**/*.jpg", "forms (FUNSD)": "funsd/**/*.pn
            "full pages (DocBank)": "docbank_samples/*.jpg"}
 
 
-def load_pages(data: str, per_source: int, patch_size: int, max_patches: int, seed: int):
+def load_pages(data: str, per_source: int, patch_size: int, max_patches: int, seed: int,
+               min_patches: int | None = None):
     from PIL import Image
 
     from pixparse.data.patches import PatchPage
 
-    patcher = PatchPage(patch_size, max_patches, "L", exact=True)
+    patcher = PatchPage(patch_size, max_patches, "L", exact=True, min_patches=min_patches)
+    rng = random.Random(seed)
     pages = []
     for kind, pattern in SOURCES.items():
         files = sorted(glob.glob(os.path.join(data, pattern), recursive=True))[:per_source]
@@ -42,7 +46,7 @@ def load_pages(data: str, per_source: int, patch_size: int, max_patches: int, se
             raise SystemExit(f"no {kind} images under {data}/{pattern}: pass --data ../shared/data")
         for f in files:
             with Image.open(f) as im:
-                pages.append((kind, patcher(im.convert("L"))))
+                pages.append((kind, patcher(im.convert("L"), rng)))
     random.Random(seed).shuffle(pages)
     return pages
 
@@ -74,8 +78,9 @@ def build_model(args):
     return create_model(cfg, 512, 0, 2)
 
 
-def time_layout(model, opt, data, steps: int, warmup: int) -> tuple[float, int]:
-    """Seconds for `steps` training steps over `data` (cycled) after `warmup`; real patches seen."""
+def time_layout(model, opt, data, warmup: int) -> tuple[float, int]:
+    """Seconds for one training pass over `data` (every batch once) after `warmup` steps; real
+    patches seen."""
     import torch
     import torch.nn.functional as F
 
@@ -94,8 +99,7 @@ def time_layout(model, opt, data, steps: int, warmup: int) -> tuple[float, int]:
         step(data[i % len(data)])
     real = 0
     start = time.perf_counter()
-    for i in range(steps):
-        b = data[i % len(data)]
+    for b in data:
         step(b)
         real += int((b["segment"] > 0).sum())
     return time.perf_counter() - start, real
@@ -105,13 +109,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=os.path.join(os.path.dirname(BENCH), "..", "shared", "data"))
     p.add_argument("--per_source", type=int, default=24, help="pages taken from each source")
-    p.add_argument("--max_patches", type=int, default=1024)
+    p.add_argument("--max_patches", type=int, default=2048)
+    p.add_argument("--min_patches", type=int, default=None,
+                   help="NaViT resolution sampling: each page's budget drawn from [min, max] (unset: max)")
     p.add_argument("--patch_size", type=int, default=16)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--width", type=int, default=192, help="encoder width (heads of 64)")
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--text_len", type=int, default=64)
-    p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default=os.path.join(BENCH, "results"))
@@ -121,7 +126,8 @@ def main() -> None:
 
     from bench_train import _env_info
 
-    pages = load_pages(args.data, args.per_source, args.patch_size, args.max_patches, seed=0)
+    pages = load_pages(args.data, args.per_source, args.patch_size, args.max_patches, seed=0,
+                       min_patches=args.min_patches)
     print("pages | patches per page: median, min, max", file=sys.stderr)
     per_kind = {}
     for kind in SOURCES:
@@ -141,13 +147,15 @@ def main() -> None:
     for r in range(args.rounds):  # interleaved rounds; a fresh optimizer state per run
         for name, lay in layouts.items():
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            seconds, real = time_layout(model, opt, lay["data"], args.steps, args.warmup)
+            seconds, real = time_layout(model, opt, lay["data"], args.warmup)
             times[name].append(real / seconds)
             print(f"round {r + 1}/{args.rounds} {name}: {real / seconds:.0f} patch tokens/s", file=sys.stderr)
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"{len(pages)} real pages ({', '.join(f'{v['pages']} {k}' for k, v in per_kind.items())}), "
+    mix = ", ".join(f"{v['pages']} {k}" for k, v in per_kind.items())
+    print(f"{len(pages)} real pages ({mix}), "
           f"max_patches {args.max_patches}, patch {args.patch_size}, batch {args.batch_size} pages, "
-          f"encoder width {args.width} depth {args.depth}, {args.steps} timed steps, median of {args.rounds} rounds")
+          f"page budget {args.min_patches or args.max_patches}-{args.max_patches} patches, encoder width "
+          f"{args.width} depth {args.depth}, one timed pass over all batches, median of {args.rounds} rounds")
     print("| source | patches per page (median, min-max) | padded share if padded alone |\n|---|---|---|")
     for k, v in per_kind.items():
         print(f"| {k} | {v['median_patches']:.0f} ({v['min_patches']}-{v['max_patches']}) | "
@@ -162,7 +170,7 @@ def main() -> None:
               "command": " ".join(["python", *sys.argv]),
               "when": datetime.datetime.now().isoformat(timespec="seconds"), **_env_info()}
     os.makedirs(args.out, exist_ok=True)
-    name = f"bench_packing_m{args.max_patches}_b{args.batch_size}_{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+    name = f"bench_packing_m{args.min_patches or args.max_patches}-{args.max_patches}_b{args.batch_size}_{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
     with open(os.path.join(args.out, name), "w") as f:
         json.dump(record, f, indent=2)
     print(f"saved {os.path.join(args.out, name)}", file=sys.stderr)

@@ -210,6 +210,7 @@ def _bad_config_cases(tmp_path, synth_shards):
         "resume nothing": (["--train.experiment", "nothing", "--train.resume", "latest"], r"--train.resume latest: no"),
         "dtype clash": (["--task.dtype", "bfloat16"], r"--task.dtype bfloat16 \(bfloat16\) disagrees with"),
         "task vs family": (["--task.name", "span_pretrain"], r"--task.name span_pretrain trains pali presets, not"),
+        "patch budget vs family": (["--data.train.min_patches", "64"], r"--data.train.min_patches applies to pix2struct"),
     }
 
 

@@ -193,3 +193,13 @@ def test_export_round_trip_and_init_from(name, tmp_path):
     again = create_task(TaskConfig(init_from=str(tmp_path))).eval()
     with torch.no_grad():
         assert torch.equal(again.model(*args, **task.text_inputs(batch)), model(*args, **task.text_inputs(batch)))
+
+
+def test_resolution_sampling_draws_each_budget_from_the_range():
+    image = Image.new("L", (1700, 2200), 255)
+    pp = PatchPage(16, 1024, min_patches=256)
+    counts = [pp(image, random.Random(s))["patches"].shape[0] for s in range(40)]
+    assert min(counts) >= 200 and max(counts) <= 1024 and len(set(counts)) > 10
+    assert pp(image)["patches"].shape[0] > 950  # no RNG (eval): the full budget
+    again = [pp(image, random.Random(s))["patches"].shape[0] for s in range(40)]
+    assert again == counts  # drawn from the sample's RNG: reproducible

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from pixparse.config import BenchConfig, PretrainConfig
+from pixparse.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,18 @@ class _Setup:
     task: Any
 
 
+def check_patch_budget(min_patches: int | None, model_cfg: ModelConfig) -> None:
+    """--data.train.min_patches applies to pix2struct presets, within their max_patches."""
+    if min_patches is None:
+        return
+    if model_cfg.type != "pix2struct":
+        raise ValueError(f"--data.train.min_patches applies to pix2struct presets (variable resolution), not to "
+                         f"a {model_cfg.type} preset: drop it")
+    if not 1 <= min_patches <= model_cfg.image_encoder.max_patches:
+        raise ValueError(f"--data.train.min_patches={min_patches} must be in [1, the preset's max_patches="
+                         f"{model_cfg.image_encoder.max_patches}]")
+
+
 def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     """Validate everything a user can get wrong, then start the process group, name the run
     folder and build the task (same for pretrain and bench)."""
@@ -148,6 +161,7 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     from pixparse.tasks.registry import TASKS
 
     TASKS[cfg.task.name].check_model(model_cfg, cfg.task.init_from or cfg.task.model_name)
+    check_patch_budget(cfg.data.train.min_patches, model_cfg)
     if cfg.train.resume == "auto" and not cfg.train.experiment:
         raise ValueError("--train.resume auto needs a fixed --train.experiment to find its checkpoints")
     if cfg.train.experiment and not cfg.train.resume:

@@ -43,6 +43,10 @@ class DataLoaderConfig:
     """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
     max_patches (attention kept inside each page); false pads every page to its own row, as
     Pix2Struct does (for comparison: more rows, more padding)."""
+    min_patches: int | None = None
+    """Pixels-only presets, training: draw each page's patch budget from [min_patches, the preset's
+    max_patches] (NaViT's resolution sampling: cheaper steps and robustness to scale; packing keeps
+    the rows full). Unset: every page gets max_patches (Pix2Struct)."""
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -59,6 +63,8 @@ class DataLoaderConfig:
             raise ValueError(
                 f"--data.train.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}"
             )
+        if self.min_patches is not None and self.min_patches < 1:
+            raise ValueError(f"--data.train.min_patches must be >= 1 (or unset), got {self.min_patches}")
         if not self.source.strip():
             raise ValueError("--data.train.source is empty: give a shard path or pattern")
         if self.source_weights is not None:

@@ -66,12 +66,15 @@ def render_header(image: Image.Image, text: str) -> Image.Image:
 
 class PatchPage:
     """PIL page (+ optional header text) -> {'patches': (N, C*p*p) uint8, 'patch_pos': (N, 2) int16
-    (row, col)}, N <= max_patches. With `augment`, DocAugment runs on the resized page."""
+    (row, col)}, N <= max_patches. With `augment`, DocAugment runs on the resized page; with
+    `min_patches`, each page's budget is drawn from [min_patches, max_patches] (the sample's RNG)."""
 
     def __init__(self, patch_size: int, max_patches: int, image_fmt: str = "L", augment: DocAugment | None = None,
-                 exact: bool = False, upscale: bool = False) -> None:
+                 exact: bool = False, upscale: bool = False, min_patches: int | None = None) -> None:
         self.patch_size = patch_size
         self.max_patches = max_patches
+        # NaViT's resolution sampling: each page's budget drawn from [min_patches, max_patches]
+        self.min_patches = min_patches
         self.image_fmt = image_fmt
         self.augment = augment
         self.exact = exact
@@ -86,7 +89,10 @@ class PatchPage:
         if header:
             image = render_header(image, header)
         p = self.patch_size
-        rows, cols = patch_grid(image.height, image.width, p, self.max_patches, self.upscale)
+        budget = self.max_patches
+        if self.min_patches is not None and rng is not None:
+            budget = rng.randint(self.min_patches, self.max_patches)
+        rows, cols = patch_grid(image.height, image.width, p, budget, self.upscale)
         if (cols * p, rows * p) != image.size:
             image = image.resize((cols * p, rows * p), Image.Resampling.BICUBIC,
                                  reducing_gap=None if self.exact else 3.0)

@@ -240,9 +240,10 @@ class TaskBase(nn.Module):
         enc = self.model_cfg.image_encoder
         augment = DocAugment() if data_cfg.image_pipeline == "doc_aug" else None
         if self.layout == "pixels":
+            min_patches = data_cfg.min_patches if isinstance(data_cfg, DataLoaderConfig) else None  # training only
             image_transform: ResizePad | PatchPage = PatchPage(
                 self.model.image_encoder.patch_size, enc.max_patches, enc.image_fmt, augment=augment,
-                exact=data_cfg.decode == "exact")
+                exact=data_cfg.decode == "exact", min_patches=min_patches)
         else:
             image_transform = ResizePad(enc.image_size, enc.image_fmt, augment=augment,
                                         exact=data_cfg.decode == "exact")
