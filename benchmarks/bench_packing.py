@@ -4,7 +4,8 @@ Pages: SROIE receipts, FUNSD forms and DocBank full pages from --data (../shared
 one seeded order. Each page is patched as the loader does (gray, aspect kept, at most
 --max_patches patches, never enlarged), then batches of --batch_size pages are collated both
 ways: packed (several pages per row of max_patches, block-diagonal attention) and padded (one
-page per row, Pix2Struct's layout). Reported: the share of padded patch slots, and training
+page per row at its drawn budget, Pix2Struct's layout; packing also grows each row's pages from
+their drawn budgets to fill the row). Reported: the share of padded patch slots, and training
 throughput (forward + backward + AdamW of a pix2struct model, plain loop, one process) in real
 patch tokens/s, the two layouts interleaved over rounds, median of rounds. Both layouts train on
 the same pages with the same text targets. --min_patches draws each page's budget from
@@ -17,6 +18,7 @@ import argparse
 import datetime
 import glob
 import json
+import math
 import os
 import random
 import statistics
@@ -46,12 +48,12 @@ def load_pages(data: str, per_source: int, patch_size: int, max_patches: int, se
             raise SystemExit(f"no {kind} images under {data}/{pattern}: pass --data ../shared/data")
         for f in files:
             with Image.open(f) as im:
-                pages.append((kind, patcher(im.convert("L"), rng)))
+                pages.append((kind, patcher.prepare(im.convert("L"), rng)))
     random.Random(seed).shuffle(pages)
     return pages
 
 
-def batches(pages, batch_size: int, max_patches: int, pack: bool, text_len: int, vocab: int):
+def batches(pages, batch_size: int, max_patches: int, patch_size: int, pack: bool, text_len: int, vocab: int):
     import torch
 
     from pixparse.data.patches import collate_patches
@@ -61,7 +63,8 @@ def batches(pages, batch_size: int, max_patches: int, pack: bool, text_len: int,
     for i in range(0, len(pages) - batch_size + 1, batch_size):
         items = [{**p, "input_ids": [1, *torch.randint(3, vocab, (text_len,), generator=g).tolist(), 2],
                   "prompt_length": 1} for _, p in pages[i:i + batch_size]]
-        out.append(collate_patches(items, pad_id=0, max_patches=max_patches, pack=pack))
+        out.append(collate_patches(items, pad_id=0, max_patches=max_patches, patch_size=patch_size, pack=pack,
+                                   exact=True))
     return out
 
 
@@ -126,18 +129,21 @@ def main() -> None:
 
     from bench_train import _env_info
 
+    from pixparse.data.patches import patch_grid
+
     pages = load_pages(args.data, args.per_source, args.patch_size, args.max_patches, seed=0,
                        min_patches=args.min_patches)
     print("pages | patches per page: median, min, max", file=sys.stderr)
     per_kind = {}
     for kind in SOURCES:
-        counts = [pg["patches"].shape[0] for k, pg in pages if k == kind]
+        counts = [math.prod(patch_grid(pg["page"].height, pg["page"].width, args.patch_size, pg["budget"]))
+                  for k, pg in pages if k == kind]
         per_kind[kind] = {"pages": len(counts), "median_patches": statistics.median(counts),
                           "min_patches": min(counts), "max_patches": max(counts),
                           "padded_share_if_padded": 1 - statistics.mean(counts) / args.max_patches}
     layouts = {}
     for name, pack in (("packed", True), ("padded", False)):
-        data = batches(pages, args.batch_size, args.max_patches, pack, args.text_len, 512)
+        data = batches(pages, args.batch_size, args.max_patches, args.patch_size, pack, args.text_len, 512)
         slots = sum(b["segment"].numel() for b in data)
         real = sum(int((b["segment"] > 0).sum()) for b in data)
         layouts[name] = {"data": data, "rows": sum(b["segment"].shape[0] for b in data),
@@ -156,7 +162,7 @@ def main() -> None:
           f"max_patches {args.max_patches}, patch {args.patch_size}, batch {args.batch_size} pages, "
           f"page budget {args.min_patches or args.max_patches}-{args.max_patches} patches, encoder width "
           f"{args.width} depth {args.depth}, one timed pass over all batches, median of {args.rounds} rounds")
-    print("| source | patches per page (median, min-max) | padded share if padded alone |\n|---|---|---|")
+    print("| source | patches per page as drawn (median, min-max) | padded share if padded alone |\n|---|---|---|")
     for k, v in per_kind.items():
         print(f"| {k} | {v['median_patches']:.0f} ({v['min_patches']}-{v['max_patches']}) | "
               f"{100 * v['padded_share_if_padded']:.1f}% |")

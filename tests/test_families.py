@@ -1,5 +1,6 @@
 """The pix2struct (packed variable-resolution patches) and pali (image tokens into a text
 encoder) families: patching, packing, attention isolation between packed pages, FLOPs."""
+import math
 import random
 
 import numpy as np
@@ -9,7 +10,9 @@ from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixparse.data.patches import PatchPage, collate_patches, pack_rows, page_image, patch_grid, unpatchify
+from pixparse.data.patches import (
+    PatchPage, collate_patches, grow_to_fill, pack_rows, page_image, patch_grid, patchify, unpatchify,
+)
 from pixparse.models import create_model, get_model_config
 from pixparse.models.flops import pali_flops, pix2struct_flops
 from pixparse.tasks.config import TaskConfig
@@ -57,25 +60,51 @@ def test_pack_rows_first_fit_decreasing():
         pack_rows([129], capacity=128)
 
 
-def _page_items(sizes, patch=8, max_patches=192):
-    pp = PatchPage(patch, max_patches)
+def _page_items(sizes, patch=8, max_patches=192, min_patches=None, seed=0):
+    pp = PatchPage(patch, max_patches, min_patches=min_patches)
+    rng = random.Random(seed)
     items = []
     for k, (w, h) in enumerate(sizes):
         img = Image.effect_noise((w, h), 50 + k).convert("L")
-        items.append({**pp(img), "input_ids": [5, 6 + k, 7, 2], "prompt_length": 1})
+        items.append({**pp.prepare(img, rng), "input_ids": [5, 6 + k, 7, 2], "prompt_length": 1})
     return items
+
+
+def _patches(item, patch=8):
+    return patchify(item["page"], item["budget"], patch)
 
 
 def test_collate_packs_pages_and_each_sample_finds_its_page():
     items = _page_items([(64, 200), (40, 40), (30, 60), (200, 64), (24, 24)])
-    packed = collate_patches(items, pad_id=0, max_patches=192)
-    padded = collate_patches(items, pad_id=0, max_patches=192, pack=False)
+    packed = collate_patches(items, pad_id=0, max_patches=192, patch_size=8)
+    padded = collate_patches(items, pad_id=0, max_patches=192, patch_size=8, pack=False)
     assert padded["patches"].shape[0] == 5 and packed["patches"].shape[0] < 5
-    real = sum(it["patches"].shape[0] for it in items)
+    real = sum(_patches(it)["patches"].shape[0] for it in items)
     assert int((packed["segment"] > 0).sum()) == int((padded["segment"] > 0).sum()) == real
     for batch in (packed, padded):
         for i, it in enumerate(items):
-            assert torch.equal(page_image(batch, i, 8), unpatchify(it["patches"], it["patch_pos"].long(), 8))
+            cut = _patches(it)
+            assert torch.equal(page_image(batch, i, 8), unpatchify(cut["patches"], cut["patch_pos"].long(), 8))
+
+
+def test_packing_grows_sampled_pages_to_fill_their_rows():
+    """With resolution sampling, packed rows come out nearly full: each page grows from its drawn
+    budget (never below it, never past its max_patches grid) until its row is full."""
+    sizes = [(300, 400), (200, 640), (500, 380), (400, 300), (640, 480), (260, 700), (350, 350), (420, 600)]
+    for seed in (3, 4, 5):
+        items = _page_items(sizes, max_patches=768, min_patches=192, seed=seed)
+        padded = collate_patches(items, pad_id=0, max_patches=768, patch_size=8, pack=False)
+        packed = collate_patches(items, pad_id=0, max_patches=768, patch_size=8)
+        share = lambda b: 1 - float((b["segment"] > 0).float().mean())  # noqa: E731
+        assert share(padded) > 0.2 and share(packed) < 0.05, (seed, share(padded), share(packed))
+        for i, it in enumerate(items):
+            drawn = _patches(it)["patches"].shape[0]
+            got = page_image(packed, i, 8)
+            assert drawn <= (got.shape[1] // 8) * (got.shape[2] // 8) <= 768
+    # two 10x10-patch pages drawn at 36 patches each grow to fill a row of 192 (96 each at most)
+    grown = grow_to_fill([(80, 80), (80, 80)], [36, 36], 192, 8)
+    assert all(b >= 36 for b in grown)
+    assert 160 <= sum(math.prod(patch_grid(80, 80, 8, b)) for b in grown) <= 192
 
 
 def test_packed_pages_do_not_see_each_other():
@@ -84,9 +113,9 @@ def test_packed_pages_do_not_see_each_other():
     torch.manual_seed(0)
     task = create_task(TaskConfig(model_name="pix2struct_tiny")).eval()
     a, b, c = _page_items([(64, 120), (40, 56), (48, 48)])
-    one = collate_patches([a, b], pad_id=0, max_patches=192)
-    two = collate_patches([a, c], pad_id=0, max_patches=192)
-    alone = collate_patches([a], pad_id=0, max_patches=192, pack=False)
+    one = collate_patches([a, b], pad_id=0, max_patches=192, patch_size=8)
+    two = collate_patches([a, c], pad_id=0, max_patches=192, patch_size=8)
+    alone = collate_patches([a], pad_id=0, max_patches=192, patch_size=8, pack=False)
     assert one["patches"].shape[0] == 1 and two["patches"].shape[0] == 1  # really packed together
     with torch.no_grad():
         outs = []
@@ -135,7 +164,7 @@ def test_question_is_drawn_on_the_page_for_pix2struct_only():
 def test_pix2struct_formula_matches_flop_counter(text_len):
     model = create_model(get_model_config("pix2struct_tiny"), 300, 0, 1)
     items = _page_items([(64, 200), (40, 40), (200, 64)])
-    batch = collate_patches(items, pad_id=0, max_patches=192)
+    batch = collate_patches(items, pad_id=0, max_patches=192, patch_size=8)
     pixels = {k: batch[k] for k in ("patch_pos", "segment", "sample_row", "sample_segment")}
     pixels["patches"] = batch["patches"].float() / 255
     ids = torch.randint(0, 300, (3, text_len))

@@ -65,15 +65,17 @@ def render_header(image: Image.Image, text: str) -> Image.Image:
 
 
 class PatchPage:
-    """PIL page (+ optional header text) -> {'patches': (N, C*p*p) uint8, 'patch_pos': (N, 2) int16
-    (row, col)}, N <= max_patches. With `augment`, DocAugment runs on the resized page; with
-    `min_patches`, each page's budget is drawn from [min_patches, max_patches] (the sample's RNG)."""
+    """PIL page (+ optional header text) -> patches, in two steps so that collate can set each
+    page's final budget: `prepare` (worker, per sample) converts, draws the header, resizes the page
+    to its grid at max_patches and augments it, and draws its budget; `patchify` (collate) resizes
+    it to the grid of its final budget and cuts the patches. `__call__` does both at the drawn
+    budget. With `min_patches`, each page's budget is drawn from [min_patches, max_patches] (the
+    sample's RNG; NaViT's resolution sampling); without an RNG (eval) it is max_patches."""
 
     def __init__(self, patch_size: int, max_patches: int, image_fmt: str = "L", augment: DocAugment | None = None,
                  exact: bool = False, upscale: bool = False, min_patches: int | None = None) -> None:
         self.patch_size = patch_size
         self.max_patches = max_patches
-        # NaViT's resolution sampling: each page's budget drawn from [min_patches, max_patches]
         self.min_patches = min_patches
         self.image_fmt = image_fmt
         self.augment = augment
@@ -83,30 +85,78 @@ class PatchPage:
         # of max_patches patches holds the patch grid of any page up to aspect 4:1 at full detail.
         self.height = self.width = 2 * math.ceil(math.sqrt(max_patches)) * patch_size
 
-    def __call__(self, image: Image.Image, rng: random.Random | None = None, header: str = "") -> dict[str, torch.Tensor]:
+    def prepare(self, image: Image.Image, rng: random.Random | None = None, header: str = "") -> dict[str, Any]:
+        """-> {'page': the page at its max_patches grid (PIL), 'budget': its drawn patch budget}."""
         if image.mode != self.image_fmt:
             image = image.convert(self.image_fmt)
         if header:
             image = render_header(image, header)
         p = self.patch_size
-        budget = self.max_patches
-        if self.min_patches is not None and rng is not None:
-            budget = rng.randint(self.min_patches, self.max_patches)
-        rows, cols = patch_grid(image.height, image.width, p, budget, self.upscale)
+        rows, cols = patch_grid(image.height, image.width, p, self.max_patches, self.upscale)
         if (cols * p, rows * p) != image.size:
             image = image.resize((cols * p, rows * p), Image.Resampling.BICUBIC,
                                  reducing_gap=None if self.exact else 3.0)
         if self.augment is not None and rng is not None:
             image = self.augment(image, rng, 255 if self.image_fmt == "L" else (255, 255, 255))
-        arr = np.asarray(image, dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        c = arr.shape[2]
-        # (rows*p, cols*p, C) -> (rows, cols, C, p, p) -> (N, C*p*p)
-        patches = arr.reshape(rows, p, cols, p, c).transpose(0, 2, 4, 1, 3).reshape(rows * cols, c * p * p)
-        r, q = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-        pos = np.stack([r.reshape(-1), q.reshape(-1)], axis=1).astype(np.int16)
-        return {"patches": torch.from_numpy(np.ascontiguousarray(patches)), "patch_pos": torch.from_numpy(pos)}
+        budget = self.max_patches
+        if self.min_patches is not None and rng is not None:
+            budget = rng.randint(self.min_patches, self.max_patches)
+        return {"page": image, "budget": budget}
+
+    def __call__(self, image: Image.Image, rng: random.Random | None = None, header: str = "") -> dict[str, torch.Tensor]:
+        prepared = self.prepare(image, rng, header)
+        return patchify(prepared["page"], prepared["budget"], self.patch_size, self.exact)
+
+
+def patchify(page: Image.Image, budget: int, patch_size: int, exact: bool = False) -> dict[str, torch.Tensor]:
+    """A prepared page at the grid of `budget` patches (never above its own size) ->
+    {'patches': (N, C*p*p) uint8, 'patch_pos': (N, 2) int16 (row, col)}."""
+    p = patch_size
+    rows, cols = patch_grid(page.height, page.width, p, budget)
+    if (cols * p, rows * p) != page.size:
+        page = page.resize((cols * p, rows * p), Image.Resampling.BICUBIC, reducing_gap=None if exact else 3.0)
+    arr = np.asarray(page, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    c = arr.shape[2]
+    # (rows*p, cols*p, C) -> (rows, cols, C, p, p) -> (N, C*p*p)
+    patches = arr.reshape(rows, p, cols, p, c).transpose(0, 2, 4, 1, 3).reshape(rows * cols, c * p * p)
+    r, q = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    pos = np.stack([r.reshape(-1), q.reshape(-1)], axis=1).astype(np.int16)
+    return {"patches": torch.from_numpy(np.ascontiguousarray(patches)), "patch_pos": torch.from_numpy(pos)}
+
+
+def grow_to_fill(sizes: list[tuple[int, int]], budgets: list[int], capacity: int, patch_size: int) -> list[int]:
+    """Budgets for the pages of one packed row, each at least its own, grown in proportion so the
+    row's patches come as close to `capacity` as the grids allow. `sizes` are the prepared pages'
+    (height, width): a page never grows past them (its max_patches grid)."""
+    def count(b: list[int]) -> list[int]:
+        return [math.prod(patch_grid(h, w, patch_size, n)) for (h, w), n in zip(sizes, b)]
+
+    used = sum(count(budgets))
+    if used >= capacity:
+        return budgets
+    grown = [max(b, math.floor(b * capacity / used)) for b in budgets]
+    for _ in range(64):  # grid rounding can overshoot: take the excess back from the most-grown page
+        excess = sum(count(grown)) - capacity
+        if excess <= 0:
+            break
+        k = max(range(len(grown)), key=lambda i: grown[i] - budgets[i])
+        if grown[k] == budgets[k]:
+            return budgets  # the drawn budgets fit (the packing chose them)
+        grown[k] = max(budgets[k], grown[k] - excess)
+    else:
+        return budgets
+    # grid rounding left slots free: offer them to each page in turn, largest first (a page takes
+    # the largest grid that fits its count plus the free slots)
+    counts = count(grown)
+    for k in sorted(range(len(grown)), key=lambda i: -counts[i]):
+        slack = capacity - sum(counts)
+        if slack <= 0:
+            break
+        grown[k] = max(grown[k], counts[k] + slack)
+        counts = count(grown)
+    return grown
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -129,32 +179,40 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def collate_patches(samples: list[dict[str, Any]], pad_id: int, max_patches: int, pack: bool = True,
-                    pad_to_multiple_of: int = 8) -> dict[str, Any]:
-    """Text as collate_text_image; pages as packed rows:
+def collate_patches(samples: list[dict[str, Any]], pad_id: int, max_patches: int, patch_size: int,
+                    pack: bool = True, pad_to_multiple_of: int = 8, exact: bool = False) -> dict[str, Any]:
+    """Text as collate_text_image; prepared pages (PatchPage.prepare) as rows of patches:
     patches (R, L, C*p*p) uint8, patch_pos (R, L, 2) long, segment (R, L) long (0: padding),
     sample_row (B,) and sample_segment (B,): where each sample's page lies. L = max_patches.
 
-    Samples of one page (several questions) share its patches only when they are the same
-    tensor object; otherwise each is placed on its own.
+    pack: pages packed first-fit (longest first), then each row's pages grown from their drawn
+    budgets to fill it (so rows come out nearly full); otherwise one page per row at its budget,
+    padded. Examples of one page (several questions) share it when they hold the same object.
     """
-    text = collate_text_image([{k: v for k, v in s.items() if k not in ("patches", "patch_pos")}
+    text = collate_text_image([{k: v for k, v in s.items() if k not in ("page", "budget")}
                                | {"image": torch.empty(0)} for s in samples],
                               pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
     del text["image"]
-    # one page per distinct patch tensor: the examples of one page point at the same object
     page_of: list[int] = []
     pages: list[dict[str, Any]] = []
     seen: dict[int, int] = {}
     for s in samples:
-        key = id(s["patches"])
+        key = id(s["page"])
         if key not in seen:
             seen[key] = len(pages)
             pages.append(s)
         page_of.append(seen[key])
-    lengths = [p["patches"].shape[0] for p in pages]
+    sizes = [(pg["page"].height, pg["page"].width) for pg in pages]
+    budgets = [pg["budget"] for pg in pages]
+    lengths = [math.prod(patch_grid(h, w, patch_size, b)) for (h, w), b in zip(sizes, budgets)]
     rows = pack_rows(lengths, max_patches) if pack else [[i] for i in range(len(pages))]
-    dim = pages[0]["patches"].shape[1]
+    if pack:
+        for members in rows:
+            grown = grow_to_fill([sizes[i] for i in members], [budgets[i] for i in members], max_patches, patch_size)
+            for i, b in zip(members, grown):
+                budgets[i] = b
+    cut = [patchify(pg["page"], b, patch_size, exact) for pg, b in zip(pages, budgets)]
+    dim = cut[0]["patches"].shape[1]
     patches = torch.zeros((len(rows), max_patches, dim), dtype=torch.uint8)
     pos = torch.zeros((len(rows), max_patches, 2), dtype=torch.long)
     segment = torch.zeros((len(rows), max_patches), dtype=torch.long)
@@ -162,9 +220,9 @@ def collate_patches(samples: list[dict[str, Any]], pad_id: int, max_patches: int
     for r, members in enumerate(rows):
         start = 0
         for k, i in enumerate(members, start=1):
-            n = lengths[i]
-            patches[r, start:start + n] = pages[i]["patches"]
-            pos[r, start:start + n] = pages[i]["patch_pos"].long()
+            n = cut[i]["patches"].shape[0]
+            patches[r, start:start + n] = cut[i]["patches"]
+            pos[r, start:start + n] = cut[i]["patch_pos"].long()
             segment[r, start:start + n] = k
             where[i] = (r, k)
             start += n

@@ -70,7 +70,7 @@ PROMPT_LAYOUT = {"cruller": "decoder", "pix2struct": "pixels", "pali": "encoder"
 
 
 class _Preprocess:
-    """Worker-side: sample -> [{'image' (or 'patches', 'patch_pos'), 'input_ids', 'prompt_length'
+    """Worker-side: sample -> [{'image' (or 'page', 'budget'), 'input_ids', 'prompt_length'
     (, 'prompt_ids')(, 'meta')}] (picklable: holds the tokenizer and the task's example builder,
     never the model)."""
 
@@ -107,9 +107,9 @@ class _Preprocess:
             for j, ex in enumerate(examples):
                 ids, prompt_length = self.text(ex.prompt, ex.target)
                 item = {"input_ids": ids, "prompt_length": prompt_length}
-                if self.layout == "pixels":  # patches; a header makes each example's page its own
+                if self.layout == "pixels":  # a prepared page; a header makes each example's page its own
                     if shared is None or ex.header:
-                        pixels = self.image_transform(page.image, rng, header=ex.header)
+                        pixels = self.image_transform.prepare(page.image, rng, header=ex.header)
                         if not ex.header:
                             shared = pixels
                     item.update(shared if not ex.header else pixels)
@@ -262,7 +262,8 @@ class TaskBase(nn.Module):
         if self.layout == "pixels":
             return functools.partial(
                 collate_patches, pad_id=self.tokenizer.pad_token_id, max_patches=self.model_cfg.image_encoder.max_patches,
-                pack=data_cfg.pack_patches, pad_to_multiple_of=data_cfg.pad_to_multiple_of,
+                patch_size=self.model.image_encoder.patch_size, pack=data_cfg.pack_patches,
+                pad_to_multiple_of=data_cfg.pad_to_multiple_of, exact=data_cfg.decode == "exact",
             )
         return functools.partial(
             collate_text_image, pad_id=self.tokenizer.pad_token_id,
