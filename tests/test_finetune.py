@@ -11,10 +11,13 @@ from tests.test_distributed import _metrics, _run, deepspeed_two_ranks
 pytestmark = pytest.mark.slow
 
 
-def test_learning_check_reads_the_receipts(shared_data, tmp_path):
+@pytest.mark.parametrize("preset", ["cruller_tiny", "pix2struct_tiny", "pali_tiny"])
+def test_learning_check_reads_the_receipts(shared_data, tmp_path, preset):
     """8 SROIE receipts: fine-tune on 2 ranks, then the eval app parses every field of every
-    receipt, and the loss depends on the page (a model that ignores its input fails here)."""
-    proc = _run(["bash", f"{REPO}/benchmarks/learning_check.sh", f"{shared_data}/sroie", str(tmp_path)], timeout=900)
+    receipt, and the loss depends on the page (a model that ignores its input fails here); for
+    every model family."""
+    proc = _run(["bash", f"{REPO}/benchmarks/learning_check.sh", f"{shared_data}/sroie", str(tmp_path), preset],
+                timeout=900)
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert metrics["num_samples"] == 8
     assert metrics["field_f1"] == 1.0 and metrics["ted_accuracy"] == 1.0, metrics
