@@ -17,7 +17,6 @@ the same pages with the same text targets. --min_patches draws each page's budge
 import argparse
 import datetime
 import glob
-import json
 import math
 import os
 import random
@@ -127,7 +126,7 @@ def main() -> None:
 
     import torch
 
-    from bench_train import _env_info
+    from bench_train import _env_info, save_result
 
     from pixparse.data.patches import patch_grid
 
@@ -175,12 +174,8 @@ def main() -> None:
     record = {"summary": summary, "per_source": per_kind, "tokens_per_s_rounds": times, "args": vars(args),
               "command": " ".join(["python", *sys.argv]),
               "when": datetime.datetime.now().isoformat(timespec="seconds"), **_env_info()}
-    os.makedirs(args.out, exist_ok=True)
-    name = f"bench_packing_m{args.min_patches or args.max_patches}-{args.max_patches}_b{args.batch_size}_{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
-    with open(os.path.join(args.out, name), "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"saved {os.path.join(args.out, name)}", file=sys.stderr)
-    print(json.dumps(summary))
+    save_result(args.out, f"bench_packing_m{args.min_patches or args.max_patches}-{args.max_patches}_b{args.batch_size}",
+                record)
 
 
 if __name__ == "__main__":

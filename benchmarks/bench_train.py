@@ -251,6 +251,16 @@ def _env_info() -> dict:
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+def save_result(out_dir: str, stem: str, record: dict) -> None:
+    """<out_dir>/<stem>_<time>.json with the record; the summary printed as the last JSON line."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{stem}_{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"saved {path}", file=sys.stderr)
+    print(json.dumps(record["summary"]))
+
+
 def spawn(args, variant: str, *extra: str) -> dict:
     """Run one variant in a fresh process; its last stdout line (JSON)."""
     cmd = [sys.executable, __file__, "--worker", variant, *extra, "--model", args.model, "--batch_size",
@@ -310,7 +320,7 @@ def main() -> None:
         rows.append((v, median[v], args.batch_size / median[v], ratio, results[v]))
     print(f"model {args.model}, batch {args.batch_size}, 1 rank, {args.steps} timed steps "
           f"({args.warmup} warm-up), {args.rounds} round(s), median of rounds")
-    print(f"| variant | step s | samples/s | vs plain (same dtype) | rounds |\n|---|---|---|---|---|")
+    print("| variant | step s | samples/s | vs plain (same dtype) | rounds |\n|---|---|---|---|---|")
     for v, s, sps, ratio, all_ in rows:
         print(f"| {v} | {s:.4f} | {sps:.1f} | {f'{ratio:.3f}x' if ratio else '-'} | "
               f"{', '.join(f'{x:.4f}' for x in all_)} |")
@@ -325,12 +335,7 @@ def main() -> None:
               "command": " ".join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(REPO)
                                    else "python", *sys.argv]),
               "when": datetime.datetime.now().isoformat(timespec="seconds"), **_env_info()}
-    os.makedirs(args.out, exist_ok=True)
-    name = f"bench_train_{args.model}_b{args.batch_size}_{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
-    with open(os.path.join(args.out, name), "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"saved {os.path.join(args.out, name)}", file=sys.stderr)
-    print(json.dumps(summary))
+    save_result(args.out, f"bench_train_{args.model}_b{args.batch_size}", record)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
 # Every metric must come with a positive image_gap (the loss depends on the page).
 #   bash benchmarks/learning_check_all.sh ../shared/data runs/learning_all [cord docvqa rvlcdip xent]
 # The last line printed is one JSON object: cord_field_f1, docvqa_anls, rvlcdip_accuracy,
-# xent_accuracy and each task's image_gap and fine-tuning seconds. ZERO=3 runs ZeRO-3.
+# xent_accuracy and each task's image_gap and fine-tuning seconds. ZERO=3 runs ZeRO-3;
+# PRESET=pix2struct_tiny (or pali_tiny) another model family (xent: cruller only).
 set -euo pipefail
 DATA=$(cd "${1:?usage: learning_check_all.sh DATA_FOLDER OUT_DIR [TASKS...]}" && pwd)
 mkdir -p "${2:?usage: learning_check_all.sh DATA_FOLDER OUT_DIR [TASKS...]}"
@@ -17,6 +18,7 @@ OUT=$(cd "$2" && pwd)
 shift 2
 TASKS=${*:-cord docvqa rvlcdip xent}
 ZERO=${ZERO:-2}
+PRESET=${PRESET:-cruller_tiny}
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -39,7 +41,7 @@ check() {  # NAME TASK NUM_SAMPLES LR [train flags...]: fine-tune, evaluate -> $
   # Constant LR, no warmup, no shuffle buffer: few documents, seen in order (see learning_check.sh).
   deepspeed --num_gpus 2 --master_port "$port" launch/train.py \
     --deepspeed_config "ds_configs/zero${ZERO}_fp32.json" \
-    --task.name "$task" --task.model_name cruller_tiny \
+    --task.name "$task" --task.model_name "$PRESET" \
     --data.train.source "$shards" --data.train.batch_size 4 --data.train.num_workers 1 \
     --data.train.num_samples "$samples" --task.num_intervals 1 --data.train.shuffle_buffer 0 \
     --task.opt.learning_rate "$lr" --task.opt.schedule constant --task.num_warmup_intervals 0 \
@@ -52,7 +54,7 @@ check() {  # NAME TASK NUM_SAMPLES LR [train flags...]: fine-tune, evaluate -> $
     --eval.checkpoint-path "$OUT/$name/runs/$name/checkpoints" --output-dir "$OUT/$name/eval" \
     | tail -n 1 | python -c "import json, sys; m = json.load(sys.stdin); m['train_s'] = $took; print(json.dumps(m))" \
     > "$OUT/$name/metrics.json"
-  echo "$name ($task, ZeRO-$ZERO): $(cat "$OUT/$name/metrics.json")"
+  echo "$name ($task, $PRESET, ZeRO-$ZERO): $(cat "$OUT/$name/metrics.json")"
 }
 
 for t in $TASKS; do

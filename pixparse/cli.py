@@ -1,7 +1,6 @@
 """`pixparse <subcommand>`: parse the typed config tree, then hand it to the engine."""
 import dataclasses
 import logging
-import os
 import sys
 import typing
 from typing import Any

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 
 from pixparse.data.config import DataLoaderConfig
 from pixparse.engine.optim import create_optimizer, no_decay_names

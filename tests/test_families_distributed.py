@@ -1,11 +1,8 @@
 """Every model family with the real engine on 2 CPU ranks, from shards written from real receipts:
 ZeRO-2 and ZeRO-3, the loss falls, eval during training generates, the checkpoint exports to
 plain weights that load without DeepSpeed and generate."""
-import json
-import sys
 
 import pytest
-import torch
 
 from tests.conftest import REPO
 from tests.test_distributed import _metrics, _run, deepspeed_two_ranks

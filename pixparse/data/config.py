@@ -1,5 +1,5 @@
 """Data configuration. Imports only the stdlib."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 

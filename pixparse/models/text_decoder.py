@@ -6,6 +6,19 @@ from transformers import BartConfig, BartForCausalLM, GenerationConfig
 from pixparse.models.config import TextDecoderConfig
 
 
+def use_tokenizer(model: nn.Module, vocab_size: int, pad_token_id: int, eos_token_id: int) -> nn.Module:
+    """Resize a transformers model to the tokenizer and make its ids the ones generation uses.
+    BART's defaults (forced_eos_token_id=2, bos 0, eos 2, pad 1) name ids of BART's own
+    vocabulary; generation must use this tokenizer's and force nothing."""
+    if model.config.vocab_size != vocab_size:
+        model.resize_token_embeddings(vocab_size)
+    model.config.pad_token_id = pad_token_id
+    model.config.eos_token_id = eos_token_id
+    model.config.forced_eos_token_id = None
+    model.generation_config = GenerationConfig(eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True)
+    return model
+
+
 class TextDecoder(nn.Module):
     """BART decoder stack + tied LM head, built offline from the preset's config."""
 
@@ -38,16 +51,7 @@ class TextDecoder(nn.Module):
                 )
             model.model.decoder.layers = layers[: cfg.num_decoder_layers]
             model.config.decoder_layers = cfg.num_decoder_layers
-        if model.config.vocab_size != vocab_size:
-            model.resize_token_embeddings(vocab_size)
-        model.config.pad_token_id = pad_token_id
-        model.config.eos_token_id = eos_token_id
-        # BART's defaults (forced_eos_token_id=2, bos 0, eos 2, pad 1) name ids of BART's own
-        # vocabulary; generation must use this tokenizer's and force nothing.
-        model.config.forced_eos_token_id = None
-        model.generation_config = GenerationConfig(eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                                                   use_cache=True)
-        self.model = model
+        self.model = use_tokenizer(model, vocab_size, pad_token_id, eos_token_id)
         self.hidden_size: int = model.config.d_model
         self.max_positions: int = model.config.max_position_embeddings
 
@@ -109,14 +113,7 @@ class TextEncoderDecoder(nn.Module):
             model = cls(config_cls(**{**cfg.config, "vocab_size": vocab_size}, tie_word_embeddings=True))
         if cfg.num_decoder_layers is not None:
             raise ValueError("text_decoder.num_decoder_layers applies to decoder-only presets, not to pali")
-        if model.config.vocab_size != vocab_size:
-            model.resize_token_embeddings(vocab_size)
-        model.config.pad_token_id = pad_token_id
-        model.config.eos_token_id = eos_token_id
-        model.config.forced_eos_token_id = None
-        model.generation_config = GenerationConfig(eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                                                   use_cache=True)
-        self.model = model
+        self.model = use_tokenizer(model, vocab_size, pad_token_id, eos_token_id)
         self.hidden_size: int = model.config.d_model
         # T5 has relative positions (no table); BART's table bounds both the encoder and decoder
         self.max_positions: int = getattr(model.config, "max_position_embeddings", None) or 1 << 16
