@@ -33,8 +33,8 @@ def test_family_trains_on_two_ranks_exports_and_generates(shared_data, tmp_path,
         "--train.experiment", "fam", "--train.log_every_n_steps", "1")
     _run(cmd, timeout=400)
     records = _metrics(tmp_path, "fam")
-    losses = [r["loss"] for r in records if "loss" in r]
-    assert len(losses) == 12 and losses[-1] < 0.6 * losses[0], losses
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 12 and losses[-1] < 0.75 * losses[0], losses
     evals = [r for r in records if "eval/image_gap" in r]
     assert len(evals) == 1 and evals[0]["eval/num_samples"] == 4
 
@@ -47,9 +47,28 @@ def test_family_trains_on_two_ranks_exports_and_generates(shared_data, tmp_path,
     from pixparse.tasks.registry import create_task
 
     again = create_task(TaskConfig(name=task, init_from=str(tmp_path / "export"), max_new_tokens=6)).eval()
-    from tests.test_generate import _pages
-
-    batch = _pages(again, 2, seed=0)
+    batch = _receipt_batch(again, tmp_path / "shards")
     start = tokenizer.convert_tokens_to_ids(info["prompt"])
     out = again.generate(batch, [[start]] * 2, max_new_tokens=6)
     assert len(out) == 2 and all(len(o) <= 6 for o in out)
+
+
+def _receipt_batch(task, shard_dir):
+    """The first two receipts of the shards, as the eval loader collates them."""
+    import random
+    import tarfile
+
+    from pixparse.data.config import DataLoaderConfig
+
+    samples = []
+    for i in range(2):
+        with tarfile.open(shard_dir / f"sroie-{i:06d}.tar") as tar:
+            sample = {}
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                sample["__key__"], sample[ext] = key, tar.extractfile(m).read()
+            samples.append(sample)
+    cfg = DataLoaderConfig(source="unused", num_samples=2)
+    pre = task.preprocess(cfg)
+    rng = random.Random(0)
+    return task.collate(cfg)([item for s in samples for item in pre(s, rng)])
