@@ -156,6 +156,11 @@ def test_question_is_drawn_on_the_page_for_pix2struct_only():
             assert not torch.equal(plain["patches"], drawn["patches"][: plain["patches"].shape[0]])
             top = unpatchify(drawn["patches"], drawn["patch_pos"].long(), 8)[0]
             assert (top[: top.shape[0] // 6] < 128).any()  # ink in the header band
+            # legible at the model's resolution: on a 754 px form cut to <= 192 patches the letters
+            # stay about a patch tall (1/40 of the width would leave 2 px letters)
+            form = PatchPage(8, 192)(Image.new("L", (754, 1000), 255), header="Date:")
+            ink_rows = (unpatchify(form["patches"], form["patch_pos"].long(), 8)[0] < 160).any(dim=1).sum()
+            assert ink_rows >= 5, int(ink_rows)
         if name == "pali_tiny":  # the text encoder reads the question, not the task tokens
             assert pre.text.encoder_ids(ex[0].header) == tok("what total?", add_special_tokens=False).input_ids
 

@@ -37,10 +37,10 @@ def patch_grid(height: int, width: int, patch_size: int, max_patches: int, upsca
     return rows, cols
 
 
-def render_header(image: Image.Image, text: str) -> Image.Image:
+def render_header(image: Image.Image, text: str, min_size: int = 10) -> Image.Image:
     """Pix2Struct's prompt rendering: `text` (a question) drawn in black on white above the page,
-    wrapped to the page width, with a font scaled to the page (1/40 of its width)."""
-    size = max(10, image.width // 40)
+    wrapped to the page width, with a font of 1/40 of the page width, or `min_size` px if larger."""
+    size = max(min_size, image.width // 40)
     font = ImageFont.load_default(size=size)
     draw = ImageDraw.Draw(image)
     lines, line = [], ""
@@ -89,9 +89,12 @@ class PatchPage:
         """-> {'page': the page at its max_patches grid (PIL), 'budget': its drawn patch budget}."""
         if image.mode != self.image_fmt:
             image = image.convert(self.image_fmt)
-        if header:
-            image = render_header(image, header)
         p = self.patch_size
+        if header:
+            # A header line at least one patch tall once the page is scaled to its grid (at 192
+            # patches a 754 px form shrinks ~10x: 1/40 of its width would draw 2 px letters).
+            _, cols = patch_grid(image.height, image.width, p, self.max_patches, self.upscale)
+            image = render_header(image, header, min_size=math.ceil(image.width / cols))  # one patch, in page px
         rows, cols = patch_grid(image.height, image.width, p, self.max_patches, self.upscale)
         if (cols * p, rows * p) != image.size:
             image = image.resize((cols * p, rows * p), Image.Resampling.BICUBIC,
