@@ -1,6 +1,10 @@
 import os
 import random
 
+# Tests never download: a model or tokenizer that would come from the hub fails at once instead of
+# retrying the network (set before huggingface_hub is imported; subprocesses inherit it).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import numpy as np
 import pytest
 import torch

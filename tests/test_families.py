@@ -237,3 +237,37 @@ def test_resolution_sampling_draws_each_budget_from_the_range():
     assert pp(image)["patches"].shape[0] > 950  # no RNG (eval): the full budget
     again = [pp(image, random.Random(s))["patches"].shape[0] for s in range(40)]
     assert again == counts  # drawn from the sample's RNG: reproducible
+
+
+def test_pretrained_towers_load_from_local_files(tmp_path):
+    """pretrained: the patch encoder takes a timm ViT's blocks and patch weights (a local weights
+    file here; a hub tag the same way), and pali's text side a transformers T5 folder."""
+    import timm
+    from safetensors.torch import save_file
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from pixparse.models.config import ModelConfig
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, in_chans=1, img_size=(8, 8),
+                            patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "vit.safetensors"))
+    cfg = get_model_config("pix2struct_tiny").to_dict()
+    cfg["image_encoder"]["pretrained_tag"] = str(tmp_path / "vit.safetensors")
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=300, d_model=96, d_kv=48, d_ff=192, num_layers=2,
+                                             num_decoder_layers=2, num_heads=2))
+    t5.save_pretrained(str(tmp_path / "t5"))
+    from pixparse.models.pix2struct import PatchEncoder
+
+    enc = PatchEncoder(ModelConfig.from_dict(cfg).image_encoder, pretrained=True)
+    assert torch.equal(enc.blocks[1].mlp.fc2.weight, vit.blocks[1].mlp.fc2.weight)
+    assert torch.equal(enc.patch_embed.weight, vit.patch_embed.proj.weight.flatten(1))
+    pali = get_model_config("pali_tiny").to_dict()
+    pali["text_decoder"]["name"] = str(tmp_path / "t5")
+    pali["image_encoder"]["pretrained_tag"] = None
+    pali["image_encoder"]["name"] = "vit_tiny_patch16_224"
+    model = create_model(ModelConfig.from_dict(pali), 300, 0, 1, pretrained=False)
+    assert not torch.equal(model.text_decoder.model.shared.weight, t5.shared.weight)
+    from pixparse.models.text_decoder import TextEncoderDecoder
+
+    loaded = TextEncoderDecoder(ModelConfig.from_dict(pali).text_decoder, 300, 0, 1, pretrained=True)
+    assert torch.equal(loaded.model.shared.weight, t5.shared.weight)

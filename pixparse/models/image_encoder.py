@@ -11,13 +11,7 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, cfg: ImageEncoderConfig, pretrained: bool = False) -> None:
         super().__init__()
-        kwargs = dict(cfg.model_args)
-        if pretrained and cfg.pretrained_tag and cfg.pretrained_tag.endswith((".safetensors", ".pth", ".bin")):
-            # A local weights file: no hub access needed.
-            kwargs["pretrained_cfg_overlay"] = dict(file=cfg.pretrained_tag)
-            name = cfg.name
-        else:
-            name = f"{cfg.name}.{cfg.pretrained_tag}" if pretrained and cfg.pretrained_tag else cfg.name
+        name, kwargs = trunk_source(cfg, pretrained)
         self.trunk = create_trunk(name, cfg, pretrained, **kwargs)
         self.num_features: int = self.trunk.num_features
         self.image_size = cfg.image_size
@@ -38,6 +32,16 @@ class ImageEncoder(nn.Module):
         if x.ndim == 4:  # conv trunks give (B, C, h, w)
             x = x.flatten(2).transpose(1, 2)
         return x
+
+
+def trunk_source(cfg: ImageEncoderConfig, pretrained: bool) -> tuple[str, dict]:
+    """(timm name, create_model kwargs) of the preset's trunk: `name.pretrained_tag` from the hub,
+    or a local weights file named by pretrained_tag (no hub access)."""
+    kwargs = dict(cfg.model_args)
+    if pretrained and cfg.pretrained_tag and cfg.pretrained_tag.endswith((".safetensors", ".pth", ".bin")):
+        kwargs["pretrained_cfg_overlay"] = dict(file=cfg.pretrained_tag)
+        return cfg.name, kwargs
+    return (f"{cfg.name}.{cfg.pretrained_tag}" if pretrained and cfg.pretrained_tag else cfg.name), kwargs
 
 
 def check_image_size(trunk: nn.Module, cfg: ImageEncoderConfig) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pixparse.models.config import ImageEncoderConfig, ModelConfig
-from pixparse.models.image_encoder import create_trunk
+from pixparse.models.image_encoder import create_trunk, trunk_source
 from pixparse.models.text_decoder import TextDecoder
 
 
@@ -26,8 +26,7 @@ class PatchEncoder(nn.Module):
     def __init__(self, cfg: ImageEncoderConfig, pretrained: bool = False) -> None:
         super().__init__()
         assert cfg.max_patches, "pix2struct encoders need max_patches"
-        name = f"{cfg.name}.{cfg.pretrained_tag}" if pretrained and cfg.pretrained_tag else cfg.name
-        kwargs = dict(cfg.model_args)
+        name, kwargs = trunk_source(cfg, pretrained)
         patch = kwargs.get("patch_size", 16)
         # any size the patch divides: only the blocks, norm and patch weights are kept
         trunk = create_trunk(name, ImageEncoderConfig(name=cfg.name, image_size=(patch, patch),
