@@ -130,14 +130,20 @@ def _weights(tag_dir):
     return torch.load(states[0], map_location="cpu", weights_only=False)["module"]
 
 
-def test_resume_mid_interval_reaches_the_same_parameters(synth_shards, tmp_path):
-    """fp32: an uninterrupted run and one resumed from a step-10 checkpoint end bit-identical."""
+@pytest.mark.parametrize("model", [
+    [],
+    ["--task.model_name", "pix2struct_tiny", "--data.train.min_patches", "48"],  # budgets from the sample RNG
+    ["--task.model_name", "pali_tiny"],
+])
+def test_resume_mid_interval_reaches_the_same_parameters(synth_shards, tmp_path, model):
+    """fp32: an uninterrupted run and one resumed from a step-10 checkpoint end bit-identical
+    (every model family)."""
     import torch
 
     train = [sys.executable, "-m", "pixparse.app.train"]
-    common = ["--task.num_intervals", "2", "--train.keep_last_k", "10"]
+    common = ["--task.num_intervals", "2", "--train.keep_last_k", "10", *model]
     # Saving (every 8 steps, keeping 2) must not change training either.
-    _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "full", *common[:2],
+    _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "full", *common[:2], *model,
                        "--train.checkpoint_every_n_steps", "8", "--train.keep_last_k", "2"))
     kept = sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("step_*"))
     assert kept == ["step_00000056", "step_00000064"]
