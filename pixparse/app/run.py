@@ -111,15 +111,16 @@ class _Setup:
 
 
 def check_patch_budget(min_patches: int | None, model_cfg: ModelConfig) -> None:
-    """--data.train.min_patches applies to pix2struct presets, within their max_patches."""
+    """--data.train.min_patches applies to pix2struct presets, up to their max_patches (>= 1 is
+    DataLoaderConfig's own check)."""
     if min_patches is None:
         return
     if model_cfg.type != "pix2struct":
         raise ValueError(f"--data.train.min_patches applies to pix2struct presets (variable resolution), not to "
                          f"a {model_cfg.type} preset: drop it")
-    if not 1 <= min_patches <= model_cfg.image_encoder.max_patches:
-        raise ValueError(f"--data.train.min_patches={min_patches} must be in [1, the preset's max_patches="
-                         f"{model_cfg.image_encoder.max_patches}]")
+    if min_patches > model_cfg.image_encoder.max_patches:
+        raise ValueError(f"--data.train.min_patches={min_patches} must be <= the preset's max_patches="
+                         f"{model_cfg.image_encoder.max_patches}")
 
 
 def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:

@@ -192,10 +192,7 @@ def collate_patches(samples: list[dict[str, Any]], pad_id: int, max_patches: int
     budgets to fill it (so rows come out nearly full); otherwise one page per row at its budget,
     padded. Examples of one page (several questions) share it when they hold the same object.
     """
-    text = collate_text_image([{k: v for k, v in s.items() if k not in ("page", "budget")}
-                               | {"image": torch.empty(0)} for s in samples],
-                              pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
-    del text["image"]
+    text = collate_text_image(samples, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
     page_of: list[int] = []
     pages: list[dict[str, Any]] = []
     seen: dict[int, int] = {}

@@ -98,21 +98,19 @@ class TextTargets:
         self._prompt_ids: dict[str, list[int]] = {}
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        if prompt in self._prompt_ids:
-            return self._prompt_ids[prompt]
-        ids = self.tokenizer(prompt[: 64 * self.max_length], add_special_tokens=False).input_ids
-        if self.decoder_prompt == "first":
-            return ids  # the decoder takes ids[:1]; long, one-off prompts (page text) are not cached
-        if len(ids) + 1 >= self.max_length:
-            raise ValueError(f"max_length {self.max_length} leaves no room after prompt {prompt!r}")
-        self._prompt_ids[prompt] = ids
-        return ids
+        """The decoder's part of the prompt's ids (all of them, or its first: the task token)."""
+        if prompt not in self._prompt_ids:
+            ids = self.tokenizer(prompt[: 64 * self.max_length], add_special_tokens=False).input_ids
+            if self.decoder_prompt == "first":
+                ids = ids[:1]
+            if len(ids) + 1 >= self.max_length:
+                raise ValueError(f"max_length {self.max_length} leaves no room after prompt {prompt!r}")
+            self._prompt_ids[prompt] = ids
+        return self._prompt_ids[prompt]
 
     def __call__(self, prompt: str, target: str) -> tuple[list[int], int]:
         """Returns (ids, prompt_length)."""
         prompt_ids = self.prompt_ids(prompt)
-        if self.decoder_prompt == "first":
-            prompt_ids = prompt_ids[:1]
         # Tokenize only what can fit: no token of a real vocabulary spans 64 characters.
         body = self.tokenizer(target[: 64 * self.max_length], add_special_tokens=False).input_ids
         body = body[: self.max_length - len(prompt_ids) - 1]
@@ -148,12 +146,13 @@ def collate_text_image(
         attention_mask[i, :n] = 1
         labels[i, s["prompt_length"]:n] = ids[s["prompt_length"]:]
     out: dict[str, Any] = {
-        "image": torch.stack([s["image"] for s in samples]),
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
         "prompt_length": torch.tensor([s["prompt_length"] for s in samples], dtype=torch.long),
     }
+    if "image" in samples[0]:  # fixed-size pages (patch rows are collate_patches' own)
+        out["image"] = torch.stack([s["image"] for s in samples])
     if "prompt_ids" in samples[0]:  # a text encoder's input (pali): padded on the right
         longest = max(len(s["prompt_ids"]) for s in samples)
         prompt_ids = torch.full((batch, longest), pad_id, dtype=torch.long)

@@ -13,6 +13,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         name, kwargs = trunk_source(cfg, pretrained)
         self.trunk = create_trunk(name, cfg, pretrained, **kwargs)
+        self.pretrained_cfg: dict = self.trunk.pretrained_cfg  # normalization (mean, std) of its weights
         self.num_features: int = self.trunk.num_features
         self.image_size = cfg.image_size
         check_image_size(self.trunk, cfg)
@@ -63,12 +64,18 @@ def validate_encoder_config(cfg: ImageEncoderConfig) -> None:
     """Build the trunk on the meta device (no memory, no weights) to check the preset before any
     process group starts."""
     with torch.device("meta"):
-        if cfg.max_patches:  # the patch encoder builds its trunk at one patch's size
-            patch = cfg.model_args.get("patch_size", 16)
-            cfg = ImageEncoderConfig(name=cfg.name, image_size=(patch, patch), image_fmt=cfg.image_fmt,
-                                     model_args=cfg.model_args)
+        if cfg.max_patches:
+            cfg = one_patch_config(cfg)
         trunk = create_trunk(cfg.name, cfg, False, **cfg.model_args)
     check_image_size(trunk, cfg)
+
+
+def one_patch_config(cfg: ImageEncoderConfig) -> ImageEncoderConfig:
+    """The patch encoder's trunk config: built at one patch's size (any size the patch divides;
+    only its blocks, norm and patch weights are kept)."""
+    patch = cfg.model_args.get("patch_size", 16)
+    return ImageEncoderConfig(name=cfg.name, image_size=(patch, patch), image_fmt=cfg.image_fmt,
+                              model_args=cfg.model_args, pretrained_tag=cfg.pretrained_tag)
 
 
 def create_trunk(name: str, cfg: ImageEncoderConfig, pretrained: bool, **kwargs) -> nn.Module:

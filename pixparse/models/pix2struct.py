@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pixparse.models.config import ImageEncoderConfig, ModelConfig
-from pixparse.models.image_encoder import create_trunk, trunk_source
+from pixparse.models.image_encoder import create_trunk, one_patch_config, trunk_source
 from pixparse.models.text_decoder import TextDecoder
 
 
@@ -27,10 +27,8 @@ class PatchEncoder(nn.Module):
         super().__init__()
         assert cfg.max_patches, "pix2struct encoders need max_patches"
         name, kwargs = trunk_source(cfg, pretrained)
-        patch = kwargs.get("patch_size", 16)
-        # any size the patch divides: only the blocks, norm and patch weights are kept
-        trunk = create_trunk(name, ImageEncoderConfig(name=cfg.name, image_size=(patch, patch),
-                                                      image_fmt=cfg.image_fmt), pretrained, **kwargs)
+        trunk = create_trunk(name, one_patch_config(cfg), pretrained, **kwargs)
+        self.pretrained_cfg: dict = trunk.pretrained_cfg  # normalization (mean, std) of its weights
         conv = trunk.patch_embed.proj
         self.patch_size: int = conv.kernel_size[0]
         self.num_features: int = trunk.num_features

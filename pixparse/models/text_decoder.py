@@ -19,6 +19,14 @@ def use_tokenizer(model: nn.Module, vocab_size: int, pad_token_id: int, eos_toke
     return model
 
 
+def set_hf_grad_checkpointing(model: nn.Module, enable: bool) -> None:
+    """Recompute a transformers model's layers in backward (non-reentrant), or stop doing so."""
+    if enable:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    elif model.is_gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+
+
 class TextDecoder(nn.Module):
     """BART decoder stack + tied LM head, built offline from the preset's config."""
 
@@ -56,10 +64,7 @@ class TextDecoder(nn.Module):
         self.max_positions: int = model.config.max_position_embeddings
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:
-            self.model.gradient_checkpointing_enable({"use_reentrant": False})
-        elif self.model.is_gradient_checkpointing:
-            self.model.gradient_checkpointing_disable()
+        set_hf_grad_checkpointing(self.model, enable)
 
     def forward(
         self,
@@ -119,10 +124,7 @@ class TextEncoderDecoder(nn.Module):
         self.max_positions: int = getattr(model.config, "max_position_embeddings", None) or 1 << 16
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:
-            self.model.gradient_checkpointing_enable({"use_reentrant": False})
-        elif self.model.is_gradient_checkpointing:
-            self.model.gradient_checkpointing_disable()
+        set_hf_grad_checkpointing(self.model, enable)
 
     def encode(self, image_tokens: torch.Tensor, prompt_ids: torch.Tensor,
                prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,12 +107,12 @@ class _Preprocess:
             for j, ex in enumerate(examples):
                 ids, prompt_length = self.text(ex.prompt, ex.target)
                 item = {"input_ids": ids, "prompt_length": prompt_length}
-                if self.layout == "pixels":  # a prepared page; a header makes each example's page its own
-                    if shared is None or ex.header:
-                        pixels = self.image_transform.prepare(page.image, rng, header=ex.header)
-                        if not ex.header:
-                            shared = pixels
-                    item.update(shared if not ex.header else pixels)
+                if self.layout == "pixels" and ex.header:  # the question drawn: this example's own page
+                    item.update(self.image_transform.prepare(page.image, rng, header=ex.header))
+                elif self.layout == "pixels":  # a prepared page, shared by the page's examples
+                    if shared is None:
+                        shared = self.image_transform.prepare(page.image, rng)
+                    item.update(shared)
                 else:
                     item["image"] = shared
                 if self.layout == "encoder":
@@ -190,8 +190,7 @@ class TaskBase(nn.Module):
         self.model.text_decoder.set_grad_checkpointing(cfg.decoder_grad_checkpointing)
         self.layout = PROMPT_LAYOUT[self.model_cfg.type]
         enc = self.model.image_encoder
-        pretrained_cfg = getattr(getattr(enc, "trunk", None), "pretrained_cfg", {})  # the patch encoder: none
-        mean, std = pretrained_cfg.get("mean", (0.5,)), pretrained_cfg.get("std", (0.5,))
+        mean, std = enc.pretrained_cfg.get("mean", (0.5,)), enc.pretrained_cfg.get("std", (0.5,))
         if self.model_cfg.image_encoder.image_fmt == "L":
             mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
         # (1, C, 1, 1) in the 0..255 pixel scale, so uint8 pixels normalize in one step
@@ -311,7 +310,6 @@ class TaskBase(nn.Module):
         if self.layout == "pixels":
             p, n = self.model.image_encoder.patch_size, enc.max_patches
             side = int(n ** 0.5)
-            rows, cols = torch.meshgrid(torch.arange(n) // side, torch.arange(n) % side, indexing="ij")
             out["patches"] = torch.randint(0, 256, (batch_size, n, enc.in_chans * p * p), dtype=torch.uint8,
                                            generator=generator)
             out["patch_pos"] = torch.stack([torch.arange(n) // side, torch.arange(n) % side], -1).expand(batch_size, n, 2)
@@ -423,7 +421,8 @@ class TaskBase(nn.Module):
         text encoder); returns the new token ids per sample, cut at eos.
 
         The encoder runs once; the decoder caches its keys/values (see the text decoder's
-        generate). Samples stop at eos; prompts of equal length run as one batch (`stop_at_eos` False: always max_new_tokens, for timing).
+        generate). Samples stop at eos; prompts of equal length run as one batch (`stop_at_eos`
+        False: always max_new_tokens, for timing).
         `synced` (every rank of a ZeRO-3 job calls this the same
         number of times) keeps each rank stepping until all are done, as ZeRO-3 forwards are
         collective; a rank with fewer prompt lengths than another makes dummy calls to match.
