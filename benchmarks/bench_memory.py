@@ -6,6 +6,10 @@ Activation memory (one process, any device):
 Model states per rank (run under a launcher, once per ZeRO stage):
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 benchmarks/bench_memory.py states --zero 2
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 benchmarks/bench_memory.py states --zero 3
+Peak host memory (RSS) per rank of building a task's model and deepspeed.initialize under ZeRO-3,
+with the model built partitioned (zero.Init, the engine's default) or in full on every rank first:
+    DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 2 benchmarks/bench_memory.py build \
+        --model cruller_large --tokenizer ../shared/data/tokenizers/albert_spiece.model --zero_init true
 
 Bytes are counted on the tensors themselves (saved-for-backward hooks; DeepSpeed's partitions and
 optimizer state), so the numbers mean the same on CPU and GPU. A human table first, one JSON
@@ -123,16 +127,70 @@ def states(args: argparse.Namespace) -> None:
                           "world_size": world, "num_params": num_params, "rows": out}))
 
 
+def _peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def build(args: argparse.Namespace) -> None:
+    import contextlib
+
+    import deepspeed
+    import torch.distributed as dist
+
+    from pixparse.engine.dist import init_distributed
+    from pixparse.engine.optim import create_optimizer
+    from pixparse.models import zero_init
+    from pixparse.tasks.config import OptimConfig, TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world,
+        "bf16": {"enabled": False}, "gradient_clipping": 1.0, "steps_per_print": 10**9,
+        "zero_optimization": {"stage": 3},
+    }
+    before = _peak_rss_gib()
+    torch.manual_seed(0)
+    build_ctx = zero_init.partitioned_build(ds_config) if args.zero_init == "true" else contextlib.nullcontext()
+    start = time.perf_counter()
+    with build_ctx:
+        task = create_task(TaskConfig(model_name=args.model, tokenizer=args.tokenizer))
+    build_s = time.perf_counter() - start
+    after_build = _peak_rss_gib()
+    num_params = sum(getattr(p, "ds_numel", p.numel()) for p in task.parameters())
+    deepspeed.initialize(model=task, optimizer=create_optimizer(task, OptimConfig()), config=ds_config)
+    row = torch.tensor([before, after_build, _peak_rss_gib(), build_s], dtype=torch.float64)
+    rows = [torch.zeros_like(row) for _ in range(world)]
+    dist.all_gather(rows, row)
+    if rank == 0:
+        print(f"{args.model} ({num_params / 1e6:.1f}M params), ZeRO-3 fp32, {world} ranks, zero.Init "
+              f"{args.zero_init}: peak RSS per rank")
+        print(f"{'rank':>4} {'imports GiB':>12} {'after build GiB':>16} {'after initialize GiB':>21} {'build s':>8}")
+        out = []
+        for r, t in enumerate(rows):
+            b, a, i, s = t.tolist()
+            out.append({"rank": r, "rss_imports_gib": b, "rss_build_gib": a, "rss_initialize_gib": i, "build_s": s})
+            print(f"{r:>4} {b:12.2f} {a:16.2f} {i:21.2f} {s:8.1f}")
+        print(json.dumps({"bench": "build_rss", "model": args.model, "zero_init": args.zero_init == "true",
+                          "world_size": world, "num_params": num_params, "rows": out}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["activations", "states"])
+    parser.add_argument("what", choices=["activations", "states", "build"])
     parser.add_argument("--model", default="cruller_base")
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--text_len", type=int, default=512)
     parser.add_argument("--zero", type=int, default=2, choices=[1, 2, 3])
+    parser.add_argument("--tokenizer", default=None, help="build: --task.tokenizer (a local SentencePiece model)")
+    parser.add_argument("--zero_init", default="true", choices=["true", "false"],
+                        help="build: the model built partitioned (zero.Init) or in full on every rank")
     parser.add_argument("--local_rank", type=int, default=-1)  # set by the deepspeed launcher
     args = parser.parse_args()
-    activations(args) if args.what == "activations" else states(args)
+    {"activations": activations, "states": states, "build": build}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -195,11 +195,29 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     from pixparse.tasks.registry import create_task
 
     seed_everything(cfg.train.seed)
-    task = create_task(cfg.task, model_cfg, cfg.data.train.source)
-    num_params = sum(p.numel() for p in task.parameters())
+    with _model_build(cfg, model_cfg, ds_config, world_size):
+        task = create_task(cfg.task, model_cfg, cfg.data.train.source)
+    num_params = sum(getattr(p, "ds_numel", p.numel()) for p in task.parameters())
     logger.info("task %s, model %s: %.2fM parameters, tokenizer vocab %d", cfg.task.name,
                 cfg.task.model_name, num_params / 1e6, len(task.tokenizer))
     return _Setup(rank, world_size, ds_config, plan, model_cfg, paths, task)
+
+
+def _model_build(cfg: PretrainConfig, model_cfg: Any, ds_config: dict[str, Any], world_size: int):
+    """Under ZeRO-3 (and --train.zero_init), the context that builds the model partitioned."""
+    import contextlib
+
+    from pixparse.models import zero_init
+
+    if ds_config.get("zero_optimization", {}).get("stage", 0) != 3 or not cfg.train.zero_init:
+        return contextlib.nullcontext()
+    reason = zero_init.unsupported_reason(model_cfg, cfg.task.pretrained, cfg.task.init_from,
+                                          cfg.task.opt.layer_decay)
+    if reason:
+        logger.info("zero.Init off: %s; each rank builds the full model before ZeRO-3 partitions it", reason)
+        return contextlib.nullcontext()
+    logger.info("zero.Init: the model is built partitioned over %d rank(s)", world_size)
+    return zero_init.partitioned_build(ds_config)
 
 
 def run_pretrain(cfg: PretrainConfig) -> bool:

@@ -18,7 +18,7 @@ def no_decay_names(model: nn.Module) -> set[str]:
         if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
             names.update(prefix + n for n in module.no_weight_decay())
     for name, p in model.named_parameters():
-        if p.ndim <= 1:
+        if len(getattr(p, "ds_shape", p.shape)) <= 1:  # a ZeRO-3 partition is 1-D: its full shape
             names.add(name)
     return names
 

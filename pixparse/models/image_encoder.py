@@ -3,6 +3,7 @@ import timm
 import torch
 from torch import nn
 
+from pixparse.models import zero_init
 from pixparse.models.config import ImageEncoderConfig
 
 
@@ -82,6 +83,10 @@ def create_trunk(name: str, cfg: ImageEncoderConfig, pretrained: bool, **kwargs)
     """timm model without classifier or pooling, built for the input size where the family takes
     one (ViTs fix their position grid by it; conv nets take any size and have no such argument)."""
     common = dict(pretrained=pretrained, in_chans=cfg.in_chans, num_classes=0, global_pool="", **kwargs)
+    if zero_init.active():  # partitioned as built: timm's init would write into empty shards
+        trunk = timm.create_model(name, img_size=cfg.image_size, weight_init="skip", **common)
+        zero_init.init_vit_partitioned(trunk)
+        return trunk
     try:
         return timm.create_model(name, img_size=cfg.image_size, **common)
     except TypeError as e:

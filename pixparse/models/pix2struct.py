@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pixparse.models import zero_init
 from pixparse.models.config import ImageEncoderConfig, ModelConfig
 from pixparse.models.image_encoder import create_trunk, one_patch_config, trunk_source
 from pixparse.models.text_decoder import TextDecoder
@@ -35,13 +36,14 @@ class PatchEncoder(nn.Module):
         self.max_patches: int = cfg.max_patches
         self.num_tokens: int = cfg.max_patches  # per row; the real count is in each batch
         self.patch_embed = nn.Linear(conv.in_channels * self.patch_size ** 2, self.num_features)
-        with torch.no_grad():
-            self.patch_embed.weight.copy_(conv.weight.flatten(1))
-            self.patch_embed.bias.copy_(conv.bias)
+        if not zero_init.active():
+            with torch.no_grad():
+                self.patch_embed.weight.copy_(conv.weight.flatten(1))
+                self.patch_embed.bias.copy_(conv.bias)
+        # (partitioned: the linear's own init is the conv's, both kaiming-uniform over C*p*p inputs)
         self.row_embed = nn.Embedding(cfg.max_patches, self.num_features)
         self.col_embed = nn.Embedding(cfg.max_patches, self.num_features)
-        nn.init.normal_(self.row_embed.weight, std=0.02)
-        nn.init.normal_(self.col_embed.weight, std=0.02)
+        zero_init.normal_partitioned([self.row_embed.weight, self.col_embed.weight], std=0.02)
         self.blocks = trunk.blocks
         self.norm = trunk.norm
         self.grad_checkpointing = False

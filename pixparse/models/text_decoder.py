@@ -3,6 +3,7 @@ import torch
 from torch import nn
 from transformers import BartConfig, BartForCausalLM, GenerationConfig
 
+from pixparse.models import zero_init
 from pixparse.models.config import TextDecoderConfig
 
 
@@ -49,7 +50,7 @@ class TextDecoder(nn.Module):
             hf_cfg.is_encoder_decoder = False
             hf_cfg.add_cross_attention = True
             hf_cfg.tie_word_embeddings = True
-            model = BartForCausalLM(hf_cfg)
+            model = zero_init.build_hf(BartForCausalLM, hf_cfg)
         if cfg.num_decoder_layers is not None:
             layers = model.model.decoder.layers
             if cfg.num_decoder_layers > len(layers):
@@ -115,7 +116,8 @@ class TextEncoderDecoder(nn.Module):
             model = cls.from_pretrained(cfg.name)
         else:
             # built at the tokenizer's size (no resize after: cheaper, and works on the meta device)
-            model = cls(config_cls(**{**cfg.config, "vocab_size": vocab_size}, tie_word_embeddings=True))
+            model = zero_init.build_hf(cls, config_cls(**{**cfg.config, "vocab_size": vocab_size},
+                                                      tie_word_embeddings=True))
         if cfg.num_decoder_layers is not None:
             raise ValueError("text_decoder.num_decoder_layers applies to decoder-only presets, not to pali")
         self.model = use_tokenizer(model, vocab_size, pad_token_id, eos_token_id)
