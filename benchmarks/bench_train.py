@@ -18,6 +18,11 @@ Variants (--variants; dtype suffix _fp32 or _bf16):
 Prints a table of step times and ratios against the plain loop of the same dtype, then one JSON
 line with zero2_vs_plain, zero3_vs_plain, trainer_vs_plain (fp32; bf16 ones when run), and
 saves it all (command, git sha, versions, CPU/GPU model) to --out.
+
+--paired: on a machine whose speed drifts by more than the overhead being measured (a shared
+2-vCPU VM drifts 10-20% between processes), each engine variant runs in one process with a plain
+loop on a copy of the same task, steps alternated (the order flipped every pair); the result is
+the median of per-pair ratios. --phases: ms per phase (forward, backward, step) of each.
 """
 import argparse
 import datetime
@@ -216,8 +221,66 @@ def phases_engine(args, stage: int, dtype: str) -> dict[str, float]:
     return _phase_table(f"zero{stage}", phases, args.warmup)
 
 
+def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
+    """The engine's micro-step and the plain loop's step, alternated step by step in one process
+    (each on its own copy of the same task), so both see the same machine state: the ratio is
+    taken per pair, then the median over pairs."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    from pixparse.app.run import _setup
+    from pixparse.cli import parse
+    from pixparse.engine.optim import create_optimizer
+    from pixparse.engine.train import Trainer
+    from pixparse.tasks.config import OptimConfig
+
+    argv = ["bench", "--synthetic_data", "true", "--deepspeed_config", f"{REPO}/ds_configs/zero{stage}_{dtype}.json",
+            "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size),
+            "--data.train.batch_size", str(args.batch_size), "--task.model_name", args.model,
+            "--train.output_dir", tempfile.mkdtemp(), "--train.progress_bar", "false"]
+    if args.tokenizer:
+        argv += ["--task.tokenizer", args.tokenizer]
+    cfg = parse(argv)[1]
+    setup = _setup(cfg, read_shards=False)
+    plain = copy.deepcopy(setup.task).train()  # before DeepSpeed touches the original
+    opt = create_optimizer(plain, OptimConfig())
+    params = [p for p in plain.parameters() if p.requires_grad]
+    trainer = Trainer(setup.task, cfg.data.train, cfg.train, cfg.task.opt, setup.plan, cfg.task.num_intervals,
+                      setup.ds_config, setup.paths, dataclasses.asdict(cfg), build_loader=False)
+    trainer.engine.train()
+    batch = plain.synthetic_batch(args.batch_size, torch.Generator().manual_seed(0))
+
+    def plain_step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            loss = plain(batch)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+
+    def engine_step() -> None:
+        trainer.micro_step(batch)[0].item()
+
+    times: dict[str, list[float]] = {"plain": [], "engine": []}
+    for i in range(args.warmup + args.steps):
+        order = (("plain", plain_step), ("engine", engine_step))
+        for name, step in order if i % 2 == 0 else order[::-1]:  # neither always goes first
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    plain_t, engine_t = times["plain"][args.warmup:], times["engine"][args.warmup:]
+    return {"plain_s": statistics.median(plain_t), "engine_s": statistics.median(engine_t),
+            "ratio": statistics.median(e / p for e, p in zip(engine_t, plain_t)), "pairs": len(plain_t)}
+
+
 def run_worker(args) -> None:
     kind, dtype = args.worker.rsplit("_", 1)
+    if args.paired:
+        print(json.dumps({"variant": args.worker, **paired_engine(args, int(kind[-1]), dtype)}))
+        return
     if args.phases:
         table = phases_plain(args, dtype) if kind == "plain" else phases_engine(args, int(kind[-1]), dtype)
         print(json.dumps({"variant": args.worker, "phases_ms": table}))
@@ -283,6 +346,22 @@ def run_phases(args) -> None:
     print(json.dumps(tables))
 
 
+def run_paired(args) -> None:
+    variants = [v for v in args.variants.split(",") if v.startswith("zero")]
+    rows = {v: spawn(args, v, "--paired") for v in variants}
+    print(f"model {args.model}, batch {args.batch_size}, 1 rank: engine micro-step vs plain loop step, "
+          f"alternated in one process, {args.steps} pairs ({args.warmup} warm-up), median of per-pair ratios")
+    print("| variant | plain s | engine s | engine / plain |\n|---|---|---|---|")
+    for v, r in rows.items():
+        print(f"| {v} | {r['plain_s']:.4f} | {r['engine_s']:.4f} | {r['ratio']:.3f}x |")
+    summary = {f"{v.rsplit('_', 1)[0]}_vs_plain" + ("" if v.endswith("fp32") else "_bf16"): round(r["ratio"], 4)
+               for v, r in rows.items()}
+    record = {"summary": summary, "paired": rows, "args": vars(args),
+              "command": " ".join(["python", *sys.argv]),
+              "when": datetime.datetime.now().isoformat(timespec="seconds"), **_env_info()}
+    save_result(args.out, f"bench_train_paired_{args.model}_b{args.batch_size}", record)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cruller_tiny")
@@ -297,6 +376,9 @@ def main() -> None:
     p.add_argument("--phases", action="store_true",
                    help="instead: ms per step of each phase (forward, backward, reduction/optimizer step, "
                         "bookkeeping) of the plain loop and the engine variants, in one round")
+    p.add_argument("--paired", action="store_true",
+                   help="instead: each engine variant and the plain loop alternated step by step in one "
+                        "process (same machine state for both; the ratio per pair, median over pairs)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -304,6 +386,9 @@ def main() -> None:
         return
     if args.phases:
         run_phases(args)
+        return
+    if args.paired:
+        run_paired(args)
         return
     variants = args.variants.split(",")
     results: dict[str, list[float]] = {v: [] for v in variants}
