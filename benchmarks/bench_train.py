@@ -239,7 +239,8 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
     argv = ["bench", "--synthetic_data", "true", "--deepspeed_config", f"{REPO}/ds_configs/zero{stage}_{dtype}.json",
             "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size),
             "--data.train.batch_size", str(args.batch_size), "--task.model_name", args.model,
-            "--train.output_dir", tempfile.mkdtemp(), "--train.progress_bar", "false"]
+            "--train.output_dir", tempfile.mkdtemp(), "--train.progress_bar", "false",
+            "--train.zero_init", "false"]  # the plain loop's copy needs whole parameters
     if args.tokenizer:
         argv += ["--task.tokenizer", args.tokenizer]
     cfg = parse(argv)[1]
