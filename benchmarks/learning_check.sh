@@ -6,7 +6,8 @@
 # same 8 receipts. Everything goes under OUT_DIR; the last line printed is the metrics JSON
 # (field_f1, ted_accuracy, image_gap, ...).
 #   bash benchmarks/learning_check.sh ../shared/data/sroie runs/learning_check [cruller_tiny]
-# Extra training flags may follow the preset (e.g. --task.num_intervals 4).
+# Extra training flags may follow the preset (e.g. --task.num_intervals 4). DECODE=fast|exact
+# sets the image decode of both training and evaluation (default: the loader's default).
 set -euo pipefail
 SROIE=$(cd "${1:?usage: learning_check.sh SROIE_FOLDER OUT_DIR [PRESET] [train flags...]}" && pwd)
 mkdir -p "${2:?usage: learning_check.sh SROIE_FOLDER OUT_DIR [PRESET] [train flags...]}"
@@ -36,9 +37,10 @@ deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --data.train.num_samples "$SAMPLES" --task.num_intervals 2 --data.train.shuffle_buffer 0 \
   --task.opt.learning_rate "$LR" --task.opt.schedule constant --task.num_warmup_intervals 0 \
   --train.output_dir "$OUT/runs" --train.experiment sroie --train.keep_last_k 1 \
-  --train.log_every_n_steps 100 "$@"
+  --train.log_every_n_steps 100 ${DECODE:+--data.train.decode "$DECODE"} "$@"
 echo "fine-tuning took $(( $(date +%s) - START )) s"
 python -m pixparse.app.eval --task.name cruller_finetune_sroie \
   --data.eval.source "$SHARDS" --data.eval.batch-size 8 --data.eval.num-workers 1 \
-  --eval.checkpoint-path "$OUT/runs/sroie/checkpoints" --output-dir "$OUT/eval" > "$OUT/eval.out"
+  --eval.checkpoint-path "$OUT/runs/sroie/checkpoints" --output-dir "$OUT/eval" \
+  ${DECODE:+--data.eval.decode "$DECODE"} > "$OUT/eval.out"
 tail -n 1 "$OUT/eval.out"
