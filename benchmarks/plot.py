@@ -1,5 +1,7 @@
 """Plot saved bench_train results: samples/s of each variant and its step-time ratio against the
-plain loop, one group per result file (model, batch, CPU/GPU, date), as one PNG.
+plain loop, one group per result file (model, batch, CPU/GPU, date), as one PNG. For --paired
+results the ratio is the median per-pair ratio and the plain loop's samples/s is from its
+ZeRO-2 pairing.
 
     python benchmarks/plot.py benchmarks/results/bench_train_*.json --out benchmarks/results/bench_train.png
 """
@@ -15,7 +17,19 @@ def load(paths: list[str]) -> list[dict]:
             r = json.load(f)
         a = r["args"]
         device = r.get("gpu") or r.get("cpu", "?")
-        r["label"] = f"{a['model']} b{a['batch_size']}\n{device[:28]}\n{r.get('when', '')[:10]}"
+        paired = "paired" in r
+        r["label"] = (f"{a['model']} b{a['batch_size']}{' paired' if paired else ''}\n{device[:28]}\n"
+                      f"{r.get('when', '')[:10]}")
+        if paired:  # engine and plain loop alternated per step in one process per variant
+            pairs = r["paired"]
+            plain = pairs.get("zero2_fp32", next(iter(pairs.values())))["plain_s"]
+            r["sps"] = {"plain_fp32": a["batch_size"] / plain, **{v: a["batch_size"] / p["engine_s"] for v, p in pairs.items()}}
+            r["ratio"] = {"plain_fp32": 1.0, **{v: p["ratio"] for v, p in pairs.items()}}
+        else:
+            steps = r["median_step_s"]
+            r["sps"] = {v: a["batch_size"] / t for v, t in steps.items()}
+            r["ratio"] = {v: t / steps[f"plain_{v.split('_')[1]}"] for v, t in steps.items()
+                          if f"plain_{v.split('_')[1]}" in steps}
         runs.append(r)
     return runs
 
@@ -26,16 +40,13 @@ def plot(runs: list[dict], out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = sorted({v for r in runs for v in r["median_step_s"]}, key=lambda v: (v.split("_")[1], v))
+    variants = sorted({v for r in runs for v in r["sps"]}, key=lambda v: (v.split("_")[1], v))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6 + 2.5 * len(runs), 4.5))
     width = 0.8 / max(1, len(variants))
     for i, v in enumerate(variants):
         xs = [j + i * width for j in range(len(runs))]
-        sps = [r["args"]["batch_size"] / r["median_step_s"][v] if v in r["median_step_s"] else 0 for r in runs]
-        ratio = []
-        for r in runs:
-            base = r["median_step_s"].get(f"plain_{v.split('_')[1]}")
-            ratio.append(r["median_step_s"][v] / base if base and v in r["median_step_s"] else 0)
+        sps = [r["sps"].get(v, 0) for r in runs]
+        ratio = [r["ratio"].get(v, 0) for r in runs]
         ax1.bar(xs, sps, width, label=v)
         ax2.bar(xs, ratio, width, label=v)
     for ax, title in ((ax1, "samples/s (1 rank)"), (ax2, "step time / plain loop (same dtype)")):

@@ -15,14 +15,11 @@ trunks other than VisionTransformer (their init schemes differ per family) and t
 LR decay groups (built from parameter shapes).
 """
 import contextlib
-import logging
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 _ACTIVE = False  # inside partitioned_build: constructors take the partitioned path
 
@@ -131,7 +128,8 @@ def init_vit_partitioned(trunk: nn.Module) -> None:
             for token in (trunk.cls_token, trunk.reg_token):
                 if token is not None:
                     nn.init.normal_(token, std=1e-6)
-    for name, module in trunk.named_modules():
+    # descendants before their parents, as timm's named_apply goes
+    for name, module in reversed(list(trunk.named_modules())):
         if module is trunk:
             continue
         if isinstance(module, nn.Linear) or hasattr(module, "init_weights"):
