@@ -75,21 +75,29 @@ def _tensor_bytes(obj) -> int:
     return 0
 
 
+def _init(stage: int, bf16: bool, **zero) -> tuple[int, int, dict]:
+    """Process group up; (rank, world size, a DeepSpeed dict for one sample per rank)."""
+    import torch.distributed as dist
+
+    from pixparse.engine.dist import init_distributed
+
+    init_distributed()
+    world = dist.get_world_size()
+    return dist.get_rank(), world, {
+        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world,
+        "bf16": {"enabled": bf16}, "gradient_clipping": 1.0, "steps_per_print": 10**9,
+        "zero_optimization": {"stage": stage, **zero},
+    }
+
+
 def states(args: argparse.Namespace) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    from pixparse.engine.dist import init_distributed
     from pixparse.engine.optim import create_optimizer
     from pixparse.tasks.config import OptimConfig
 
-    init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
-    ds_config = {
-        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world,
-        "bf16": {"enabled": True}, "gradient_clipping": 1.0, "steps_per_print": 10**9,
-        "zero_optimization": {"stage": args.zero, "stage3_param_persistence_threshold": 0},
-    }
+    rank, world, ds_config = _init(args.zero, bf16=True, stage3_param_persistence_threshold=0)
     torch.manual_seed(0)
     model = create_model(get_model_config(args.model), VOCAB, 1, 2)
     num_params = sum(p.numel() for p in model.parameters())
@@ -139,19 +147,12 @@ def build(args: argparse.Namespace) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    from pixparse.engine.dist import init_distributed
     from pixparse.engine.optim import create_optimizer
     from pixparse.models import zero_init
     from pixparse.tasks.config import OptimConfig, TaskConfig
     from pixparse.tasks.registry import create_task
 
-    init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
-    ds_config = {
-        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world,
-        "bf16": {"enabled": False}, "gradient_clipping": 1.0, "steps_per_print": 10**9,
-        "zero_optimization": {"stage": 3},
-    }
+    rank, world, ds_config = _init(3, bf16=False)
     before = _peak_rss_gib()
     torch.manual_seed(0)
     build_ctx = zero_init.partitioned_build(ds_config) if args.zero_init == "true" else contextlib.nullcontext()

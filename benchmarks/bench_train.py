@@ -52,19 +52,18 @@ def _task_and_batch(args):
     return task, batch
 
 
-def worker_plain(args, dtype: str) -> list[float]:
+def plain_loop(task, dtype: str):
+    """One step of the plain loop on `task` as a function of the batch."""
     import torch
 
     from pixparse.engine.optim import create_optimizer
     from pixparse.tasks.config import OptimConfig
 
-    task, batch = _task_and_batch(args)
     task.train()
     opt = create_optimizer(task, OptimConfig())
     params = [p for p in task.parameters() if p.requires_grad]
-    times = []
-    for _ in range(args.warmup + args.steps):
-        start = time.perf_counter()
+
+    def step(batch) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
             loss = task(batch)["loss"]
         loss.backward()
@@ -72,6 +71,17 @@ def worker_plain(args, dtype: str) -> list[float]:
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss.item()  # the engine's step ends with the loss known too
+
+    return step
+
+
+def worker_plain(args, dtype: str) -> list[float]:
+    task, batch = _task_and_batch(args)
+    step = plain_loop(task, dtype)
+    times = []
+    for _ in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        step(batch)
         times.append(time.perf_counter() - start)
     return times[args.warmup:]
 
@@ -232,9 +242,7 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
 
     from pixparse.app.run import _setup
     from pixparse.cli import parse
-    from pixparse.engine.optim import create_optimizer
     from pixparse.engine.train import Trainer
-    from pixparse.tasks.config import OptimConfig
 
     argv = ["bench", "--synthetic_data", "true", "--deepspeed_config", f"{REPO}/ds_configs/zero{stage}_{dtype}.json",
             "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size),
@@ -245,24 +253,14 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
         argv += ["--task.tokenizer", args.tokenizer]
     cfg = parse(argv)[1]
     setup = _setup(cfg, read_shards=False)
-    plain = copy.deepcopy(setup.task).train()  # before DeepSpeed touches the original
-    opt = create_optimizer(plain, OptimConfig())
-    params = [p for p in plain.parameters() if p.requires_grad]
+    plain = copy.deepcopy(setup.task)  # before DeepSpeed touches the original
+    plain_step = plain_loop(plain, dtype)
     trainer = Trainer(setup.task, cfg.data.train, cfg.train, cfg.task.opt, setup.plan, cfg.task.num_intervals,
                       setup.ds_config, setup.paths, dataclasses.asdict(cfg), build_loader=False)
     trainer.engine.train()
     batch = plain.synthetic_batch(args.batch_size, torch.Generator().manual_seed(0))
 
-    def plain_step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            loss = plain(batch)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
-
-    def engine_step() -> None:
+    def engine_step(batch) -> None:
         trainer.micro_step(batch)[0].item()
 
     times: dict[str, list[float]] = {"plain": [], "engine": []}
@@ -270,7 +268,7 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
         order = (("plain", plain_step), ("engine", engine_step))
         for name, step in order if i % 2 == 0 else order[::-1]:  # neither always goes first
             start = time.perf_counter()
-            step()
+            step(batch)
             times[name].append(time.perf_counter() - start)
     plain_t, engine_t = times["plain"][args.warmup:], times["engine"][args.warmup:]
     return {"plain_s": statistics.median(plain_t), "engine_s": statistics.median(engine_t),
