@@ -129,16 +129,41 @@ def worker_trainer(args, dtype: str) -> list[float]:
     return times[args.warmup:]
 
 
+def _bench_flags(args, stage: int, dtype: str, *extra: str) -> list[str]:
+    """`pixparse bench` flags: the engine with ds_configs/zero{stage}_{dtype}.json on args' model,
+    batch and tokenizer, synthetic data."""
+    flags = ["--synthetic_data", "true", "--deepspeed_config", f"{REPO}/ds_configs/zero{stage}_{dtype}.json",
+             "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size),
+             "--data.train.batch_size", str(args.batch_size), "--task.model_name", args.model,
+             "--train.output_dir", tempfile.mkdtemp(), "--train.progress_bar", "false", *extra]
+    if args.tokenizer:
+        flags += ["--task.tokenizer", args.tokenizer]
+    return flags
+
+
+def _engine_setup(args, stage: int, dtype: str, *extra: str):
+    """(config, setup) of `pixparse bench` in this process: the task built as the CLI builds it."""
+    from pixparse.app.run import _setup
+    from pixparse.cli import parse
+
+    cfg = parse(["bench", *_bench_flags(args, stage, dtype, *extra)])[1]
+    return cfg, _setup(cfg, read_shards=False)
+
+
+def _trainer(cfg, setup):
+    """The engine around the set-up task, without a loader."""
+    import dataclasses
+
+    from pixparse.engine.train import Trainer
+
+    return Trainer(setup.task, cfg.data.train, cfg.train, cfg.task.opt, setup.plan, cfg.task.num_intervals,
+                   setup.ds_config, setup.paths, dataclasses.asdict(cfg), build_loader=False)
+
+
 def worker_engine(args, stage: int, dtype: str) -> list[float]:
     """The real CLI; the bench window gives the mean step time of --steps steps."""
-    cmd = [sys.executable, "-m", "pixparse.cli", "bench", "--synthetic_data", "true",
-           "--deepspeed_config", f"{REPO}/ds_configs/zero{stage}_{dtype}.json",
-           "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size),
-           "--data.train.batch_size", str(args.batch_size), "--task.model_name", args.model,
-           "--warmup_steps", str(args.warmup), "--steps", str(args.steps),
-           "--train.output_dir", tempfile.mkdtemp(), "--train.progress_bar", "false"]
-    if args.tokenizer:
-        cmd += ["--task.tokenizer", args.tokenizer]
+    cmd = [sys.executable, "-m", "pixparse.cli", "bench", *_bench_flags(args, stage, dtype),
+           "--warmup_steps", str(args.warmup), "--steps", str(args.steps)]
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -185,25 +210,11 @@ def phases_plain(args, dtype: str) -> dict[str, float]:
 
 def phases_engine(args, stage: int, dtype: str) -> dict[str, float]:
     """ms per step of each phase of the engine's micro-step (1 rank, in this process)."""
-    import dataclasses
-
     import torch
 
-    from pixparse.app.run import _setup
-    from pixparse.cli import parse
     from pixparse.engine.dist import to_device
-    from pixparse.engine.train import Trainer
 
-    argv = ["bench", "--synthetic_data", "true", "--deepspeed_config", f"{REPO}/ds_configs/zero{stage}_{dtype}.json",
-            "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size),
-            "--data.train.batch_size", str(args.batch_size), "--task.model_name", args.model,
-            "--train.output_dir", tempfile.mkdtemp(), "--train.progress_bar", "false"]
-    if args.tokenizer:
-        argv += ["--task.tokenizer", args.tokenizer]
-    cfg = parse(argv)[1]
-    setup = _setup(cfg, read_shards=False)
-    trainer = Trainer(setup.task, cfg.data.train, cfg.train, cfg.task.opt, setup.plan, cfg.task.num_intervals,
-                      setup.ds_config, setup.paths, dataclasses.asdict(cfg), build_loader=False)
+    trainer = _trainer(*_engine_setup(args, stage, dtype))
     engine = trainer.engine
     engine.train()
     batch = trainer.task.synthetic_batch(args.batch_size, torch.Generator().manual_seed(0))
@@ -236,27 +247,14 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
     (each on its own copy of the same task), so both see the same machine state: the ratio is
     taken per pair, then the median over pairs."""
     import copy
-    import dataclasses
 
     import torch
 
-    from pixparse.app.run import _setup
-    from pixparse.cli import parse
-    from pixparse.engine.train import Trainer
-
-    argv = ["bench", "--synthetic_data", "true", "--deepspeed_config", f"{REPO}/ds_configs/zero{stage}_{dtype}.json",
-            "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size),
-            "--data.train.batch_size", str(args.batch_size), "--task.model_name", args.model,
-            "--train.output_dir", tempfile.mkdtemp(), "--train.progress_bar", "false",
-            "--train.zero_init", "false"]  # the plain loop's copy needs whole parameters
-    if args.tokenizer:
-        argv += ["--task.tokenizer", args.tokenizer]
-    cfg = parse(argv)[1]
-    setup = _setup(cfg, read_shards=False)
+    # the plain loop's copy needs whole parameters: no partitioned build
+    cfg, setup = _engine_setup(args, stage, dtype, "--train.zero_init", "false")
     plain = copy.deepcopy(setup.task)  # before DeepSpeed touches the original
     plain_step = plain_loop(plain, dtype)
-    trainer = Trainer(setup.task, cfg.data.train, cfg.train, cfg.task.opt, setup.plan, cfg.task.num_intervals,
-                      setup.ds_config, setup.paths, dataclasses.asdict(cfg), build_loader=False)
+    trainer = _trainer(cfg, setup)
     trainer.engine.train()
     batch = plain.synthetic_batch(args.batch_size, torch.Generator().manual_seed(0))
 

@@ -38,9 +38,9 @@ class DataLoaderConfig:
     decode: Literal["fast", "exact"] = "exact"
     """Image decode quality. 'exact': full decode and an antialiased bicubic resize all the way
     (the reference pipeline's quality). 'fast': JPEGs (and scanned PDF pages) decode at a reduced
-    DCT scale near the model's size and the resize first box-reduces to within 3x: 1.5-3.3x the
-    pages/s, 11 dB lower PSNR on full pages at 576x448; for loader-bound runs. exact is the
-    default by the receipt learning check (README, Data)."""
+    DCT scale near the model's size and the resize first box-reduces to within 3x: 1.4-1.6x
+    exact's pages/s on JPEG and scanned PDF (none on TIFF/PNG), 11 dB lower PSNR on full pages at
+    576x448; for loader-bound runs. exact is the default by the receipt learning check (README, Data)."""
     pack_patches: bool = True
     """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
     max_patches (attention kept inside each page); false pads every page to its own row, as
@@ -106,9 +106,9 @@ class DataEvalConfig:
     decode: Literal["fast", "exact"] = "exact"
     """Image decode quality. 'exact': full decode and an antialiased bicubic resize all the way
     (the reference pipeline's quality). 'fast': JPEGs (and scanned PDF pages) decode at a reduced
-    DCT scale near the model's size and the resize first box-reduces to within 3x: 1.5-3.3x the
-    pages/s, 11 dB lower PSNR on full pages at 576x448; for loader-bound runs. exact is the
-    default by the receipt learning check (README, Data)."""
+    DCT scale near the model's size and the resize first box-reduces to within 3x: 1.4-1.6x
+    exact's pages/s on JPEG and scanned PDF (none on TIFF/PNG), 11 dB lower PSNR on full pages at
+    576x448; for loader-bound runs. exact is the default by the receipt learning check (README, Data)."""
     pack_patches: bool = True
     """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
     max_patches (attention kept inside each page); false pads every page to its own row, as

@@ -46,7 +46,8 @@ class TrainConfig:
     zero_init: bool = True
     """Under ZeRO-3, build the model already partitioned over the ranks (deepspeed.zero.Init, init
     redone per module gathered) instead of a full copy per rank first. Where the build cannot
-    (pretrained or --task.init_from weights, a non-ViT timm trunk) it is built in full, logged."""
+    (pretrained or --task.init_from weights, a non-ViT timm trunk, --task.opt.layer_decay) it is
+    built in full, logged."""
 
     def __post_init__(self) -> None:
         if self.log_every_n_steps <= 0:

@@ -145,12 +145,8 @@ def init_vit_partitioned(trunk: nn.Module) -> None:
 @torch.no_grad()
 def normal_partitioned(params: list[nn.Parameter], std: float) -> None:
     """nn.init.normal_(p, std), for parameters that may be partitioned."""
-    if not _ACTIVE:
-        for p in params:
-            nn.init.normal_(p, std=std)
-        return
-    with _gathered(params):
-        if _rank0():
+    with _gathered(params) if _ACTIVE else contextlib.nullcontext():
+        if not _ACTIVE or _rank0():
             for p in params:
                 nn.init.normal_(p, std=std)
 
