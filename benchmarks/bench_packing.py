@@ -62,8 +62,7 @@ def batches(pages, batch_size: int, max_patches: int, patch_size: int, pack: boo
     for i in range(0, len(pages) - batch_size + 1, batch_size):
         items = [{**p, "input_ids": [1, *torch.randint(3, vocab, (text_len,), generator=g).tolist(), 2],
                   "prompt_length": 1} for _, p in pages[i:i + batch_size]]
-        out.append(collate_patches(items, pad_id=0, max_patches=max_patches, patch_size=patch_size, pack=pack,
-                                   exact=True))
+        out.append(collate_patches(items, pad_id=0, max_patches=max_patches, patch_size=patch_size, pack=pack))
     return out
 
 

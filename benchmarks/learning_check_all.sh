@@ -71,7 +71,7 @@ for t in $TASKS; do
       check docvqa cruller_finetune_docvqa 4800 2e-3 --task.max_length 64 ;;
     rvlcdip)
       write rvl_cdip "$DATA/rvl_cdip_sample" rvlcdip
-      check rvlcdip cruller_finetune_rvlcdip 800 2e-3 --task.max_length 16 ;;
+      check rvlcdip cruller_finetune_rvlcdip 1600 2e-3 --task.max_length 16 ;;
     xent)
       write rvl_cdip "$DATA/rvl_cdip_sample" xent
       check xent cruller_finetune_xent 800 2e-3 --task.max_length 16 ;;

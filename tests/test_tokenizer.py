@@ -49,3 +49,20 @@ def test_real_tokenizer_files(shared_data):
 def test_bad_tokenizer_spec_is_named(tmp_path):
     with pytest.raises(ValueError, match="--task.tokenizer"):
         create_tokenizer(str(tmp_path / "missing.model"))
+
+
+def test_sentencepiece_ids_in_one_lookup_equal_transformers_per_piece(shared_data, monkeypatch):
+    """Base pieces map to ids through one dict (the loader's tokenization cost); the ids equal
+    transformers' piece-by-piece conversion, with task tokens, unknown characters and empty text."""
+    from transformers.tokenization_python import PreTrainedTokenizer
+
+    tok = create_tokenizer(os.path.join(shared_data, "tokenizers", "albert_spiece.model"))
+    add_task_tokens(tok, ["<s_pretrain>", "<s_total>"])
+    texts = [TEXT, "<s_pretrain>" + TEXT + " <s_total> 12.00</s_total>", "snow \u2603 \u00e9t\u00e9\n\n x", "", " "]
+    for text in texts:
+        pieces = tok.tokenize(text)
+        assert tok(text, add_special_tokens=False).input_ids == PreTrainedTokenizer.convert_tokens_to_ids(tok, pieces)
+    expected = tok(TEXT, add_special_tokens=False).input_ids
+    # text without task tokens never goes through transformers' per-piece lookup
+    monkeypatch.setattr(tok, "_convert_token_to_id_with_added_voc", lambda t: pytest.fail("per-piece lookup"))
+    assert tok(TEXT, add_special_tokens=False).input_ids == expected

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from pixparse.data.transforms import DocAugment, collate_text_image
+from pixparse.data.transforms import DocAugment, collate_text_image, resize_bicubic, to_pil
 
 
 def patch_grid(height: int, width: int, patch_size: int, max_patches: int, upscale: bool = False) -> tuple[int, int]:
@@ -97,8 +97,7 @@ class PatchPage:
             image = render_header(image, header, min_size=math.ceil(image.width / cols))  # one patch, in page px
         rows, cols = patch_grid(image.height, image.width, p, self.max_patches, self.upscale)
         if (cols * p, rows * p) != image.size:
-            image = image.resize((cols * p, rows * p), Image.Resampling.BICUBIC,
-                                 reducing_gap=None if self.exact else 3.0)
+            image = to_pil(resize_bicubic(image, (cols * p, rows * p)))
         if self.augment is not None and rng is not None:
             image = self.augment(image, rng, 255 if self.image_fmt == "L" else (255, 255, 255))
         budget = self.max_patches
@@ -108,19 +107,15 @@ class PatchPage:
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None, header: str = "") -> dict[str, torch.Tensor]:
         prepared = self.prepare(image, rng, header)
-        return patchify(prepared["page"], prepared["budget"], self.patch_size, self.exact)
+        return patchify(prepared["page"], prepared["budget"], self.patch_size)
 
 
-def patchify(page: Image.Image, budget: int, patch_size: int, exact: bool = False) -> dict[str, torch.Tensor]:
+def patchify(page: Image.Image, budget: int, patch_size: int) -> dict[str, torch.Tensor]:
     """A prepared page at the grid of `budget` patches (never above its own size) ->
     {'patches': (N, C*p*p) uint8, 'patch_pos': (N, 2) int16 (row, col)}."""
     p = patch_size
     rows, cols = patch_grid(page.height, page.width, p, budget)
-    if (cols * p, rows * p) != page.size:
-        page = page.resize((cols * p, rows * p), Image.Resampling.BICUBIC, reducing_gap=None if exact else 3.0)
-    arr = np.asarray(page, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
+    arr = resize_bicubic(page, (cols * p, rows * p)).permute(1, 2, 0).numpy()
     c = arr.shape[2]
     # (rows*p, cols*p, C) -> (rows, cols, C, p, p) -> (N, C*p*p)
     patches = arr.reshape(rows, p, cols, p, c).transpose(0, 2, 4, 1, 3).reshape(rows * cols, c * p * p)
@@ -183,7 +178,7 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def collate_patches(samples: list[dict[str, Any]], pad_id: int, max_patches: int, patch_size: int,
-                    pack: bool = True, pad_to_multiple_of: int = 8, exact: bool = False) -> dict[str, Any]:
+                    pack: bool = True, pad_to_multiple_of: int = 8) -> dict[str, Any]:
     """Text as collate_text_image; prepared pages (PatchPage.prepare) as rows of patches:
     patches (R, L, C*p*p) uint8, patch_pos (R, L, 2) long, segment (R, L) long (0: padding),
     sample_row (B,) and sample_segment (B,): where each sample's page lies. L = max_patches.
@@ -211,7 +206,7 @@ def collate_patches(samples: list[dict[str, Any]], pad_id: int, max_patches: int
             grown = grow_to_fill([sizes[i] for i in members], [budgets[i] for i in members], max_patches, patch_size)
             for i, b in zip(members, grown):
                 budgets[i] = b
-    cut = [patchify(pg["page"], b, patch_size, exact) for pg, b in zip(pages, budgets)]
+    cut = [patchify(pg["page"], b, patch_size) for pg, b in zip(pages, budgets)]
     dim = cut[0]["patches"].shape[1]
     patches = torch.zeros((len(rows), max_patches, dim), dtype=torch.uint8)
     pos = torch.zeros((len(rows), max_patches, 2), dtype=torch.long)

@@ -36,6 +36,17 @@ class SentencePieceTokenizer(SentencePieceBackend):
         lines.append(self.sp_model.decode_pieces(line))
         return "\n".join(lines)
 
+    def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]:
+        """Pieces -> ids through one dict of the model's pieces: transformers looks each piece up
+        through two Python calls (0.45 of the 3.4 ms a receipt costs in a loader worker)."""
+        if isinstance(tokens, str) or not self._added_tokens_encoder.keys().isdisjoint(tokens):
+            return super().convert_tokens_to_ids(tokens)
+        if getattr(self, "_piece_ids", None) is None:
+            sp = self.sp_model
+            self._piece_ids = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+        get, unk = self._piece_ids.get, self.sp_model.unk_id()
+        return [get(t, unk) for t in tokens]
+
 
 def _load_sentencepiece(path: str) -> PreTrainedTokenizerBase:
     import sentencepiece as spm

@@ -1,12 +1,40 @@
 """Image and text preprocessing that runs in loader workers (picklable callables)."""
 import io
 import random
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageEnhance, ImageFilter
+
+
+def as_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL image -> (C, H, W) uint8 view of its pixels (read-only: copy before writing)."""
+    arr = np.asarray(image, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    with warnings.catch_warnings():  # torch warns on read-only arrays; nothing here writes to it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def resize_bicubic(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """PIL image -> (C, h, w) uint8 at `size` (w, h): antialiased bicubic, torchvision's uint8
+    kernel (Pillow's filter, 1.5-1.9x faster than Pillow's resize on one core: 7.9 vs 11.5 ms for
+    a 1700x2200 page to 576x448, 1.8 vs 3.1 ms for a FUNSD form)."""
+    x = as_tensor(image)
+    if (x.shape[2], x.shape[1]) == tuple(size):
+        return x
+    return TF.resize(x, [size[1], size[0]], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """(C, H, W) uint8 -> PIL ('L' for one channel)."""
+    arr = x.permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
 
 
 class DocAugment:
@@ -48,6 +76,8 @@ class ResizePad:
     With `augment`, the page is also scaled by 75-100% and placed at a random spot of the
     canvas, then DocAugment runs; without, it sits top-left at full fit (the eval pipeline:
     no randomness). Pixels stay uint8 until the model (4x less worker->main traffic than float32).
+    `exact` False lets the decoder draft JPEGs at a reduced DCT scale (`--data.*.decode fast`);
+    the resize is the same antialiased bicubic either way.
     """
 
     def __init__(self, image_size: Sequence[int], image_fmt: str = "L", augment: DocAugment | None = None,
@@ -56,8 +86,6 @@ class ResizePad:
         self.image_fmt = image_fmt
         self.augment = augment
         self.exact = exact
-        # fast: box-reduce to within 3x of the size first, then bicubic; exact: bicubic all the way
-        self.reducing_gap = None if exact else 3.0
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         w, h = image.size
@@ -67,19 +95,15 @@ class ResizePad:
         new_w, new_h = min(self.width, max(1, round(w * scale))), min(self.height, max(1, round(h * scale)))
         if image.mode != self.image_fmt:
             image = image.convert(self.image_fmt)
-        if (new_w, new_h) != image.size:
-            image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=self.reducing_gap)
-        fill = 255 if self.image_fmt == "L" else (255, 255, 255)
-        canvas = Image.new(self.image_fmt, (self.width, self.height), fill)
+        page = resize_bicubic(image, (new_w, new_h))
+        canvas = torch.full((page.shape[0], self.height, self.width), 255, dtype=torch.uint8)
         if self.augment is not None and rng is not None:
-            canvas.paste(image, (rng.randint(0, self.width - new_w), rng.randint(0, self.height - new_h)))
-            canvas = self.augment(canvas, rng, fill)
-        else:
-            canvas.paste(image, (0, 0))
-        arr = np.asarray(canvas, dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (C, H, W) uint8
+            x, y = rng.randint(0, self.width - new_w), rng.randint(0, self.height - new_h)
+            canvas[:, y:y + new_h, x:x + new_w] = page
+            fill = 255 if self.image_fmt == "L" else (255, 255, 255)
+            return as_tensor(self.augment(to_pil(canvas), rng, fill)).clone()
+        canvas[:, :new_h, :new_w] = page
+        return canvas
 
 
 class TextTargets:

@@ -262,7 +262,7 @@ class TaskBase(nn.Module):
             return functools.partial(
                 collate_patches, pad_id=self.tokenizer.pad_token_id, max_patches=self.model_cfg.image_encoder.max_patches,
                 patch_size=self.model.image_encoder.patch_size, pack=data_cfg.pack_patches,
-                pad_to_multiple_of=data_cfg.pad_to_multiple_of, exact=data_cfg.decode == "exact",
+                pad_to_multiple_of=data_cfg.pad_to_multiple_of,
             )
         return functools.partial(
             collate_text_image, pad_id=self.tokenizer.pad_token_id,
