@@ -18,12 +18,13 @@ Pipelines, run interleaved (plain, pixparse, decode, plain, ...) for `--repeats`
             scale that fits, then resized the same way; per-sample tokenizer, text padded per
             batch to its longest.
   pixparse  pixparse.data.loader with the pretraining task's preprocess, --data.train.decode fast
-            (draft JPEG decode, embedded-JPEG PDF pages, box-reduce then bicubic) and exact (full
-            decode, bicubic all the way); uint8, per-batch text padding.
+            (JPEGs and scanned PDF pages drafted at a reduced DCT scale) and exact (full decode);
+            both resize with torchvision's antialiased bicubic (uint8), per-batch text padding.
   decode    tar read + full PIL decode of the image, nothing else.
-Reported: samples/s and MB/s (shard bytes) with N workers, CPU ms/sample in one process
-(num_workers=0: what one worker costs), speed-up plain -> pixparse, PSNR of each pipeline's pixels
-against a full-size decode + LANCZOS downscale, and whether token ids equal the plain pipeline's.
+Reported: samples/s with N workers (and the shards' MB), CPU ms/sample in one process (the
+per-sample work of the reference and of pixparse's preprocess, tar read excluded: what one worker
+costs), speed-up plain -> pixparse, PSNR of each pipeline's pixels against a full-size decode +
+LANCZOS downscale, and whether token ids equal the plain pipeline's.
 A human table first, one JSON line last.
 """
 import argparse
@@ -153,6 +154,16 @@ def reference_image(data: bytes, ext: str) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, W - new_w, 0, H - new_h), value=255)
 
 
+def plain_sample(s: dict, tokenizer) -> dict:
+    """The reference pipeline's work on one sample: page text, tokens, pixels."""
+    ext = next(e for e in IMAGE_EXTS if e in s)
+    anno = json.loads(s["json"])
+    text = "\n".join(t for t in anno["pages"][0]["lines"]["text"] if t.strip())
+    ids = tokenizer(PRETRAIN_PROMPT + text, max_length=MAX_LENGTH, truncation=True,
+                    add_special_tokens=False).input_ids
+    return {"image": reference_image(s[ext], ext), "input_ids": ids}
+
+
 class PlainPipeline(IterableDataset):
     def __init__(self, urls: list[str], tokenizer, decode_only: bool = False) -> None:
         self.urls, self.tokenizer, self.decode_only = urls, tokenizer, decode_only
@@ -160,19 +171,15 @@ class PlainPipeline(IterableDataset):
     def __iter__(self):
         urls = self.urls  # webdataset splits shards over workers itself
         for s in wds.WebDataset(urls, shardshuffle=False):
-            ext = next(e for e in IMAGE_EXTS if e in s)
             if self.decode_only:
+                ext = next(e for e in IMAGE_EXTS if e in s)
                 if ext == "pdf":  # rendering is the decode: at the scale that fits, in gray
                     reference_image(s[ext], ext)
                 else:
                     Image.open(io.BytesIO(s[ext])).load()
                 yield {"n": 1}
                 continue
-            anno = json.loads(s["json"])
-            text = "\n".join(t for t in anno["pages"][0]["lines"]["text"] if t.strip())
-            ids = self.tokenizer(PRETRAIN_PROMPT + text, max_length=MAX_LENGTH, truncation=True,
-                                 add_special_tokens=False).input_ids
-            yield {"image": reference_image(s[ext], ext), "input_ids": ids}
+            yield plain_sample(s, self.tokenizer)
 
 
 def collate_reference(samples: list[dict]) -> dict:
@@ -210,6 +217,25 @@ def run_pixparse(urls, task, workers, num_samples, decode: str = "fast") -> tupl
     elapsed = time.perf_counter() - start
     assert n >= num_samples, f"pixparse loader gave {n} of {num_samples} samples"
     return n, elapsed
+
+
+def worker_ms(urls, task, tokenizer, repeats: int, max_samples: int = 40) -> dict[str, float]:
+    """CPU ms per sample in one process (what one loader worker spends; tar read excluded):
+    the reference's per-sample work and pixparse's preprocess, fast and exact, interleaved,
+    median of `repeats` passes over the same samples held in memory."""
+    samples = [s for _, s in zip(range(max_samples), wds.WebDataset(urls, shardshuffle=False))]
+    preps = {m: task.preprocess(DataLoaderConfig(source="x", num_samples=1, decode=m)) for m in ("fast", "exact")}
+    work = {"plain": lambda s: plain_sample(s, tokenizer),
+            "fast": lambda s: preps["fast"](s, random.Random(0)),
+            "exact": lambda s: preps["exact"](s, random.Random(0))}
+    times: dict[str, list[float]] = {k: [] for k in work}
+    for _ in range(repeats + 1):  # the first pass warms up and is dropped
+        for k, fn in work.items():
+            start = time.perf_counter()
+            for s in samples:
+                fn(s)
+            times[k].append((time.perf_counter() - start) / len(samples) * 1e3)
+    return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
 # ---------------------------------------------------------------- quality checks
@@ -262,8 +288,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max_samples", type=int, default=60)
-    p.add_argument("--copies", type=int, default=4, help="times each real page is repeated in the shards")
+    p.add_argument("--copies", type=int, default=12,
+                   help="times each real page is repeated in the shards: runs of a few seconds, so worker "
+                        "start-up does not decide the ratio (at 4 copies rounds were ~1 s and ratios moved 0.1-0.3)")
     p.add_argument("--formats", nargs="*", default=None)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+                   help="folder the results JSON is saved to")
     args = p.parse_args()
     torch.set_num_threads(1)  # like a loader worker; the main process only collects batches
     tok_path = args.tokenizer or os.path.join(args.data, "tokenizers", "mistral_tokenizer.model.v1")
@@ -289,28 +319,33 @@ def main() -> None:
             times["decode"].append(run_plain(urls, tokenizer, args.workers, decode_only=True)[1])
         med = {k: statistics.median(v) for k, v in times.items()}
         psnr, same_ids = quality(urls, task, tokenizer)
+        one = worker_ms(urls, task, tokenizer, args.repeats)
         rows.append({
             "format": name, "samples": n_total, "shard_mb": round(mb, 1), "workers": args.workers,
             **{f"{k}_samples_per_s": round(n_total / t, 1) for k, t in med.items()},
             "fast_vs_plain": round(med["plain"] / med["fast"], 2),
             "exact_vs_plain": round(med["plain"] / med["exact"], 2),
             **{f"{k}_psnr_db": round(v, 1) for k, v in psnr.items()},
+            **{f"{k}_ms_per_sample_one_process": round(v, 2) for k, v in one.items()},
             "same_token_ids": same_ids,
         })
     print(f"loader benchmark: {H}x{W} gray, batch {BATCH}, {args.workers} workers, median of {args.repeats} "
-          f"interleaved rounds; samples/s; PSNR (dB) against a full decode + Lanczos fit")
+          f"interleaved rounds; samples/s; PSNR (dB) against a full decode + Lanczos fit; CPU ms per "
+          f"sample in one process (one worker's cost)")
     print("| format | n | plain s/s | fast s/s | exact s/s | decode only s/s | fast vs plain | exact vs plain "
-          "| PSNR plain | PSNR fast | PSNR exact | token ids |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| PSNR plain / fast / exact | ms/sample plain / fast / exact | token ids |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['format']} | {r['samples']} | {r['plain_samples_per_s']} | {r['fast_samples_per_s']} | "
               f"{r['exact_samples_per_s']} | {r['decode_samples_per_s']} | {r['fast_vs_plain']}x | "
-              f"{r['exact_vs_plain']}x | {r['plain_psnr_db']} | {r['fast_psnr_db']} | {r['exact_psnr_db']} | "
-              f"{'same' if r['same_token_ids'] else 'DIFF'} |")
+              f"{r['exact_vs_plain']}x | {r['plain_psnr_db']} / {r['fast_psnr_db']} / {r['exact_psnr_db']} | "
+              + " / ".join(str(r[f"{k}_ms_per_sample_one_process"]) for k in ("plain", "fast", "exact"))
+              + f" | {'same' if r['same_token_ids'] else 'DIFF'} |")
     record = {"summary": {r["format"]: {"fast_vs_plain": r["fast_vs_plain"], "exact_vs_plain": r["exact_vs_plain"]}
                           for r in rows},
               "rows": rows, "height": H, "width": W, "batch_size": BATCH, "args": vars(args),
               "command": " ".join(["python", *sys.argv]), **_env_info()}
-    save_result(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), "bench_loader", record)
+    save_result(args.out, "bench_loader", record)
 
 
 if __name__ == "__main__":

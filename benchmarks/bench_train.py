@@ -305,7 +305,9 @@ def _env_info() -> dict:
     except OSError:
         pass
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return {"git_sha": sha, "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip() != ""
+    return {"git_sha": sha, "git_dirty": dirty, "torch": torch.__version__, "deepspeed": deepspeed.__version__,
             "transformers": transformers.__version__, "cpu": cpu, "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}

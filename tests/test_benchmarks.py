@@ -50,3 +50,23 @@ def test_bench_train_paired_alternates_engine_and_plain_and_plots(tmp_path):
     subprocess.run([sys.executable, f"{REPO}/benchmarks/plot.py", str(saved), "--out", str(out)], check=True,
                    cwd=REPO, capture_output=True)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_loader_compares_both_decodes_with_the_reference_and_saves(shared_data, tmp_path):
+    """A few real receipts and forms: every pipeline gives samples/s, one-process ms/sample and PSNR;
+    exact keeps the reference's PSNR (the same filter), fast drafts JPEGs below it; token ids equal."""
+    proc = subprocess.run(
+        [sys.executable, f"{REPO}/benchmarks/bench_loader.py", "--data", shared_data, "--shards",
+         str(tmp_path / "shards"), "--max_samples", "8", "--copies", "1", "--repeats", "1",
+         "--formats", "sroie_jpg", "funsd_png", "--out", str(tmp_path / "results")],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert set(json.loads(proc.stdout.strip().splitlines()[-1])) == {"sroie_jpg", "funsd_png"}
+    (saved,) = (tmp_path / "results").glob("bench_loader_*.json")
+    rows = {r["format"]: r for r in json.loads(saved.read_text())["rows"]}
+    for r in rows.values():
+        assert r["same_token_ids"] and r["samples"] == 8
+        assert all(r[f"{k}_samples_per_s"] > 0 for k in ("plain", "fast", "exact", "decode"))
+        assert all(r[f"{k}_ms_per_sample_one_process"] > 0 for k in ("plain", "fast", "exact"))
+        assert abs(r["exact_psnr_db"] - r["plain_psnr_db"]) < 0.5 and r["exact_psnr_db"] > 35
+    assert rows["sroie_jpg"]["fast_psnr_db"] < rows["sroie_jpg"]["exact_psnr_db"]  # drafted JPEGs
