@@ -116,10 +116,11 @@ def build_shards(data: str, out: str, max_samples: int, copies: int = 1) -> dict
     }
     shards = {}
     for name, make in sources.items():
-        pattern = os.path.join(out, name, f"{name}-%06d.tar")
+        # shards of other --max_samples / --copies are never reused
+        pattern = os.path.join(out, f"m{max_samples}_c{copies}", name, f"{name}-%06d.tar")
         existing = sorted(f for f in os.listdir(os.path.dirname(pattern))) if os.path.isdir(os.path.dirname(pattern)) else []
         if existing:
-            shards[name] = [os.path.join(out, name, f) for f in existing]
+            shards[name] = [os.path.join(os.path.dirname(pattern), f) for f in existing]
         else:
             shards[name] = write_shards(_copies(make(), copies), pattern,
                                         samples_per_shard=max(1, max_samples * copies // 4))
