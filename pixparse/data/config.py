@@ -36,11 +36,11 @@ class DataLoaderConfig:
     """A sample whose target text is longer is skipped as corrupt ('target_too_long'; a dense
     page has ~10,000 characters). Longer targets that fit are cut to --task.max_length tokens."""
     decode: Literal["fast", "exact"] = "exact"
-    """Image decode quality. 'exact': full decode and an antialiased bicubic resize all the way
-    (the reference pipeline's quality). 'fast': JPEGs (and scanned PDF pages) decode at a reduced
-    DCT scale near the model's size and the resize first box-reduces to within 3x: 1.4-1.6x
-    exact's pages/s on JPEG and scanned PDF (none on TIFF/PNG), 11 dB lower PSNR on full pages at
-    576x448; for loader-bound runs. exact is the default by the receipt learning check (README, Data)."""
+    """Image decode quality. 'exact': full decode, then the antialiased bicubic resize (the
+    reference pipeline's quality). 'fast': JPEGs (and scanned PDF pages) decode at a reduced DCT
+    scale near the model's size, then the same resize: about 1.5x exact's pages/s on JPEG and
+    scanned PDF (the same on TIFF/PNG), 11 dB lower PSNR on full pages at 576x448; for loader-bound
+    runs. exact is the default by the receipt learning check (README, Data)."""
     pack_patches: bool = True
     """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
     max_patches (attention kept inside each page); false pads every page to its own row, as
@@ -104,11 +104,11 @@ class DataEvalConfig:
     max_target_chars: int = 100_000
     """A sample whose reference text is longer is skipped as corrupt ('target_too_long')."""
     decode: Literal["fast", "exact"] = "exact"
-    """Image decode quality. 'exact': full decode and an antialiased bicubic resize all the way
-    (the reference pipeline's quality). 'fast': JPEGs (and scanned PDF pages) decode at a reduced
-    DCT scale near the model's size and the resize first box-reduces to within 3x: 1.4-1.6x
-    exact's pages/s on JPEG and scanned PDF (none on TIFF/PNG), 11 dB lower PSNR on full pages at
-    576x448; for loader-bound runs. exact is the default by the receipt learning check (README, Data)."""
+    """Image decode quality. 'exact': full decode, then the antialiased bicubic resize (the
+    reference pipeline's quality). 'fast': JPEGs (and scanned PDF pages) decode at a reduced DCT
+    scale near the model's size, then the same resize: about 1.5x exact's pages/s on JPEG and
+    scanned PDF (the same on TIFF/PNG), 11 dB lower PSNR on full pages at 576x448; for loader-bound
+    runs. exact is the default by the receipt learning check (README, Data)."""
     pack_patches: bool = True
     """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
     max_patches (attention kept inside each page); false pads every page to its own row, as
