@@ -270,7 +270,8 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
             times[name].append(time.perf_counter() - start)
     plain_t, engine_t = times["plain"][args.warmup:], times["engine"][args.warmup:]
     return {"plain_s": statistics.median(plain_t), "engine_s": statistics.median(engine_t),
-            "ratio": statistics.median(e / p for e, p in zip(engine_t, plain_t)), "pairs": len(plain_t)}
+            "ratio": statistics.median(e / p for e, p in zip(engine_t, plain_t)), "pairs": len(plain_t),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def run_worker(args) -> None:
@@ -330,6 +331,8 @@ def spawn(args, variant: str, *extra: str) -> dict:
     if args.tokenizer:
         cmd += ["--tokenizer", args.tokenizer]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or os.cpu_count())}
+    if args.omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"{variant} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -371,6 +374,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--variants", default="plain_fp32,zero2_fp32,zero3_fp32,trainer_fp32")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every variant (default: all cores)")
+    p.add_argument("--omp_wait_policy", choices=["active", "passive"], default=None,
+                   help="OMP_WAIT_POLICY of every variant (default: the environment's). On CPU, a 1-rank "
+                        "ZeRO-3 engine runs gloo collectives whose threads start OpenMP teams of their own; "
+                        "with more OpenMP threads than cores libgomp stops spinning at barriers and every "
+                        "multi-threaded op in the process slows (a plain cruller_tiny step 33 -> 64 ms). "
+                        "'active' keeps them spinning: the engine's own cost, not the side effect")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     p.add_argument("--phases", action="store_true",
                    help="instead: ms per step of each phase (forward, backward, reduction/optimizer step, "

@@ -37,7 +37,7 @@ def test_bench_train_paired_alternates_engine_and_plain_and_plots(tmp_path):
     proc = subprocess.run(
         [sys.executable, f"{REPO}/benchmarks/bench_train.py", "--model", "cruller_tiny", "--batch_size", "2",
          "--steps", "6", "--warmup", "1", "--threads", "1", "--paired", "--variants", "zero2_fp32,zero3_fp32",
-         "--out", str(tmp_path)],
+         "--omp_wait_policy", "active", "--out", str(tmp_path)],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -46,6 +46,7 @@ def test_bench_train_paired_alternates_engine_and_plain_and_plots(tmp_path):
     record = json.loads(saved.read_text())
     for pair in record["paired"].values():
         assert pair["pairs"] == 6 and pair["plain_s"] > 0 and pair["engine_s"] > 0
+        assert pair["omp_wait_policy"] == "active"  # what the variants ran under is saved
     out = tmp_path / "plot.png"
     subprocess.run([sys.executable, f"{REPO}/benchmarks/plot.py", str(saved), "--out", str(out)], check=True,
                    cwd=REPO, capture_output=True)
