@@ -18,7 +18,8 @@ def load(paths: list[str]) -> list[dict]:
         a = r["args"]
         device = r.get("gpu") or r.get("cpu", "?")
         paired = "paired" in r
-        r["label"] = (f"{a['model']} b{a['batch_size']}{' paired' if paired else ''}\n{device[:28]}\n"
+        omp = f" omp {a['omp_wait_policy']}" if a.get("omp_wait_policy") else ""
+        r["label"] = (f"{a['model']} b{a['batch_size']}{' paired' if paired else ''}{omp}\n{device[:28]}\n"
                       f"{r.get('when', '')[:10]}")
         if paired:  # engine and plain loop alternated per step in one process per variant
             pairs = r["paired"]
