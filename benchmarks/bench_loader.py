@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, IterableDataset
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pixparse.data.config import DataLoaderConfig  # noqa: E402
-from pixparse.data.decode import IMAGE_EXTS, decode_document_page, fit_size  # noqa: E402
+from pixparse.data.decode import IMAGE_EXTS, fit_size  # noqa: E402
 from pixparse.data.formats import read_docbank, read_funsd, read_sroie  # noqa: E402
 from pixparse.data.loader import create_loader  # noqa: E402
 from pixparse.data.write import write_shards  # noqa: E402
@@ -220,12 +220,17 @@ def run_pixparse(urls, task, workers, num_samples, decode: str = "fast") -> tupl
     return n, elapsed
 
 
+def _preprocessors(task) -> dict:
+    """pixparse's per-sample preprocess with each decode mode."""
+    return {m: task.preprocess(DataLoaderConfig(source="x", num_samples=1, decode=m)) for m in ("fast", "exact")}
+
+
 def worker_ms(urls, task, tokenizer, repeats: int, max_samples: int = 40) -> dict[str, float]:
     """CPU ms per sample in one process (what one loader worker spends; tar read excluded):
     the reference's per-sample work and pixparse's preprocess, fast and exact, interleaved,
     median of `repeats` passes over the same samples held in memory."""
     samples = [s for _, s in zip(range(max_samples), wds.WebDataset(urls, shardshuffle=False))]
-    preps = {m: task.preprocess(DataLoaderConfig(source="x", num_samples=1, decode=m)) for m in ("fast", "exact")}
+    preps = _preprocessors(task)
     work = {"plain": lambda s: plain_sample(s, tokenizer),
             "fast": lambda s: preps["fast"](s, random.Random(0)),
             "exact": lambda s: preps["exact"](s, random.Random(0))}
@@ -248,7 +253,7 @@ def _psnr(ours: np.ndarray, ref: np.ndarray) -> float:
 def quality(urls, task, tokenizer, max_checks: int = 8) -> tuple[dict[str, float], bool]:
     """Mean PSNR (dB) of each pipeline's pixels (pixparse fast and exact, the reference) vs a
     full-size decode + LANCZOS downscale, and whether pixparse's token ids match the reference's."""
-    preps = {m: task.preprocess(DataLoaderConfig(source="x", num_samples=1, decode=m)) for m in ("fast", "exact")}
+    preps = _preprocessors(task)
     psnrs: dict[str, list[float]] = {"fast": [], "exact": [], "plain": []}
     same_ids = True
     for i, s in enumerate(wds.WebDataset(urls, shardshuffle=False)):
@@ -268,11 +273,9 @@ def quality(urls, task, tokenizer, max_checks: int = 8) -> tuple[dict[str, float
         ref = np.asarray(full.resize((new_w, new_h), Image.Resampling.LANCZOS), dtype=np.float64)
         for m, o in outs.items():
             psnrs[m].append(_psnr(o["image"][0, :new_h, :new_w].numpy(), ref))
-        psnrs["plain"].append(_psnr(reference_image(s[ext], ext)[0, :new_h, :new_w].numpy(), ref))
-        page = decode_document_page(s, "first", random.Random(0))
-        plain_ids = tokenizer(PRETRAIN_PROMPT + page.text, max_length=MAX_LENGTH, truncation=True,
-                              add_special_tokens=False).input_ids
-        ours_ids = out["input_ids"]
+        plain = plain_sample(s, tokenizer)
+        psnrs["plain"].append(_psnr(plain["image"][0, :new_h, :new_w].numpy(), ref))
+        plain_ids, ours_ids = plain["input_ids"], out["input_ids"]
         # ours ends with eos; the plain pipeline truncates the prompt+text to MAX_LENGTH without one
         match = ours_ids[:-1] == plain_ids or (len(plain_ids) == MAX_LENGTH and ours_ids[:-1] == plain_ids[:-1])
         if not match:
