@@ -53,7 +53,8 @@ def _metrics(out, experiment):
 
 def test_single_rank_cli_trains_saves_and_resumes(synth_shards, tmp_path):
     train = [sys.executable, "-m", "pixparse.app.train"]
-    _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "one", "--task.num_intervals", "1"))
+    proc = _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "one", "--task.num_intervals", "1"))
+    assert "one rank: no gradient all-reduce" in proc.stdout
     first = _metrics(tmp_path, "one")
     ckpt = tmp_path / "one" / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == "step_00000032"
@@ -85,6 +86,7 @@ def test_two_ranks_with_the_deepspeed_launcher_loss_falls(synth_shards, tmp_path
     proc = _run(cmd)
     records = _metrics(tmp_path, "two")
     assert "2 rank(s), 16 steps/interval" in proc.stdout
+    assert f"ZeRO-{'3' if 'zero3' in ds_config else '1/2'} gradient norm fused" in proc.stdout
     assert records[-1]["step"] == 32
     losses = [r["train/loss"] for r in records]
     assert losses[-1] < losses[0] - 0.5, losses

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from pixparse.data.config import DataEvalConfig, DataLoaderConfig
 from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY, create_eval_loader, create_loader
-from pixparse.engine import checkpoint
+from pixparse.engine import checkpoint, zero_fast
 from pixparse.engine.dist import LauncherWatch, to_device
 from pixparse.engine.evaluate import evaluate_source
 from pixparse.engine.config import TrainConfig
@@ -141,6 +141,9 @@ class Trainer:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=task, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
+        installed = zero_fast.install(self.engine.optimizer)
+        if installed and self.rank == 0:
+            logger.info("DeepSpeed optimizer: %s", "; ".join(installed))
         self.loader = create_loader(
             data_cfg,
             task.preprocess(data_cfg),

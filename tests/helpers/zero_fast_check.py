@@ -1,0 +1,82 @@
+"""Run on 1 or 2 ranks: for ZeRO stages 1, 2 and 3, cruller_tiny trained 3 steps of 2
+accumulated micro-batches (each rank its own) by DeepSpeed as it is and by DeepSpeed with
+pixparse's zero_fast methods, from the same init, configured as pixparse configures that many
+ranks. In the second, every gradient norm is computed both ways on the same partitioned
+gradients. Rank 0 writes, per stage: what install() returned, each pair of norms (value, dtype,
+bit-equal), which allreduce_and_copy ran, whether the losses and the weights (this rank's
+partition under ZeRO-3) are equal."""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def main(out_path: str) -> None:
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    from pixparse.engine import zero_fast
+    from pixparse.engine.dist import init_distributed
+    from pixparse.engine.ds_config import single_rank_zero
+    from pixparse.engine.optim import create_optimizer
+    from pixparse.tasks.config import OptimConfig, TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    init_distributed()
+    world = dist.get_world_size()
+
+    def train(stage: int, fast: bool):
+        ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "train_batch_size": 4 * world,
+              "gradient_clipping": 1.0, "steps_per_print": 10**9, "zero_optimization": {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}}  # ds_configs/
+        single_rank_zero(ds, world)  # as pixparse configures one rank
+        torch.manual_seed(0)
+        task = create_task(TaskConfig(model_name="cruller_tiny"))
+        engine, *_ = deepspeed.initialize(model=task, optimizer=create_optimizer(task, OptimConfig()), config=ds)
+        opt, installed, pairs, calls = engine.optimizer, [], [], []
+        if fast:
+            installed = zero_fast.install(opt)
+            fused = opt.get_grad_norm_direct
+
+            def both(gradients, params, norm_type=2):
+                mine = fused(gradients, params, norm_type)
+                theirs = opt._pixparse_original_get_grad_norm_direct(gradients, params, norm_type)
+                pairs.append({"fused": mine.item(), "deepspeed": theirs.item(),
+                              "equal": bool(torch.equal(mine, theirs)) and mine.dtype == theirs.dtype})
+                return mine
+
+            opt.get_grad_norm_direct = both
+            reduce = opt.allreduce_and_copy
+
+            def counted(*args, **kwargs):
+                calls.append(reduce.__func__.__name__)
+                return reduce(*args, **kwargs)
+
+            opt.allreduce_and_copy = counted
+        losses = []
+        for micro in range(6):  # 3 optimizer steps of 2 micro-batches
+            batch = task.synthetic_batch(2, torch.Generator().manual_seed(10 * micro + dist.get_rank()))
+            loss = engine(batch)["loss"]
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        weights = [(p.ds_tensor if hasattr(p, "ds_tensor") else p).detach().clone() for p in task.parameters()]
+        return installed, pairs, calls, losses, weights
+
+    result = {}
+    for stage in (1, 2, 3):
+        *_, losses, weights = train(stage, fast=False)
+        installed, pairs, calls, fast_losses, fast_weights = train(stage, fast=True)
+        same = all(torch.equal(a, b) for a, b in zip(weights, fast_weights))
+        same = torch.tensor([int(same)])
+        dist.all_reduce(same, op=dist.ReduceOp.MIN)  # every rank's partition
+        result[str(stage)] = {"installed": installed, "norms": pairs, "reduce_calls": calls, "losses": [losses, fast_losses],
+                              "same_losses": losses == fast_losses, "same_weights": bool(same.item())}
+    if dist.get_rank() == 0:
+        with open(out_path, "w") as f:
+            json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
