@@ -17,7 +17,8 @@ Variants (--variants; dtype suffix _fp32 or _bf16):
             bf16 = its bf16 flag (autocast)
 Prints a table of step times and ratios against the plain loop of the same dtype, then one JSON
 line with zero2_vs_plain, zero3_vs_plain, trainer_vs_plain (fp32; bf16 ones when run), and
-saves it all (command, git sha, versions, CPU/GPU model) to --out.
+saves it all (command, git sha, versions, CPU/GPU model) to --out. With a GPU every variant runs
+on it (plain loop: the task moved there, autocast on cuda; phases: synchronized at each boundary).
 
 --paired: on a machine whose speed drifts by more than the overhead being measured (a shared
 2-vCPU VM drifts 10-20% between processes), each engine variant runs in one process with a plain
@@ -40,16 +41,32 @@ sys.path.insert(0, REPO)
 
 
 # ----------------------------------------------------------------- workers (one fresh process each)
+def _device():
+    """Where the plain loop runs: the GPU when there is one (the engine's choice too), else CPU."""
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _sync() -> None:
+    """Wait for the GPU's queued work, so a phase's time is its own (a no-op on CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _task_and_batch(args):
     import torch
 
+    from pixparse.engine.dist import to_device
     from pixparse.tasks.config import TaskConfig
     from pixparse.tasks.registry import create_task
 
     torch.manual_seed(0)
-    task = create_task(TaskConfig(model_name=args.model, tokenizer=args.tokenizer))
+    task = create_task(TaskConfig(model_name=args.model, tokenizer=args.tokenizer)).to(_device())
     batch = task.synthetic_batch(args.batch_size, torch.Generator().manual_seed(0))
-    return task, batch
+    return task, to_device(batch, _device())
 
 
 def plain_loop(task, dtype: str):
@@ -64,7 +81,7 @@ def plain_loop(task, dtype: str):
     params = [p for p in task.parameters() if p.requires_grad]
 
     def step(batch) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with torch.autocast(_device().type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             loss = task(batch)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -97,6 +114,7 @@ def worker_trainer(args, dtype: str) -> list[float]:
     # Seq2SeqTrainer would pass num_items_in_batch, which VisionEncoderDecoderModel hands on to
     # TimmWrapper's forward_features (a TypeError in transformers 5.x): the plain mean loss, then.
     model.accepts_loss_kwargs = False
+    batch = {k: v.cpu() if hasattr(v, "cpu") else v for k, v in batch.items()}  # the Trainer moves them
     pixels = task.normalize(batch["image"]).detach()
     # decoder_input_ids are the labels shifted right by the start token: feed ours directly
     item = {"pixel_values": pixels[0], "decoder_input_ids": batch["input_ids"][0],
@@ -123,7 +141,7 @@ def worker_trainer(args, dtype: str) -> list[float]:
         output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps,
         learning_rate=3e-4, max_grad_norm=1.0, weight_decay=0.02, adam_beta2=0.98, adam_epsilon=1e-6,
         lr_scheduler_type="constant", logging_strategy="no", save_strategy="no", report_to=[],
-        dataloader_num_workers=0, use_cpu=True, bf16=dtype == "bf16", disable_tqdm=True, seed=0,
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=dtype == "bf16", disable_tqdm=True, seed=0,
     )
     Seq2SeqTrainer(model=model, args=targs, train_dataset=Repeat(), callbacks=[Clock()]).train()
     return times[args.warmup:]
@@ -192,12 +210,15 @@ def phases_plain(args, dtype: str) -> dict[str, float]:
     phases: dict[str, list[float]] = {"forward": [], "backward": [], "clip": [], "optimizer": []}
     for _ in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with torch.autocast(_device().type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             loss = task(batch)["loss"]
+        _sync()
         t1 = time.perf_counter()
         loss.backward()
+        _sync()
         t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        _sync()
         t3 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -226,12 +247,14 @@ def phases_engine(args, stage: int, dtype: str) -> dict[str, float]:
         b = to_device(batch, engine.device)
         t1 = time.perf_counter()
         loss = engine(b)["loss"]
+        _sync()
         t2 = time.perf_counter()
         bad = (~torch.isfinite(loss.detach())).float().reshape(1)
         torch.distributed.all_reduce(bad)
         bad.item()
         t3 = time.perf_counter()
         engine.backward(loss)
+        _sync()
         t4 = time.perf_counter()
         engine.step()
         loss.item()
@@ -250,13 +273,15 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
 
     import torch
 
+    from pixparse.engine.dist import to_device
+
     # the plain loop's copy needs whole parameters: no partitioned build
     cfg, setup = _engine_setup(args, stage, dtype, "--train.zero_init", "false")
-    plain = copy.deepcopy(setup.task)  # before DeepSpeed touches the original
+    plain = copy.deepcopy(setup.task).to(_device())  # before DeepSpeed touches the original
     plain_step = plain_loop(plain, dtype)
     trainer = _trainer(cfg, setup)
     trainer.engine.train()
-    batch = plain.synthetic_batch(args.batch_size, torch.Generator().manual_seed(0))
+    batch = to_device(plain.synthetic_batch(args.batch_size, torch.Generator().manual_seed(0)), _device())
 
     def engine_step(batch) -> None:
         trainer.micro_step(batch)[0].item()
@@ -271,7 +296,8 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
     plain_t, engine_t = times["plain"][args.warmup:], times["engine"][args.warmup:]
     return {"plain_s": statistics.median(plain_t), "engine_s": statistics.median(engine_t),
             "ratio": statistics.median(e / p for e, p in zip(engine_t, plain_t)), "pairs": len(plain_t),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "plain_device": str(_device()),
+            "engine_device": str(trainer.engine.device)}
 
 
 def run_worker(args) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU benchmark pass (for a lent GPU machine): model throughput/MFU/memory of
 # cruller_base and cruller_large with synthetic data, ZeRO-2 vs ZeRO-3, activation checkpointing
-# on/off, then the loader. Writes everything under ${OUT:-bench_out}/. No hub access needed:
+# on/off; the engine against a plain loop and Seq2SeqTrainer (bench_train.py); then the loader.
+# Writes everything under ${OUT:-bench_out}/. No hub access needed:
 # TOKENIZER (default: byte) may name a local SentencePiece .model for a realistic vocabulary
 # (e.g. a copy of shared/data/tokenizers/mistral_tokenizer.model.v1 saved as tok/sp.model);
 # DATA (shared/data) enables the loader part.
@@ -26,6 +27,16 @@ for preset in cruller_base cruller_large; do
     --data.train.batch_size 16 --task.max_length 512 --synthetic_data true --steps 30 --warmup_steps 5 \
     --task.encoder_grad_checkpointing true --task.decoder_grad_checkpointing true
 done
+# What the engine costs against a plain loop and Seq2SeqTrainer on this GPU (bf16, one GPU):
+# separate processes, then paired in one process with the per-phase split.
+TOK_FLAG=()
+[ -n "${TOKENIZER:-}" ] && TOK_FLAG=(--tokenizer "$TOKENIZER")
+python benchmarks/bench_train.py --model cruller_base --batch_size 16 --steps 20 --warmup 5 --rounds 1 \
+  --variants plain_bf16,zero2_bf16,zero3_bf16,trainer_bf16 --out "$OUT" "${TOK_FLAG[@]}" 2>&1 | tee "$OUT/bench_train.log" | tail -8
+python benchmarks/bench_train.py --model cruller_base --batch_size 16 --steps 20 --warmup 5 --paired \
+  --variants zero2_bf16,zero3_bf16 --out "$OUT" "${TOK_FLAG[@]}" 2>&1 | tee "$OUT/bench_train_paired.log" | tail -6
+python benchmarks/bench_train.py --model cruller_base --batch_size 16 --steps 10 --warmup 3 --phases \
+  --variants plain_bf16,zero2_bf16,zero3_bf16 "${TOK_FLAG[@]}" 2>&1 | tee "$OUT/bench_train_phases.log" | tail -4
 if [ -d "${DATA:-../shared/data}/docbank_samples" ]; then
   python benchmarks/bench_loader.py --data "${DATA:-../shared/data}" --workers 8 --repeats 3 | tee "$OUT/loader.log" | tail -8
 fi

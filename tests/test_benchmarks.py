@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 from tests.test_distributed import _env
@@ -47,10 +48,30 @@ def test_bench_train_paired_alternates_engine_and_plain_and_plots(tmp_path):
     for pair in record["paired"].values():
         assert pair["pairs"] == 6 and pair["plain_s"] > 0 and pair["engine_s"] > 0
         assert pair["omp_wait_policy"] == "active"  # what the variants ran under is saved
+        assert pair["plain_device"] == pair["engine_device"] == "cpu"
     out = tmp_path / "plot.png"
     subprocess.run([sys.executable, f"{REPO}/benchmarks/plot.py", str(saved), "--out", str(out)], check=True,
                    cwd=REPO, capture_output=True)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_train_paired_runs_both_sides_on_the_gpu(tmp_path):
+    """On a GPU the plain loop runs there too (a CPU plain loop would make any engine look fast)."""
+    proc = subprocess.run(
+        [sys.executable, f"{REPO}/benchmarks/bench_train.py", "--model", "cruller_tiny", "--batch_size", "4",
+         "--steps", "10", "--warmup", "2", "--paired", "--variants", "zero2_bf16", "--out", str(tmp_path)],
+        cwd=REPO, env={k: v for k, v in _env().items() if k != "DS_ACCELERATOR"}, capture_output=True,
+        text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (saved,) = tmp_path.glob("bench_train_paired_cruller_tiny_b4_*.json")
+    record = json.loads(saved.read_text())
+    assert record["gpu"], record
+    pair = record["paired"]["zero2_bf16"]
+    assert pair["plain_device"].startswith("cuda") and pair["engine_device"].startswith("cuda"), pair
+    # a 0.4M-parameter model: a CPU step is ~10 ms at batch 4, a GPU one a few ms
+    assert 0.2 < pair["engine_s"] / pair["plain_s"] < 5, pair
 
 
 def test_bench_loader_compares_both_decodes_with_the_reference_and_saves(shared_data, tmp_path):
