@@ -20,7 +20,7 @@ def load(paths: list[str]) -> list[dict]:
         paired = "paired" in r
         omp = f" omp {a['omp_wait_policy']}" if a.get("omp_wait_policy") else ""
         r["label"] = (f"{a['model']} b{a['batch_size']}{' paired' if paired else ''}{omp}\n{device[:28]}\n"
-                      f"{r.get('when', '')[:10]}")
+                      f"{r.get('when', '')[:16].replace('T', ' ')}")
         if paired:  # engine and plain loop alternated per step in one process per variant
             pairs = r["paired"]
             plain = pairs.get("zero2_fp32", next(iter(pairs.values())))["plain_s"]
