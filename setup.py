@@ -28,6 +28,7 @@ setup(
         "zss>=1.2",  # tree edit distance (Donut's TED accuracy)
         "rapidfuzz>=3.0",  # edit distances
         "jiwer>=3.0",  # CER / WER
+        "orjson>=3.9",  # page annotations in loader workers (a 38 KB DocBank page: 0.15 vs 0.62 ms)
     ],
     extras_require={
         # ZeRO-3 zero.Init of HF decoders needs accelerate (transformers' HfDeepSpeedConfig)

@@ -109,6 +109,20 @@ def _png(color=200):
     return buf.getvalue()
 
 
+def test_annotations_json_reads_and_orjson_refuses_still_decode():
+    """NaN / Infinity boxes and integers past 64 bits are valid to Python's json (and to the
+    writers that made them): such a page decodes, its text whole; broken JSON is still bad_json."""
+    from pixparse.data.decode import SampleError
+
+    anno = b'{"pages": [{"lines": {"text": ["total 12.00", "net"], "bbox": [[NaN, 0, 1, Infinity], [0, 0, 1, 1]]}}], ' \
+           b'"doc_id": 123456789012345678901234567890}'
+    page = decode_document_page({"json": anno, "png": _png()}, "first", random.Random(0))
+    assert page.text == "total 12.00\nnet" and page.anno["doc_id"] == 123456789012345678901234567890
+    with pytest.raises(SampleError) as e:
+        decode_document_page({"json": b'{"pages": [', "png": _png()}, "first", random.Random(0))
+    assert e.value.reason == "bad_json"
+
+
 def test_bad_samples_are_skipped_and_counted(tmp_path, tiny_task):
     good = {"json": json.dumps({"pages": [{"lines": {"text": ["hello"], "bbox": [[0, 0, 1, 1]]}}]}).encode(),
             "png": _png()}

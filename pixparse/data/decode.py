@@ -5,6 +5,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from PIL import Image
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "tif", "tiff", "webp", "pdf")
@@ -165,9 +166,12 @@ def decode_document_pages(
     if "json" not in sample:
         raise SampleError("missing_json", f"keys {sorted(k for k in sample if not k.startswith('__'))}")
     try:
-        anno = json.loads(sample["json"])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SampleError("bad_json", str(e)) from e
+        anno = orjson.loads(sample["json"])
+    except orjson.JSONDecodeError:
+        try:  # what orjson refuses and json reads (NaN, Infinity, integers past 64 bits)
+            anno = json.loads(sample["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SampleError("bad_json", str(e)) from e
     pages = anno.get("pages") if isinstance(anno, dict) else None
     if not isinstance(pages, list) or not pages:
         raise SampleError("bad_json", "no 'pages' list")
