@@ -1,12 +1,11 @@
 """Per-parameter work DeepSpeed's ZeRO optimizers do that pixparse's runs do not need.
 
-Fused gradient norm (ZeRO-1/2/3).
-DeepSpeed computes the clipping norm one parameter at a time in Python: per gradient a copy to
-float64 (`g.to(torch.double)`, a full-size allocation), a norm, a device move, then a stack. At
-`cruller_tiny` that is ~180 tensor ops and ~1.5 ms of a 30 ms CPU step; at `cruller_base` it
-writes a float64 copy of every gradient (1.3 GB) each step. `torch._foreach_norm` with
-`dtype=float64` gives the same per-tensor norms (same float64 accumulation, no copy) in one call.
-
+Fused gradient norm (ZeRO-1/2/3). DeepSpeed computes the clipping norm one gradient at a time
+in Python: a float64 copy of it, a norm, a device move, then a stack: on a GPU several kernel
+launches per parameter. `torch._foreach_norm(..., dtype=float64)` gives the same per-tensor
+norms (float64 accumulation, bit-equal) in one call. On CPU it costs the same (it casts each
+tensor too: 16.5 vs 17.6 ms for 40M gradient elements; cruller_tiny 1.2-1.3 -> 1.1-1.2 ms a
+step); the launches it saves on a GPU are not measured yet (benchmarks/gpu_bench.sh).
 
 No reduction on one rank (ZeRO-1/2). With one data-parallel rank DeepSpeed still flattens every
 gradient into a new buffer, divides it by 1, all-reduces it over a one-rank group and copies it
