@@ -167,8 +167,10 @@ class TextTargets:
         sp = getattr(self.tokenizer, "sp_model", None)
         if sp is None:
             return False
-        from sentencepiece import sentencepiece_model_pb2
-
+        try:  # the model's proto needs protobuf (tensorboard's dependency); without it, no prefix cut
+            from sentencepiece import sentencepiece_model_pb2
+        except ImportError:
+            return False
         proto = sentencepiece_model_pb2.ModelProto()
         proto.ParseFromString(sp.serialized_model_proto())
         spec = proto.trainer_spec
