@@ -109,17 +109,19 @@ def test_zero_init_builds_partitioned_with_the_plain_init(tmp_path):
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
-def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks):
-    """ZeRO-1, 2 and 3, each rank its own batches, gradient accumulation: DeepSpeed with pixparse's
-    zero_fast methods gives the same losses and weights, bit for bit, as DeepSpeed alone; every
-    clipping norm is the fused one and equals DeepSpeed's own on the same gradients (dtype
-    included); on one rank ZeRO-1/2 skip the all-reduce (and it ran), on two they do not."""
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
+    """ZeRO-1, 2 and 3 in fp32 and bf16, each rank its own batches, gradient accumulation:
+    DeepSpeed with pixparse's zero_fast methods gives the same losses and weights, bit for bit,
+    as DeepSpeed alone; every clipping norm is the fused one and equals DeepSpeed's own on the
+    same gradients (dtype included); on one rank ZeRO-1/2 skip the all-reduce (and it ran), on
+    two they do not."""
     import json
     import sys
 
     out = tmp_path / "check.json"
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
-          f"{REPO}/tests/helpers/zero_fast_check.py", str(out)], timeout=600)
+          f"{REPO}/tests/helpers/zero_fast_check.py", str(out), dtype], timeout=600)
     result = json.loads(out.read_text())
     assert sorted(result) == ["1", "2", "3"]
     for stage, entry in result.items():

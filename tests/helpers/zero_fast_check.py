@@ -4,7 +4,8 @@ pixparse's zero_fast methods, from the same init, configured as pixparse configu
 ranks. In the second, every gradient norm is computed both ways on the same partitioned
 gradients. Rank 0 writes, per stage: what install() returned, each pair of norms (value, dtype,
 bit-equal), which allreduce_and_copy ran, whether the losses and the weights (this rank's
-partition under ZeRO-3) are equal."""
+partition under ZeRO-3) are equal. A second argument `bf16` runs it in bf16
+(`fp32` or none: fp32)."""
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-def main(out_path: str) -> None:
+def main(out_path: str, bf16: bool = False) -> None:
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -30,6 +31,8 @@ def main(out_path: str) -> None:
     def train(stage: int, fast: bool):
         ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "train_batch_size": 4 * world,
               "gradient_clipping": 1.0, "steps_per_print": 10**9, "zero_optimization": {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}}  # ds_configs/
+        if bf16:
+            ds["bf16"] = {"enabled": True}
         single_rank_zero(ds, world)  # as pixparse configures one rank
         torch.manual_seed(0)
         task = create_task(TaskConfig(model_name="cruller_tiny"))
@@ -79,4 +82,4 @@ def main(out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], bf16=sys.argv[2:] == ["bf16"])
