@@ -79,9 +79,10 @@ def plain_loop(task, dtype: str):
     task.train()
     opt = create_optimizer(task, OptimConfig())
     params = [p for p in task.parameters() if p.requires_grad]
+    device_type = _device().type
 
     def step(batch) -> None:
-        with torch.autocast(_device().type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             loss = task(batch)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -208,9 +209,10 @@ def phases_plain(args, dtype: str) -> dict[str, float]:
     opt = create_optimizer(task, OptimConfig())
     params = [p for p in task.parameters() if p.requires_grad]
     phases: dict[str, list[float]] = {"forward": [], "backward": [], "clip": [], "optimizer": []}
+    device_type = _device().type
     for _ in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        with torch.autocast(_device().type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             loss = task(batch)["loss"]
         _sync()
         t1 = time.perf_counter()

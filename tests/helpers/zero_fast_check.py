@@ -29,8 +29,10 @@ def main(out_path: str, bf16: bool = False) -> None:
     world = dist.get_world_size()
 
     def train(stage: int, fast: bool):
+        # ds_configs/zero2_*.json's zero_optimization, at each stage
+        zero = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
         ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "train_batch_size": 4 * world,
-              "gradient_clipping": 1.0, "steps_per_print": 10**9, "zero_optimization": {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}}  # ds_configs/
+              "gradient_clipping": 1.0, "steps_per_print": 10**9, "zero_optimization": zero}
         if bf16:
             ds["bf16"] = {"enabled": True}
         single_rank_zero(ds, world)  # as pixparse configures one rank
@@ -74,8 +76,9 @@ def main(out_path: str, bf16: bool = False) -> None:
         same = all(torch.equal(a, b) for a, b in zip(weights, fast_weights))
         same = torch.tensor([int(same)])
         dist.all_reduce(same, op=dist.ReduceOp.MIN)  # every rank's partition
-        result[str(stage)] = {"installed": installed, "norms": pairs, "reduce_calls": calls, "losses": [losses, fast_losses],
-                              "same_losses": losses == fast_losses, "same_weights": bool(same.item())}
+        result[str(stage)] = {"installed": installed, "norms": pairs, "reduce_calls": calls,
+                              "losses": [losses, fast_losses], "same_losses": losses == fast_losses,
+                              "same_weights": bool(same.item())}
     if dist.get_rank() == 0:
         with open(out_path, "w") as f:
             json.dump(result, f)
