@@ -78,8 +78,33 @@ def _one_rank_allreduce_and_copy(self, small_bucket, communication_data_type, ra
         self._add_to_grad_partition_buffer(output, buf)
 
 
-def _replace(optimizer: Any, name: str, fn: Any) -> None:
-    setattr(optimizer, f"_pixparse_original_{name}", getattr(optimizer, name))
+def _one_rank_zero3_scatter(self, params_to_reduce, communication_data_type):
+    """DeepSpeedZeroOptimizer_Stage3.__avg_scatter_grads on a one-rank partition group. DeepSpeed
+    concatenates the bucket's gradients into a new buffer, divides it by 1 and reduce-scatters it
+    over the one rank; the partitions it returns are the gradients unchanged, so this returns
+    views of them (the pre- and post-scaling and dtype casts as DeepSpeed does them)."""
+    import deepspeed.comm as ds_dist
+
+    group = self._get_param_partition_group(params_to_reduce[0])
+    if (ds_dist.get_world_size(group=group) != 1 or self.all2all_process_group is not None
+            or self._autoep_expert_parallel_group(params_to_reduce) is not None):
+        return self._pixparse_original_avg_scatter_grads(params_to_reduce, communication_data_type)
+    self._assert_same_partition_group(params_to_reduce)
+    grads = [p.grad for p in params_to_reduce]
+    if communication_data_type != self.dtype:
+        grads = [g.to(communication_data_type) for g in grads]
+    if self.postscale_gradients and self.gradient_predivide_factor != 1.0:
+        grads = [g.div(self.gradient_predivide_factor) for g in grads]
+    parts = [g.reshape(-1) for g in grads]
+    if self.postscale_gradients and self.gradient_predivide_factor != 1.0:
+        parts = [g.mul(self.gradient_predivide_factor) for g in parts]
+    if communication_data_type != self.gradient_accumulation_dtype:
+        parts = [g.to(self.gradient_accumulation_dtype) for g in parts]
+    return parts
+
+
+def _replace(optimizer: Any, name: str, fn: Any, short: str | None = None) -> None:
+    setattr(optimizer, f"_pixparse_original_{short or name}", getattr(optimizer, name))
     setattr(optimizer, name, types.MethodType(fn, optimizer))
 
 
@@ -96,7 +121,12 @@ def install(optimizer: Any) -> list[str]:
         if optimizer.offload_optimizer:
             return []
         _replace(optimizer, "get_grad_norm_direct", _zero3_grad_norm)
-        return ["ZeRO-3 gradient norm fused (torch._foreach_norm)"]
+        done = ["ZeRO-3 gradient norm fused (torch._foreach_norm)"]
+        if ds_dist.get_world_size(group=optimizer.dp_process_group) == 1:
+            _replace(optimizer, "_DeepSpeedZeroOptimizer_Stage3__avg_scatter_grads", _one_rank_zero3_scatter,
+                     short="avg_scatter_grads")
+            done.append("one rank: no gradient reduce-scatter")
+        return done
     if not isinstance(optimizer, DeepSpeedZeroOptimizer) or optimizer.cpu_offload or optimizer.has_moe_layers:
         return []
     _replace(optimizer, "get_grad_norm_direct", _zero12_grad_norm)

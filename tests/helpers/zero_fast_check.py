@@ -3,7 +3,8 @@ accumulated micro-batches (each rank its own) by DeepSpeed as it is and by DeepS
 pixparse's zero_fast methods, from the same init, configured as pixparse configures that many
 ranks. In the second, every gradient norm is computed both ways on the same partitioned
 gradients. Rank 0 writes, per stage: what install() returned, each pair of norms (value, dtype,
-bit-equal), which allreduce_and_copy ran, whether the losses and the weights (this rank's
+bit-equal), which gradient reduction ran (ZeRO-1/2: allreduce_and_copy; ZeRO-3:
+__avg_scatter_grads), whether the losses and the weights (this rank's
 partition under ZeRO-3) are equal. A second argument `bf16` runs it in bf16
 (`fp32` or none: fp32)."""
 import json
@@ -52,13 +53,15 @@ def main(out_path: str, bf16: bool = False) -> None:
                 return mine
 
             opt.get_grad_norm_direct = both
-            reduce = opt.allreduce_and_copy
+            # the gradient reduction zero_fast may replace on one rank
+            name = "_DeepSpeedZeroOptimizer_Stage3__avg_scatter_grads" if stage == 3 else "allreduce_and_copy"
+            reduce = getattr(opt, name)
 
             def counted(*args, **kwargs):
                 calls.append(reduce.__func__.__name__)
                 return reduce(*args, **kwargs)
 
-            opt.allreduce_and_copy = counted
+            setattr(opt, name, counted)
         losses = []
         for micro in range(6):  # 3 optimizer steps of 2 micro-batches
             batch = task.synthetic_batch(2, torch.Generator().manual_seed(10 * micro + dist.get_rank()))
