@@ -16,7 +16,7 @@ partition buffer where DeepSpeed asks for one.
 No reduce-scatter on one rank (ZeRO-3). Likewise ZeRO-3 concatenates each bucket of gradients
 into a new buffer, divides it by 1 and reduce-scatters it over the one rank before copying the
 partitions out; on one rank the partitions are the gradients, so `__avg_scatter_grads` returns
-views of them (cruller_base, batch 2: ZeRO-3 step 1.13-1.18x -> 1.03x the plain loop's).
+views of them (cruller_base, batch 2: ZeRO-3 step 1.13-1.18x -> 1.03-1.08x the plain loop's, paired).
 
 `install(optimizer)` replaces these methods on the optimizer instance, for the set-ups pixparse
 runs (L2 norm; no tensor, pipeline, sequence or expert parallelism; optimizer state not
