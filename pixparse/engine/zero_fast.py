@@ -108,6 +108,10 @@ def _one_rank_zero3_scatter(self, params_to_reduce, communication_data_type):
     return parts
 
 
+# DeepSpeedZeroOptimizer_Stage3.__avg_scatter_grads as the instance sees it (name-mangled)
+ZERO3_SCATTER = "_DeepSpeedZeroOptimizer_Stage3__avg_scatter_grads"
+
+
 def _replace(optimizer: Any, name: str, fn: Any, short: str | None = None) -> None:
     setattr(optimizer, f"_pixparse_original_{short or name}", getattr(optimizer, name))
     setattr(optimizer, name, types.MethodType(fn, optimizer))
@@ -128,8 +132,7 @@ def install(optimizer: Any) -> list[str]:
         _replace(optimizer, "get_grad_norm_direct", _zero3_grad_norm)
         done = ["ZeRO-3 gradient norm fused (torch._foreach_norm)"]
         if ds_dist.get_world_size(group=optimizer.dp_process_group) == 1:
-            _replace(optimizer, "_DeepSpeedZeroOptimizer_Stage3__avg_scatter_grads", _one_rank_zero3_scatter,
-                     short="avg_scatter_grads")
+            _replace(optimizer, ZERO3_SCATTER, _one_rank_zero3_scatter, short="avg_scatter_grads")
             done.append("one rank: no gradient reduce-scatter")
         return done
     if not isinstance(optimizer, DeepSpeedZeroOptimizer) or optimizer.cpu_offload or optimizer.has_moe_layers:

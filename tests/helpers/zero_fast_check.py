@@ -4,9 +4,8 @@ pixparse's zero_fast methods, from the same init, configured as pixparse configu
 ranks. In the second, every gradient norm is computed both ways on the same partitioned
 gradients. Rank 0 writes, per stage: what install() returned, each pair of norms (value, dtype,
 bit-equal), which gradient reduction ran (ZeRO-1/2: allreduce_and_copy; ZeRO-3:
-__avg_scatter_grads), whether the losses and the weights (this rank's
-partition under ZeRO-3) are equal. A second argument `bf16` runs it in bf16
-(`fp32` or none: fp32)."""
+__avg_scatter_grads), whether the losses and the weights (this rank's partition under ZeRO-3)
+are equal. A second argument `bf16` runs it in bf16 (`fp32` or none: fp32)."""
 import json
 import os
 import sys
@@ -54,7 +53,7 @@ def main(out_path: str, bf16: bool = False) -> None:
 
             opt.get_grad_norm_direct = both
             # the gradient reduction zero_fast may replace on one rank
-            name = "_DeepSpeedZeroOptimizer_Stage3__avg_scatter_grads" if stage == 3 else "allreduce_and_copy"
+            name = zero_fast.ZERO3_SCATTER if stage == 3 else "allreduce_and_copy"
             reduce = getattr(opt, name)
 
             def counted(*args, **kwargs):
