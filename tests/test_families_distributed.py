@@ -115,7 +115,8 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
     DeepSpeed with pixparse's zero_fast methods gives the same losses and weights, bit for bit,
     as DeepSpeed alone; every clipping norm is the fused one and equals DeepSpeed's own on the
     same gradients (dtype included); on one rank ZeRO-1/2 skip the all-reduce and ZeRO-3 the
-    reduce-scatter (and the replacement ran), on two they do not."""
+    reduce-scatter (and the replacement ran), on two they do not; on one rank no tensor collective
+    reaches the process group (local_collectives), on two they all do."""
     import json
     import sys
 
@@ -135,6 +136,8 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
         else:
             installed, ours = "one rank: no gradient all-reduce", "_one_rank_allreduce_and_copy"
         assert (installed in entry["installed"]) == (ranks == 1), (stage, entry)
+        sent_ds, sent_fast = entry["collectives_sent"]
+        assert sent_ds > 0 and (sent_fast == 0) == (ranks == 1), (stage, sent_ds, sent_fast)
         calls = set(entry["reduce_calls"])
         if ranks == 1:
             assert calls == {ours}, (stage, calls)

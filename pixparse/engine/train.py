@@ -24,7 +24,7 @@ from tqdm import tqdm
 from pixparse.data.config import DataEvalConfig, DataLoaderConfig
 from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY, create_eval_loader, create_loader
 from pixparse.engine import checkpoint, zero_fast
-from pixparse.engine.dist import LauncherWatch, to_device
+from pixparse.engine.dist import LauncherWatch, collectives_are_local, to_device
 from pixparse.engine.evaluate import evaluate_source
 from pixparse.engine.config import TrainConfig
 from pixparse.engine.ds_config import compute_dtype_name
@@ -144,6 +144,8 @@ class Trainer:
         installed = zero_fast.install(self.engine.optimizer)
         if installed and self.rank == 0:
             logger.info("DeepSpeed optimizer: %s", "; ".join(installed))
+        if collectives_are_local():
+            logger.info("one process: DeepSpeed's collectives done locally, not through the process group")
         self.loader = create_loader(
             data_cfg,
             task.preprocess(data_cfg),

@@ -5,7 +5,9 @@ ranks. In the second, every gradient norm is computed both ways on the same part
 gradients. Rank 0 writes, per stage: what install() returned, each pair of norms (value, dtype,
 bit-equal), which gradient reduction ran (ZeRO-1/2: allreduce_and_copy; ZeRO-3:
 __avg_scatter_grads), whether the losses and the weights (this rank's partition under ZeRO-3)
-are equal. A second argument `bf16` runs it in bf16 (`fp32` or none: fp32)."""
+are equal, and how many tensor collectives reached torch.distributed in each run (on one rank
+the second run makes DeepSpeed's collectives local: pixparse.engine.dist.local_collectives).
+A second argument `bf16` runs it in bf16 (`fp32` or none: fp32)."""
 import json
 import os
 import sys
@@ -19,16 +21,26 @@ def main(out_path: str, bf16: bool = False) -> None:
     import torch.distributed as dist
 
     from pixparse.engine import zero_fast
-    from pixparse.engine.dist import init_distributed
+    from pixparse.engine.dist import init_distributed, local_collectives
     from pixparse.engine.ds_config import single_rank_zero
     from pixparse.engine.optim import create_optimizer
     from pixparse.tasks.config import OptimConfig, TaskConfig
     from pixparse.tasks.registry import create_task
 
+    # tensor collectives that reach the process group (wrapped before DeepSpeed looks them up)
+    sent = []
+    for name in ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor"):
+        def counted_collective(*args, _fn=getattr(dist, name), **kwargs):
+            sent.append(_fn.__name__)
+            return _fn(*args, **kwargs)
+
+        setattr(dist, name, counted_collective)
     init_distributed()
     world = dist.get_world_size()
 
     def train(stage: int, fast: bool):
+        local_collectives(fast)
+        del sent[:]
         # ds_configs/zero2_*.json's zero_optimization, at each stage
         zero = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
         ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "train_batch_size": 4 * world,
@@ -69,16 +81,17 @@ def main(out_path: str, bf16: bool = False) -> None:
             engine.step()
             losses.append(loss.item())
         weights = [(p.ds_tensor if hasattr(p, "ds_tensor") else p).detach().clone() for p in task.parameters()]
-        return installed, pairs, calls, losses, weights
+        return installed, pairs, calls, len(sent), losses, weights
 
     result = {}
     for stage in (1, 2, 3):
-        *_, losses, weights = train(stage, fast=False)
-        installed, pairs, calls, fast_losses, fast_weights = train(stage, fast=True)
+        *_, sent_ds, losses, weights = train(stage, fast=False)
+        installed, pairs, calls, sent_fast, fast_losses, fast_weights = train(stage, fast=True)
         same = all(torch.equal(a, b) for a, b in zip(weights, fast_weights))
         same = torch.tensor([int(same)])
         dist.all_reduce(same, op=dist.ReduceOp.MIN)  # every rank's partition
         result[str(stage)] = {"installed": installed, "norms": pairs, "reduce_calls": calls,
+                              "collectives_sent": [sent_ds, sent_fast],
                               "losses": [losses, fast_losses], "same_losses": losses == fast_losses,
                               "same_weights": bool(same.item())}
     if dist.get_rank() == 0:
