@@ -403,11 +403,12 @@ def main() -> None:
     p.add_argument("--variants", default="plain_fp32,zero2_fp32,zero3_fp32,trainer_fp32")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every variant (default: all cores)")
     p.add_argument("--omp_wait_policy", choices=["active", "passive"], default=None,
-                   help="OMP_WAIT_POLICY of every variant (default: the environment's). On CPU, a 1-rank "
-                        "ZeRO-3 engine runs gloo collectives whose threads start OpenMP teams of their own; "
-                        "with more OpenMP threads than cores libgomp stops spinning at barriers and every "
-                        "multi-threaded op in the process slows (a plain cruller_tiny step 33 -> 64 ms). "
-                        "'active' keeps them spinning: the engine's own cost, not the side effect")
+                   help="OMP_WAIT_POLICY of every variant (default: the environment's). Before the engine "
+                        "made a one-process world's collectives local (pixparse/engine/dist.py), a 1-rank "
+                        "ZeRO-3 engine's gloo threads started OpenMP teams of their own; with more OpenMP "
+                        "threads than cores libgomp stopped spinning at barriers and every multi-threaded op "
+                        "in the process slowed (a plain cruller_tiny step 33 -> 64 ms). 'active' keeps "
+                        "threads spinning: a check that no such waiting effect is left")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     p.add_argument("--phases", action="store_true",
                    help="instead: ms per step of each phase (forward, backward, reduction/optimizer step, "

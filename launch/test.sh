@@ -9,4 +9,4 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions
 if [ -z "${PIXPARSE_TEST_DATA:-}" ] && [ -d ../shared/data ]; then
   export PIXPARSE_TEST_DATA="$(cd ../shared/data && pwd)"
 fi
-python -m pytest -q -m "not gpu and not multigpu" "$@"
+python -m pytest -q --durations=15 -m "not gpu and not multigpu" "$@"

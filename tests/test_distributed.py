@@ -287,6 +287,7 @@ def test_bench_reports_throughput(synth_shards, tmp_path, synthetic):
     assert report["steps"] == 20 and report["samples_per_s"] > 0 and report["tflops_per_device"] > 0
     assert report["dtype"] == "bfloat16" and report["mfu"] is None  # no peak known for CPUs
     assert "samples/s global | per device" in proc.stdout
+    assert "one process: DeepSpeed's collectives done locally" in proc.stdout + proc.stderr
     assert (tmp_path / f"bench{synthetic}" / "bench.json").is_file()
     if synthetic:
         assert report["data_wait_pct"] < 5

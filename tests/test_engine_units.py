@@ -70,3 +70,23 @@ def test_config_hash_ignores_how_the_run_was_launched():
     resumed = {"train": {"resume": "latest", "seed": 1}, "task": {"model_name": "x"}, "local_rank": 0}
     assert config_hash(cfg) == config_hash(resumed)
     assert config_hash(cfg) != config_hash({**cfg, "train": {"resume": None, "seed": 2}})
+
+
+def test_deepspeed_nvtx_ranges_follow_the_flag(monkeypatch):
+    """--train.nvtx_ranges reaches DeepSpeed's instrumented functions: off (the default), they push
+    no range; on, they do."""
+    import deepspeed.utils.nvtx as nvtx
+    from deepspeed.accelerator import get_accelerator
+
+    from pixparse.engine.config import TrainConfig
+    from pixparse.engine.train import deepspeed_nvtx_ranges
+
+    pushed = []
+    monkeypatch.setattr(nvtx, "enable_nvtx", nvtx.enable_nvtx)  # restored after the test
+    monkeypatch.setattr(type(get_accelerator()), "range_push", lambda self, msg, **kw: pushed.append(msg))
+    monkeypatch.setattr(type(get_accelerator()), "range_pop", lambda self, **kw: None)
+    instrumented = nvtx.instrument_w_nvtx(lambda: 7)
+    deepspeed_nvtx_ranges(TrainConfig().nvtx_ranges)
+    assert instrumented() == 7 and pushed == []
+    deepspeed_nvtx_ranges(True)
+    assert instrumented() == 7 and len(pushed) == 1

@@ -43,6 +43,10 @@ class TrainConfig:
     resume: str | None = None
     """'latest', a checkpoint folder, or 'auto' (latest if this experiment has one, else start
     fresh: what a requeued job wants)."""
+    nvtx_ranges: bool = False
+    """Keep DeepSpeed's NVTX ranges around its ZeRO functions (for an Nsight Systems profile). Off,
+    they are skipped: each is a range push and pop plus two compile checks, ~1700 a cruller_tiny
+    ZeRO-3 step."""
     zero_init: bool = True
     """Under ZeRO-3, build the model already partitioned over the ranks (deepspeed.zero.Init, init
     redone per module gathered) instead of a full copy per rank first. Where the build cannot

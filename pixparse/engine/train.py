@@ -103,6 +103,13 @@ class _Window:
         self.last_skipped = ""
 
 
+def deepspeed_nvtx_ranges(enabled: bool) -> None:
+    """Whether DeepSpeed's instrumented functions push and pop NVTX ranges (--train.nvtx_ranges)."""
+    import deepspeed.utils.nvtx
+
+    deepspeed.utils.nvtx.enable_nvtx = enabled
+
+
 class Trainer:
     def __init__(
         self,
@@ -120,6 +127,7 @@ class Trainer:
     ) -> None:
         import deepspeed
 
+        deepspeed_nvtx_ranges(train_cfg.nvtx_ranges)
         self.task = task
         self.data_cfg = data_cfg
         self.train_cfg = train_cfg
