@@ -21,9 +21,9 @@ saves it all (command, git sha, versions, CPU/GPU model) to --out. With a GPU ev
 on it (plain loop: the task moved there, autocast on cuda; phases: synchronized at each boundary).
 
 --paired: on a machine whose speed drifts by more than the overhead being measured (a shared
-2-vCPU VM drifts 10-20% between processes), each engine variant runs in one process with a plain
-loop on a copy of the same task, steps alternated (the order flipped every pair); the result is
-the median of per-pair ratios. --phases: ms per phase (forward, backward, step) of each.
+2-vCPU VM drifts 10-20% between processes), each engine variant (and Seq2SeqTrainer, a plain step
+run from its step callbacks) runs in one process with a plain loop on a copy of the same task,
+steps alternated (the order flipped every pair); the result is the median of per-pair ratios. --phases: ms per phase (forward, backward, step) of each.
 """
 import argparse
 import datetime
@@ -104,13 +104,19 @@ def worker_plain(args, dtype: str) -> list[float]:
     return times[args.warmup:]
 
 
-def worker_trainer(args, dtype: str) -> list[float]:
+def worker_trainer(args, dtype: str, paired: bool = False) -> tuple[list[float], list[float]]:
+    """Seq2SeqTrainer's step times; `paired`: with a plain loop step (on a copy of the same task)
+    next to each of its steps, before it on even steps and after it on odd ones (the plain loop's
+    times second, else empty)."""
+    import copy
+
     import torch
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
     from pixparse.models.export import to_hf_vision_encoder_decoder
 
     task, batch = _task_and_batch(args)
+    plain_step, plain_batch = (plain_loop(copy.deepcopy(task), dtype), batch) if paired else (None, None)
     model = to_hf_vision_encoder_decoder(task.model, task.export_info()["decoder_start_token_id"]).train()
     # Seq2SeqTrainer would pass num_items_in_batch, which VisionEncoderDecoderModel hands on to
     # TimmWrapper's forward_features (a TypeError in transformers 5.x): the plain mean loss, then.
@@ -129,13 +135,22 @@ def worker_trainer(args, dtype: str) -> list[float]:
             return item
 
     times: list[float] = []
+    plain_times: list[float] = []
+
+    def plain(when: int) -> None:
+        if plain_step is not None and len(times) % 2 == when:
+            start = time.perf_counter()
+            plain_step(plain_batch)
+            plain_times.append(time.perf_counter() - start)
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *a, **k):
+            plain(0)
             self.start = time.perf_counter()
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.start)
+            plain(0)  # len(times) grew: an odd step's plain step comes after it
 
     out = tempfile.mkdtemp()
     targs = Seq2SeqTrainingArguments(
@@ -145,7 +160,17 @@ def worker_trainer(args, dtype: str) -> list[float]:
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=dtype == "bf16", disable_tqdm=True, seed=0,
     )
     Seq2SeqTrainer(model=model, args=targs, train_dataset=Repeat(), callbacks=[Clock()]).train()
-    return times[args.warmup:]
+    return times[args.warmup:], plain_times[args.warmup:]
+
+
+def paired_trainer(args, dtype: str) -> dict[str, float]:
+    """Seq2SeqTrainer's step and the plain loop's, alternated in one process (the order flipped
+    every pair), as paired_engine does for the engine."""
+    trainer_t, plain_t = worker_trainer(args, dtype, paired=True)
+    return {"plain_s": statistics.median(plain_t), "engine_s": statistics.median(trainer_t),
+            "ratio": statistics.median(t / p for t, p in zip(trainer_t, plain_t)), "pairs": len(plain_t),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "plain_device": str(_device()),
+            "engine_device": str(_device())}
 
 
 def _bench_flags(args, stage: int, dtype: str, *extra: str) -> list[str]:
@@ -252,7 +277,8 @@ def phases_engine(args, stage: int, dtype: str) -> dict[str, float]:
         _sync()
         t2 = time.perf_counter()
         bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        torch.distributed.all_reduce(bad)
+        if torch.distributed.get_world_size() > 1:  # as Trainer.micro_step does it
+            torch.distributed.all_reduce(bad)
         bad.item()
         t3 = time.perf_counter()
         engine.backward(loss)
@@ -305,7 +331,8 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
 def run_worker(args) -> None:
     kind, dtype = args.worker.rsplit("_", 1)
     if args.paired:
-        print(json.dumps({"variant": args.worker, **paired_engine(args, int(kind[-1]), dtype)}))
+        pair = paired_trainer(args, dtype) if kind == "trainer" else paired_engine(args, int(kind[-1]), dtype)
+        print(json.dumps({"variant": args.worker, **pair}))
         return
     if args.phases:
         table = phases_plain(args, dtype) if kind == "plain" else phases_engine(args, int(kind[-1]), dtype)
@@ -314,7 +341,7 @@ def run_worker(args) -> None:
     if kind == "plain":
         times = worker_plain(args, dtype)
     elif kind == "trainer":
-        times = worker_trainer(args, dtype)
+        times = worker_trainer(args, dtype)[0]
     else:
         times = worker_engine(args, int(kind[-1]), dtype)
     # the mean over the timed window, as the engine's bench reports it
@@ -377,11 +404,12 @@ def run_phases(args) -> None:
 
 
 def run_paired(args) -> None:
-    variants = [v for v in args.variants.split(",") if v.startswith("zero")]
+    variants = [v for v in args.variants.split(",") if not v.startswith("plain")]
     rows = {v: spawn(args, v, "--paired") for v in variants}
-    print(f"model {args.model}, batch {args.batch_size}, 1 rank: engine micro-step vs plain loop step, "
-          f"alternated in one process, {args.steps} pairs ({args.warmup} warm-up), median of per-pair ratios")
-    print("| variant | plain s | engine s | engine / plain |\n|---|---|---|---|")
+    print(f"model {args.model}, batch {args.batch_size}, 1 rank: engine micro-step (or Seq2SeqTrainer step) vs "
+          f"plain loop step, alternated in one process, {args.steps} pairs ({args.warmup} warm-up), median of "
+          f"per-pair ratios")
+    print("| variant | plain s | variant s | variant / plain |\n|---|---|---|---|")
     for v, r in rows.items():
         print(f"| {v} | {r['plain_s']:.4f} | {r['engine_s']:.4f} | {r['ratio']:.3f}x |")
     summary = {f"{v.rsplit('_', 1)[0]}_vs_plain" + ("" if v.endswith("fp32") else "_bf16"): round(r["ratio"], 4)

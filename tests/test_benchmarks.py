@@ -37,12 +37,13 @@ def test_bench_train_runs_the_variants_and_saves_results(tmp_path):
 def test_bench_train_paired_alternates_engine_and_plain_and_plots(tmp_path):
     proc = subprocess.run(
         [sys.executable, f"{REPO}/benchmarks/bench_train.py", "--model", "cruller_tiny", "--batch_size", "2",
-         "--steps", "6", "--warmup", "1", "--threads", "1", "--paired", "--variants", "zero2_fp32,zero3_fp32",
-         "--omp_wait_policy", "active", "--out", str(tmp_path)],
+         "--steps", "6", "--warmup", "1", "--threads", "1", "--paired", "--variants",
+         "zero2_fp32,zero3_fp32,trainer_fp32", "--omp_wait_policy", "active", "--out", str(tmp_path)],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"zero2_vs_plain", "zero3_vs_plain"} and all(v > 0 for v in summary.values())
+    assert set(summary) == {"zero2_vs_plain", "zero3_vs_plain", "trainer_vs_plain"}
+    assert all(v > 0 for v in summary.values())
     (saved,) = tmp_path.glob("bench_train_paired_cruller_tiny_b2_*.json")
     record = json.loads(saved.read_text())
     for pair in record["paired"].values():
