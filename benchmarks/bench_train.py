@@ -21,9 +21,10 @@ saves it all (command, git sha, versions, CPU/GPU model) to --out. With a GPU ev
 on it (plain loop: the task moved there, autocast on cuda; phases: synchronized at each boundary).
 
 --paired: on a machine whose speed drifts by more than the overhead being measured (a shared
-2-vCPU VM drifts 10-20% between processes), each engine variant (and Seq2SeqTrainer, a plain step
+2-vCPU VM drifts 10-40% between processes), each engine variant (and Seq2SeqTrainer, a plain step
 run from its step callbacks) runs in one process with a plain loop on a copy of the same task,
-steps alternated (the order flipped every pair); the result is the median of per-pair ratios. --phases: ms per phase (forward, backward, step) of each.
+steps alternated (the order flipped every pair); the result is the median of per-pair ratios.
+--phases: ms per phase (forward, backward, step) of each.
 """
 import argparse
 import datetime
@@ -167,10 +168,15 @@ def paired_trainer(args, dtype: str) -> dict[str, float]:
     """Seq2SeqTrainer's step and the plain loop's, alternated in one process (the order flipped
     every pair), as paired_engine does for the engine."""
     trainer_t, plain_t = worker_trainer(args, dtype, paired=True)
-    return {"plain_s": statistics.median(plain_t), "engine_s": statistics.median(trainer_t),
-            "ratio": statistics.median(t / p for t, p in zip(trainer_t, plain_t)), "pairs": len(plain_t),
+    return _pair_record(trainer_t, plain_t, _device())
+
+
+def _pair_record(variant_t: list[float], plain_t: list[float], variant_device) -> dict:
+    """A paired run's result: medians of both sides' step times and of the per-pair ratios."""
+    return {"plain_s": statistics.median(plain_t), "engine_s": statistics.median(variant_t),
+            "ratio": statistics.median(v / p for v, p in zip(variant_t, plain_t)), "pairs": len(plain_t),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "plain_device": str(_device()),
-            "engine_device": str(_device())}
+            "engine_device": str(variant_device)}
 
 
 def _bench_flags(args, stage: int, dtype: str, *extra: str) -> list[str]:
@@ -322,10 +328,7 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
             step(batch)
             times[name].append(time.perf_counter() - start)
     plain_t, engine_t = times["plain"][args.warmup:], times["engine"][args.warmup:]
-    return {"plain_s": statistics.median(plain_t), "engine_s": statistics.median(engine_t),
-            "ratio": statistics.median(e / p for e, p in zip(engine_t, plain_t)), "pairs": len(plain_t),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "plain_device": str(_device()),
-            "engine_device": str(trainer.engine.device)}
+    return _pair_record(engine_t, plain_t, trainer.engine.device)
 
 
 def run_worker(args) -> None:
