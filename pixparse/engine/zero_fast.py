@@ -108,6 +108,45 @@ def _one_rank_zero3_scatter(self, params_to_reduce, communication_data_type):
     return parts
 
 
+def _one_rank_reduce_epilogue(self):
+    """DeepSpeedZeroOptimizer.overlapping_partition_gradients_reduce_epilogue on one rank without
+    gradient hooks (ZeRO-2; the engine calls it after every backward). DeepSpeed's hooks put each
+    gradient into a bucket as autograd produces it (~15 us of Python per parameter); on one rank
+    the bucket's reduction changes nothing unless a group keeps its gradients in a separate fp32
+    partition buffer (bf16 with fp32 accumulation). So only those groups' gradients go through
+    DeepSpeed's bucket (in parameter order, as its coalesced flush does it), then its epilogue runs
+    as it would after the last hook."""
+    compact = [i for i in range(len(self.bit16_groups)) if self._use_compact_grad_partition_buffer(i)]
+    if compact:
+        self.setup_buckets()
+        for i in compact:
+            for param in self.bit16_groups[i]:
+                if param.requires_grad and self.get_gradient_for_reduction(param) is not None:
+                    self.reduce_ready_partitions_and_remove_grads(param, i)
+    self._pixparse_original_overlapping_partition_gradients_reduce_epilogue()
+
+
+def _one_rank_reduce_gradients(self, pipeline_parallel=False):
+    """DeepSpeedZeroOptimizer.reduce_gradients (ZeRO-1 at the accumulation boundary) on one rank:
+    the same as _one_rank_reduce_epilogue."""
+    if pipeline_parallel:
+        return self._pixparse_original_reduce_gradients(pipeline_parallel)
+    _one_rank_reduce_epilogue(self)
+
+
+def _one_rank_update_model_weights(self, group_index):
+    """DeepSpeedZeroOptimizer._update_model_bit16_weights on one rank: after every step DeepSpeed
+    points each parameter's data at its slice of the group's flat buffer again (two Python
+    assignments per parameter; its comment: 'we probably don't need this? just to be safe'). On
+    one rank the all-gather leaves the flat buffer where it was, so this re-points them only when
+    the buffer is not the one they were last pointed at."""
+    flat = self.bit16_groups_flat[group_index]
+    key = (id(flat), flat.data_ptr(), flat.numel())
+    if self._pixparse_views.get(group_index) != key:
+        self._pixparse_original_update_model_bit16_weights(group_index)
+        self._pixparse_views[group_index] = key
+
+
 # DeepSpeedZeroOptimizer_Stage3.__avg_scatter_grads as the instance sees it (name-mangled)
 ZERO3_SCATTER = "_DeepSpeedZeroOptimizer_Stage3__avg_scatter_grads"
 
@@ -143,4 +182,14 @@ def install(optimizer: Any) -> list[str]:
             and optimizer.sequence_parallel_size == 1):
         _replace(optimizer, "allreduce_and_copy", _one_rank_allreduce_and_copy)
         done.append("one rank: no gradient all-reduce")
+        if not (optimizer.contiguous_gradients or optimizer.use_grad_accum_attribute or optimizer.zenflow):
+            for handle in optimizer._grad_acc_hooks:
+                handle.remove()
+            optimizer._grad_acc_hooks = []
+            _replace(optimizer, "overlapping_partition_gradients_reduce_epilogue", _one_rank_reduce_epilogue)
+            _replace(optimizer, "reduce_gradients", _one_rank_reduce_gradients)
+            optimizer._pixparse_views = {}
+            _replace(optimizer, "_update_model_bit16_weights", _one_rank_update_model_weights,
+                     short="update_model_bit16_weights")
+            done.append("one rank: no per-gradient hooks, no bucket, parameters not re-pointed every step")
     return done

@@ -3,11 +3,14 @@ accumulated micro-batches (each rank its own) by DeepSpeed as it is and by DeepS
 pixparse's zero_fast methods, from the same init, configured as pixparse configures that many
 ranks. In the second, every gradient norm is computed both ways on the same partitioned
 gradients. Rank 0 writes, per stage: what install() returned, each pair of norms (value, dtype,
-bit-equal), which gradient reduction ran (ZeRO-1/2: allreduce_and_copy; ZeRO-3:
-__avg_scatter_grads), whether the losses and the weights (this rank's partition under ZeRO-3)
-are equal, and how many tensor collectives reached torch.distributed in each run (on one rank
-the second run makes DeepSpeed's collectives local: pixparse.engine.dist.local_collectives).
-A second argument `bf16` runs it in bf16 (`fp32` or none: fp32)."""
+bit-equal), which gradient reduction ran (ZeRO-1/2: allreduce_and_copy, and "bucket" per
+gradient put in DeepSpeed's reduction bucket; ZeRO-3: __avg_scatter_grads), whether the losses and the weights (this rank's partition under ZeRO-3)
+are equal, how many tensor collectives reached torch.distributed in each run (on one rank
+the second run makes DeepSpeed's collectives local: pixparse.engine.dist.local_collectives) and
+how many per-gradient hooks ZeRO-1/2 kept in each.
+A second argument `bf16` runs it in bf16 (`fp32` or none: fp32), and ZeRO-2 once more with fp32
+gradient accumulation (data_types.grad_accum_dtype: the gradients kept in an fp32 partition
+buffer, which on one rank still go through DeepSpeed's bucket)."""
 import json
 import os
 import sys
@@ -38,7 +41,7 @@ def main(out_path: str, bf16: bool = False) -> None:
     init_distributed()
     world = dist.get_world_size()
 
-    def train(stage: int, fast: bool):
+    def train(stage: int, fast: bool, grad_accum_fp32: bool = False):
         local_collectives(fast)
         del sent[:]
         # ds_configs/zero2_*.json's zero_optimization, at each stage
@@ -47,6 +50,8 @@ def main(out_path: str, bf16: bool = False) -> None:
               "gradient_clipping": 1.0, "steps_per_print": 10**9, "zero_optimization": zero}
         if bf16:
             ds["bf16"] = {"enabled": True}
+        if grad_accum_fp32:  # ZeRO-1/2 then keep gradients in a separate fp32 partition buffer
+            ds["data_types"] = {"grad_accum_dtype": "fp32"}
         single_rank_zero(ds, world)  # as pixparse configures one rank
         torch.manual_seed(0)
         task = create_task(TaskConfig(model_name="cruller_tiny"))
@@ -73,6 +78,14 @@ def main(out_path: str, bf16: bool = False) -> None:
                 return reduce(*args, **kwargs)
 
             setattr(opt, name, counted)
+        if stage < 3:  # gradients put into DeepSpeed's reduction bucket (by its hooks or a flush)
+            bucket = opt.reduce_independent_p_g_buckets_and_remove_grads
+
+            def bucketed(*args, **kwargs):
+                calls.append("bucket")
+                return bucket(*args, **kwargs)
+
+            opt.reduce_independent_p_g_buckets_and_remove_grads = bucketed
         losses = []
         for micro in range(6):  # 3 optimizer steps of 2 micro-batches
             batch = task.synthetic_batch(2, torch.Generator().manual_seed(10 * micro + dist.get_rank()))
@@ -81,17 +94,19 @@ def main(out_path: str, bf16: bool = False) -> None:
             engine.step()
             losses.append(loss.item())
         weights = [(p.ds_tensor if hasattr(p, "ds_tensor") else p).detach().clone() for p in task.parameters()]
-        return installed, pairs, calls, len(sent), losses, weights
+        hooks = len(getattr(opt, "_grad_acc_hooks", []))  # ZeRO-1/2's per-gradient hooks
+        return installed, pairs, calls, len(sent), losses, weights, hooks
 
     result = {}
-    for stage in (1, 2, 3):
-        *_, sent_ds, losses, weights = train(stage, fast=False)
-        installed, pairs, calls, sent_fast, fast_losses, fast_weights = train(stage, fast=True)
+    for name in ("1", "2", "3") + (("2-fp32-accumulation",) if bf16 else ()):
+        stage, acc32 = int(name[0]), name.endswith("accumulation")
+        *_, sent_ds, losses, weights, hooks_ds = train(stage, fast=False, grad_accum_fp32=acc32)
+        installed, pairs, calls, sent_fast, fast_losses, fast_weights, hooks_fast = train(stage, True, acc32)
         same = all(torch.equal(a, b) for a, b in zip(weights, fast_weights))
         same = torch.tensor([int(same)])
         dist.all_reduce(same, op=dist.ReduceOp.MIN)  # every rank's partition
-        result[str(stage)] = {"installed": installed, "norms": pairs, "reduce_calls": calls,
-                              "collectives_sent": [sent_ds, sent_fast],
+        result[name] = {"installed": installed, "norms": pairs, "reduce_calls": calls,
+                              "collectives_sent": [sent_ds, sent_fast], "grad_hooks": [hooks_ds, hooks_fast],
                               "losses": [losses, fast_losses], "same_losses": losses == fast_losses,
                               "same_weights": bool(same.item())}
     if dist.get_rank() == 0:
