@@ -248,7 +248,7 @@ def test_fp16_where_the_device_lacks_it_fails_before_the_process_group(synth_sha
     assert not dist.is_initialized()
 
 
-def test_one_rank_zero2_drops_the_gradient_exchange_machinery():
+def test_one_rank_zero_drops_the_exchange_machinery():
     from pixparse.engine.ds_config import single_rank_zero
 
     ds = resolve_ds_config(f"{REPO}/ds_configs/zero2_bf16.json", 2, 1, 1, None)
@@ -256,5 +256,12 @@ def test_one_rank_zero2_drops_the_gradient_exchange_machinery():
     assert ds["zero_optimization"]["overlap_comm"] is False and ds["zero_optimization"]["contiguous_gradients"] is False
     two = resolve_ds_config(f"{REPO}/ds_configs/zero2_bf16.json", 2, 1, 2, None)
     assert single_rank_zero(two, 2) == [] and two["zero_optimization"]["overlap_comm"] is True
+    # ZeRO-3: every parameter persistent on one rank (its partition is the whole parameter)
     three = resolve_ds_config(f"{REPO}/ds_configs/zero3_bf16.json", 2, 1, 1, None)
-    assert single_rank_zero(three, 1) == []  # ZeRO-3 keeps its settings
+    keys = ["stage3_param_persistence_threshold", "stage3_model_persistence_threshold"]
+    assert single_rank_zero(three, 1) == keys
+    assert all(three["zero_optimization"][k] >= 2**62 for k in keys) and three["zero_optimization"]["overlap_comm"]
+    three_two = resolve_ds_config(f"{REPO}/ds_configs/zero3_bf16.json", 2, 1, 2, None)
+    assert single_rank_zero(three_two, 2) == [] and three_two["zero_optimization"]["stage3_param_persistence_threshold"] == 1e5
+    offload = resolve_ds_config(f"{REPO}/ds_configs/zero3_offload_bf16.json", 2, 1, 1, None)
+    assert single_rank_zero(offload, 1) == []  # offloaded parameters stay offloaded

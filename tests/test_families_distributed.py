@@ -113,12 +113,13 @@ def test_zero_init_builds_partitioned_with_the_plain_init(tmp_path):
 def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
     """ZeRO-1, 2 and 3 in fp32 and bf16 (and ZeRO-2 bf16 with fp32 gradient accumulation), each
     rank its own batches, gradient accumulation: DeepSpeed with pixparse's zero_fast methods gives
-    the same losses and weights, bit for bit, as DeepSpeed alone; every clipping norm is the fused
-    one and equals DeepSpeed's own on the same gradients (dtype included). On one rank: ZeRO-2
+    the same losses and weights, bit for bit, as DeepSpeed alone (one-rank ZeRO-3, whose module
+    hooks are gone: to within rounding, far below what training moved); every clipping norm is the
+    fused one and equals DeepSpeed's own on the same gradients (dtype included). On one rank: ZeRO-2
     keeps no per-gradient hook, ZeRO-1/2 reduce nothing unless gradients accumulate in a separate
-    fp32 buffer (then the all-reduce replacement runs), ZeRO-3 skips the reduce-scatter, and no
-    tensor collective reaches the process group (local_collectives). On two ranks DeepSpeed's own
-    hooks, reductions and collectives all run."""
+    fp32 buffer (then DeepSpeed's bucket runs), ZeRO-3 skips the reduce-scatter and keeps its
+    parameters resident, and no tensor collective reaches the process group (local_collectives).
+    On two ranks DeepSpeed's own hooks, reductions and collectives all run."""
     import json
     import sys
 
@@ -133,12 +134,28 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
         norms = entry["norms"]
         assert len(norms) >= 3 and all(n["equal"] for n in norms), (name, norms)  # >= 1 per step
         assert len({n["fused"] for n in norms}) > 1, (name, norms)  # real, changing gradients
-        assert entry["same_losses"] and entry["same_weights"], (name, entry["losses"])
+        if stage == "3" and ranks == 1:
+            # resident parameters, no module hooks: autograd's graph lacks DeepSpeed's per-module
+            # functions, so gradients of tensors used twice sum in another order. The first step's
+            # forwards are bit-equal; after it, equal to rounding: fp32 masters within 1e-6 (seen
+            # 1.2e-7) of DeepSpeed's, 1/1000 of what training moved them; losses within 1e-6 in
+            # fp32 (seen: equal) and 5e-5 in bf16 (seen 7e-6; one step moves them ~4e-3), where a
+            # one-ulp bf16 gradient difference can flip Adam's step on a near-zero gradient
+            assert "one rank: parameters resident (no module fetch/release hooks)" in entry["installed"], entry
+            ds_losses, fast_losses = entry["losses"]
+            assert ds_losses[:2] == fast_losses[:2], (name, entry["losses"])
+            rel = 5e-5 if dtype == "bf16" else 1e-6
+            assert all(abs(a - b) <= rel * abs(a) for a, b in zip(ds_losses, fast_losses)), (name, entry["losses"])
+            if dtype == "fp32":
+                assert entry["max_master_diff"] <= min(1e-6, entry["max_master_update"] / 1000), (name, entry)
+        else:
+            assert entry["same_losses"] and entry["same_weights"], (name, entry["losses"])
         sent_ds, sent_fast = entry["collectives_sent"]
         assert sent_ds > 0 and (sent_fast == 0) == (ranks == 1), (name, sent_ds, sent_fast)
         calls = set(entry["reduce_calls"])
         if stage == "3":
-            assert ("one rank: no gradient reduce-scatter" in entry["installed"]) == (ranks == 1), entry
+            for one_rank in ("one rank: no gradient reduce-scatter", "one rank: parameters resident"):
+                assert any(x.startswith(one_rank) for x in entry["installed"]) == (ranks == 1), entry
             assert calls == ({"_one_rank_zero3_scatter"} if ranks == 1 else calls - {"_one_rank_zero3_scatter"}), calls
             assert calls, (name, calls)
             continue

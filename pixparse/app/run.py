@@ -185,7 +185,10 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
                 plan.global_batch_size)
     from pixparse.engine.ds_config import compute_dtype_name, resolve_dtype
 
-    if changed:
+    if changed and ds_config["zero_optimization"]["stage"] == 3:
+        logger.info("one rank: every parameter persistent (%s raised; one rank's partition is the whole "
+                    "parameter)", " and ".join(changed))
+    elif changed:
         logger.info("one rank: %s off (no gradients to exchange)", " and ".join(changed))
 
     logger.info("precision %s (%s), ZeRO stage %d", compute_dtype_name(ds_config),

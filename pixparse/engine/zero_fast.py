@@ -147,6 +147,50 @@ def _one_rank_update_model_weights(self, group_index):
         self._pixparse_views[group_index] = key
 
 
+def _resident_partition_all_parameters(self):
+    """DeepSpeedZeroOptimizer_Stage3._partition_all_parameters for one rank with every parameter
+    resident: inside step() DeepSpeed releases every parameter, updates the partitions, then
+    gathers the persistent ones again (Python per parameter, every step). On one rank a gathered
+    parameter's data is its partition (the same memory, updated in place by the step), so inside
+    step() there is nothing to release or gather; elsewhere (checkpoint save/load) DeepSpeed's own
+    runs, and its checkpoint epilogue gathers them all again (all persistent)."""
+    if not self._pixparse_in_step:
+        self._pixparse_original_partition_all_parameters()
+
+
+def _resident_step(self, closure=None):
+    """DeepSpeedZeroOptimizer_Stage3.step, flagged so _resident_partition_all_parameters knows."""
+    self._pixparse_in_step = True
+    try:
+        return self._pixparse_original_step(closure)
+    finally:
+        self._pixparse_in_step = False
+
+
+def _one_rank_resident(optimizer: Any) -> bool:
+    """On one rank with every parameter persistent (single_rank_zero sets the threshold) and
+    nothing offloaded: check that each gathered parameter's data is its partition's memory;
+    then remove DeepSpeed's module hooks (fetch/release around every module's forward and
+    backward: ~190 modules x 4 hooks plus an autograd Function per module output in cruller_tiny),
+    which have nothing to fetch or release. False (nothing changed): not this set-up."""
+    offload = optimizer.parameter_offload
+    params = list(offload.module.parameters())
+    if (optimizer.offload_param or optimizer.offload_optimizer or offload.zero_quantized_weights or not params
+            or not all(getattr(p, "ds_persist", False) for p in params)):
+        return False
+    params[0].all_gather(params)  # DeepSpeed's own gather; a no-op for those already gathered
+    for p in params:
+        if (p.data.device != p.ds_tensor.device or p.data.numel() != p.ds_tensor.numel()
+                or p.data.data_ptr() != p.ds_tensor.data_ptr()):
+            return False
+    offload._remove_module_hooks()
+    optimizer._pixparse_in_step = False
+    _replace(optimizer, "_partition_all_parameters", _resident_partition_all_parameters,
+             short="partition_all_parameters")
+    _replace(optimizer, "step", _resident_step)
+    return True
+
+
 # DeepSpeedZeroOptimizer_Stage3.__avg_scatter_grads as the instance sees it (name-mangled)
 ZERO3_SCATTER = "_DeepSpeedZeroOptimizer_Stage3__avg_scatter_grads"
 
@@ -173,6 +217,8 @@ def install(optimizer: Any) -> list[str]:
         if ds_dist.get_world_size(group=optimizer.dp_process_group) == 1:
             _replace(optimizer, ZERO3_SCATTER, _one_rank_zero3_scatter, short="avg_scatter_grads")
             done.append("one rank: no gradient reduce-scatter")
+            if _one_rank_resident(optimizer):
+                done.append("one rank: parameters resident (no module fetch/release hooks)")
         return done
     if not isinstance(optimizer, DeepSpeedZeroOptimizer) or optimizer.cpu_offload or optimizer.has_moe_layers:
         return []
