@@ -259,8 +259,9 @@ def test_one_rank_zero_drops_the_exchange_machinery():
     # ZeRO-3: every parameter persistent on one rank (its partition is the whole parameter)
     three = resolve_ds_config(f"{REPO}/ds_configs/zero3_bf16.json", 2, 1, 1, None)
     keys = ["stage3_param_persistence_threshold", "stage3_model_persistence_threshold"]
-    assert single_rank_zero(three, 1) == keys
-    assert all(three["zero_optimization"][k] >= 2**62 for k in keys) and three["zero_optimization"]["overlap_comm"]
+    assert single_rank_zero(three, 1) == keys + ["overlap_comm", "contiguous_gradients"]
+    assert all(three["zero_optimization"][k] >= 2**62 for k in keys)
+    assert not three["zero_optimization"]["overlap_comm"] and not three["zero_optimization"]["contiguous_gradients"]
     three_two = resolve_ds_config(f"{REPO}/ds_configs/zero3_bf16.json", 2, 1, 2, None)
     assert single_rank_zero(three_two, 2) == [] and three_two["zero_optimization"]["stage3_param_persistence_threshold"] == 1e5
     offload = resolve_ds_config(f"{REPO}/ds_configs/zero3_offload_bf16.json", 2, 1, 1, None)

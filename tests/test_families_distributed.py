@@ -117,8 +117,8 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
     hooks are gone: to within rounding, far below what training moved); every clipping norm is the
     fused one and equals DeepSpeed's own on the same gradients (dtype included). On one rank: ZeRO-2
     keeps no per-gradient hook, ZeRO-1/2 reduce nothing unless gradients accumulate in a separate
-    fp32 buffer (then DeepSpeed's bucket runs), ZeRO-3 skips the reduce-scatter and keeps its
-    parameters resident, and no tensor collective reaches the process group (local_collectives).
+    fp32 buffer (then DeepSpeed's bucket runs), ZeRO-3 skips the reduce-scatter, keeps its
+    parameters resident and reduces gradients after backward instead of hooking each, and no tensor collective reaches the process group (local_collectives).
     On two ranks DeepSpeed's own hooks, reductions and collectives all run."""
     import json
     import sys
@@ -141,7 +141,8 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
             # 1.2e-7) of DeepSpeed's, 1/1000 of what training moved them; losses within 1e-6 in
             # fp32 (seen: equal) and 5e-5 in bf16 (seen 7e-6; one step moves them ~4e-3), where a
             # one-ulp bf16 gradient difference can flip Adam's step on a near-zero gradient
-            assert "one rank: parameters resident (no module fetch/release hooks)" in entry["installed"], entry
+            assert ("one rank: parameters resident (no module fetch/release hooks), no per-gradient hooks"
+                    in entry["installed"]), entry
             ds_losses, fast_losses = entry["losses"]
             assert ds_losses[:2] == fast_losses[:2], (name, entry["losses"])
             rel = 5e-5 if dtype == "bf16" else 1e-6
@@ -158,6 +159,8 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
                 assert any(x.startswith(one_rank) for x in entry["installed"]) == (ranks == 1), entry
             assert calls == ({"_one_rank_zero3_scatter"} if ranks == 1 else calls - {"_one_rank_zero3_scatter"}), calls
             assert calls, (name, calls)
+            # ZeRO-3's per-gradient hooks: gone on one rank (reduced after backward), kept on two
+            assert entry["grad_hooks"] == ([88, 0] if ranks == 1 else [88, 88]), (name, entry["grad_hooks"])
             continue
         hooks_ds, hooks_fast = entry["grad_hooks"]
         one_rank = ["one rank: no gradient all-reduce",

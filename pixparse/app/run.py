@@ -186,8 +186,8 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     from pixparse.engine.ds_config import compute_dtype_name, resolve_dtype
 
     if changed and ds_config["zero_optimization"]["stage"] == 3:
-        logger.info("one rank: every parameter persistent (%s raised; one rank's partition is the whole "
-                    "parameter)", " and ".join(changed))
+        logger.info("one rank: every parameter persistent (one rank's partition is the whole parameter); "
+                    "changed: %s", ", ".join(changed))
     elif changed:
         logger.info("one rank: %s off (no gradients to exchange)", " and ".join(changed))
 

@@ -147,8 +147,9 @@ def single_rank_zero(ds: dict[str, Any], world_size: int) -> list[str]:
     its backward hook) only cost time there (cruller_tiny, batch 8, this CPU: 0.041 -> 0.030 s per
     step): turned off. ZeRO-3 without parameter offload: every parameter persistent (one rank's
     partition is the whole parameter, so a gathered parameter costs no memory beyond its
-    partition), which lets zero_fast drop the per-module fetch/release hooks. Returns the keys
-    changed."""
+    partition), which lets zero_fast drop the per-module fetch/release hooks; overlap_comm and
+    contiguous_gradients off as well (no bucket buffer of reduce_bucket_size elements, no copy of
+    every gradient into it). Returns the keys changed."""
     zero = ds.get("zero_optimization", {})
     if world_size != 1:
         return []
@@ -159,7 +160,10 @@ def single_rank_zero(ds: dict[str, Any], world_size: int) -> list[str]:
                    if zero.get(k) != _ALL_PERSISTENT]
         for k in changed:
             zero[k] = _ALL_PERSISTENT
-        return changed
+        off = [k for k in ("overlap_comm", "contiguous_gradients") if zero.get(k)]
+        for k in off:
+            zero[k] = False
+        return changed + off
     if zero.get("stage", 0) not in (1, 2):
         return []
     changed = [k for k in ("overlap_comm", "contiguous_gradients") if zero.get(k)]

@@ -18,11 +18,27 @@ into a new buffer, divides it by 1 and reduce-scatters it over the one rank befo
 partitions out; on one rank the partitions are the gradients, so `__avg_scatter_grads` returns
 views of them (cruller_base, batch 2: ZeRO-3 step 1.13-1.18x -> 1.03-1.08x the plain loop's, paired).
 
+No per-gradient hooks on one rank (ZeRO-2; ZeRO-3 with resident parameters). DeepSpeed runs a
+Python hook as each gradient is accumulated (hook-count bookkeeping, a bucket entry: ~15 us a
+parameter). On one rank there is nothing to overlap with, so the hooks are removed and the
+engine's after-backward epilogue reduces every gradient at once, as DeepSpeed's own coalesced
+flush does (cruller_tiny: 88 hooks, ~1.2 ms of a 26 ms step). ZeRO-1/2 skip the bucket altogether
+unless a group keeps its gradients in a separate fp32 buffer; the parameters are no longer
+re-pointed at the flat buffer after every step unless the buffer moved.
+
+Resident parameters on one rank (ZeRO-3). single_rank_zero makes every parameter persistent; a
+gathered parameter's data is then its partition's memory, so DeepSpeed's module hooks (fetch and
+release around each module's forward and backward, ~190 modules in cruller_tiny) and the step's
+release and re-gather of every parameter have nothing to do and are skipped (tiny ZeRO-3 ~2x ->
+1.15-1.2x the plain loop, paired). Without those hooks' autograd Functions in the graph, autograd
+sums some gradients in another order: equal to DeepSpeed's to rounding, not bit for bit.
+
 `install(optimizer)` replaces these methods on the optimizer instance, for the set-ups pixparse
 runs (L2 norm; no tensor, pipeline, sequence or expert parallelism; optimizer state not
 offloaded; the one-rank ZeRO-1/2 path also without overlap_comm); any other call goes to
-DeepSpeed's own method. tests/helpers/zero_fast_check.py trains each stage with and without
-them on 1 and 2 ranks: the same norms (bit-equal, dtype included), losses and weights.
+DeepSpeed's own method. The hook-free paths assume the engine's backward (engine.backward),
+which pixparse's Trainer always uses. tests/helpers/zero_fast_check.py trains each stage with and
+without them on 1 and 2 ranks: the same norms (bit-equal, dtype included), losses and weights.
 """
 import types
 from typing import Any
@@ -167,28 +183,49 @@ def _resident_step(self, closure=None):
         self._pixparse_in_step = False
 
 
-def _one_rank_resident(optimizer: Any) -> bool:
+def _one_rank_zero3_epilogue(self):
+    """DeepSpeedZeroOptimizer_Stage3.overlapping_partition_gradients_reduce_epilogue on one rank
+    without gradient hooks (the engine calls it after every backward): every gradient goes to its
+    partition after backward, as DeepSpeed's own coalesced flush does it
+    (DeepSpeedEngine._flush_coalesced_reduction_zero3), instead of one Python hook per gradient
+    with its hook-count bookkeeping during backward."""
+    for group in self.fp16_groups:
+        for param in group:
+            if param.requires_grad and param.grad is not None:
+                self.reduce_ready_partitions_and_remove_grads(param)
+    self._pixparse_original_overlapping_partition_gradients_reduce_epilogue()
+
+
+def _one_rank_resident(optimizer: Any) -> str | None:
     """On one rank with every parameter persistent (single_rank_zero sets the threshold) and
     nothing offloaded: check that each gathered parameter's data is its partition's memory;
     then remove DeepSpeed's module hooks (fetch/release around every module's forward and
     backward: ~190 modules x 4 hooks plus an autograd Function per module output in cruller_tiny),
-    which have nothing to fetch or release. False (nothing changed): not this set-up."""
+    which have nothing to fetch or release, and (without leaf modules) the per-gradient hooks.
+    Returns what was done; None (nothing changed): not this set-up."""
     offload = optimizer.parameter_offload
     params = list(offload.module.parameters())
     if (optimizer.offload_param or optimizer.offload_optimizer or offload.zero_quantized_weights or not params
             or not all(getattr(p, "ds_persist", False) for p in params)):
-        return False
+        return None
     params[0].all_gather(params)  # DeepSpeed's own gather; a no-op for those already gathered
     for p in params:
         if (p.data.device != p.ds_tensor.device or p.data.numel() != p.ds_tensor.numel()
                 or p.data.data_ptr() != p.ds_tensor.data_ptr()):
-            return False
+            return None
     offload._remove_module_hooks()
+    done = "one rank: parameters resident (no module fetch/release hooks)"
+    if not optimizer.leaf_parameters:  # leaf modules reduce their parameters' gradients from a module hook
+        for handle in optimizer._grad_acc_hooks:
+            handle.remove()
+        optimizer._grad_acc_hooks = []
+        _replace(optimizer, "overlapping_partition_gradients_reduce_epilogue", _one_rank_zero3_epilogue)
+        done = "one rank: parameters resident (no module fetch/release hooks), no per-gradient hooks"
     optimizer._pixparse_in_step = False
     _replace(optimizer, "_partition_all_parameters", _resident_partition_all_parameters,
              short="partition_all_parameters")
     _replace(optimizer, "step", _resident_step)
-    return True
+    return done
 
 
 # DeepSpeedZeroOptimizer_Stage3.__avg_scatter_grads as the instance sees it (name-mangled)
@@ -217,8 +254,9 @@ def install(optimizer: Any) -> list[str]:
         if ds_dist.get_world_size(group=optimizer.dp_process_group) == 1:
             _replace(optimizer, ZERO3_SCATTER, _one_rank_zero3_scatter, short="avg_scatter_grads")
             done.append("one rank: no gradient reduce-scatter")
-            if _one_rank_resident(optimizer):
-                done.append("one rank: parameters resident (no module fetch/release hooks)")
+            resident = _one_rank_resident(optimizer)
+            if resident:
+                done.append(resident)
         return done
     if not isinstance(optimizer, DeepSpeedZeroOptimizer) or optimizer.cpu_offload or optimizer.has_moe_layers:
         return []

@@ -8,7 +8,7 @@ gradient put in DeepSpeed's reduction bucket; ZeRO-3: __avg_scatter_grads), whet
 are equal (and, on the fp32 master partitions, their largest difference and the largest change
 training made), how many tensor collectives reached torch.distributed in each run (on one rank
 the second run makes DeepSpeed's collectives local: pixparse.engine.dist.local_collectives) and
-how many per-gradient hooks ZeRO-1/2 kept in each.
+how many per-gradient hooks each kept.
 A second argument `bf16` runs it in bf16 (`fp32` or none: fp32), and ZeRO-2 once more with fp32
 gradient accumulation (data_types.grad_accum_dtype: the gradients kept in an fp32 partition
 buffer, which on one rank still go through DeepSpeed's bucket)."""
