@@ -118,8 +118,9 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
     fused one and equals DeepSpeed's own on the same gradients (dtype included). On one rank: ZeRO-2
     keeps no per-gradient hook, ZeRO-1/2 reduce nothing unless gradients accumulate in a separate
     fp32 buffer (then DeepSpeed's bucket runs), ZeRO-3 skips the reduce-scatter, keeps its
-    parameters resident and reduces gradients after backward instead of hooking each, and no tensor collective reaches the process group (local_collectives).
-    On two ranks DeepSpeed's own hooks, reductions and collectives all run."""
+    parameters resident and reduces gradients after backward instead of hooking each, and no
+    tensor collective reaches the process group (local_collectives). On two ranks DeepSpeed's own
+    hooks, reductions and collectives all run."""
     import json
     import sys
 
@@ -157,8 +158,10 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
         if stage == "3":
             for one_rank in ("one rank: no gradient reduce-scatter", "one rank: parameters resident"):
                 assert any(x.startswith(one_rank) for x in entry["installed"]) == (ranks == 1), entry
-            assert calls == ({"_one_rank_zero3_scatter"} if ranks == 1 else calls - {"_one_rank_zero3_scatter"}), calls
-            assert calls, (name, calls)
+            if ranks == 1:
+                assert calls == {"_one_rank_zero3_scatter"}, (name, calls)
+            else:  # DeepSpeed's own reduce-scatter ran, not the replacement
+                assert calls and "_one_rank_zero3_scatter" not in calls, (name, calls)
             # ZeRO-3's per-gradient hooks: gone on one rank (reduced after backward), kept on two
             assert entry["grad_hooks"] == ([88, 0] if ranks == 1 else [88, 88]), (name, entry["grad_hooks"])
             continue

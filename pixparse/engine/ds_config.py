@@ -151,25 +151,21 @@ def single_rank_zero(ds: dict[str, Any], world_size: int) -> list[str]:
     contiguous_gradients off as well (no bucket buffer of reduce_bucket_size elements, no copy of
     every gradient into it). Returns the keys changed."""
     zero = ds.get("zero_optimization", {})
-    if world_size != 1:
+    stage = zero.get("stage", 0)
+    if world_size != 1 or stage not in (1, 2, 3):
         return []
-    if zero.get("stage", 0) == 3:
+    persistent: list[str] = []
+    if stage == 3:
         if (zero.get("offload_param") or {}).get("device", "none") != "none":
             return []
-        changed = [k for k in ("stage3_param_persistence_threshold", "stage3_model_persistence_threshold")
-                   if zero.get(k) != _ALL_PERSISTENT]
-        for k in changed:
+        persistent = [k for k in ("stage3_param_persistence_threshold", "stage3_model_persistence_threshold")
+                      if zero.get(k) != _ALL_PERSISTENT]
+        for k in persistent:
             zero[k] = _ALL_PERSISTENT
-        off = [k for k in ("overlap_comm", "contiguous_gradients") if zero.get(k)]
-        for k in off:
-            zero[k] = False
-        return changed + off
-    if zero.get("stage", 0) not in (1, 2):
-        return []
-    changed = [k for k in ("overlap_comm", "contiguous_gradients") if zero.get(k)]
-    for k in changed:
+    off = [k for k in ("overlap_comm", "contiguous_gradients") if zero.get(k)]
+    for k in off:
         zero[k] = False
-    return changed
+    return persistent + off
 
 
 # a persistence threshold no parameter (or model) reaches

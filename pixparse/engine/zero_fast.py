@@ -216,9 +216,7 @@ def _one_rank_resident(optimizer: Any) -> str | None:
     offload._remove_module_hooks()
     done = "one rank: parameters resident (no module fetch/release hooks)"
     if not optimizer.leaf_parameters:  # leaf modules reduce their parameters' gradients from a module hook
-        for handle in optimizer._grad_acc_hooks:
-            handle.remove()
-        optimizer._grad_acc_hooks = []
+        _remove_grad_hooks(optimizer)
         _replace(optimizer, "overlapping_partition_gradients_reduce_epilogue", _one_rank_zero3_epilogue)
         done = "one rank: parameters resident (no module fetch/release hooks), no per-gradient hooks"
     optimizer._pixparse_in_step = False
@@ -226,6 +224,14 @@ def _one_rank_resident(optimizer: Any) -> str | None:
              short="partition_all_parameters")
     _replace(optimizer, "step", _resident_step)
     return done
+
+
+def _remove_grad_hooks(optimizer: Any) -> None:
+    """Remove the per-gradient hooks DeepSpeed's ZeRO optimizers register (stage 1/2 and 3 keep
+    their handles in _grad_acc_hooks)."""
+    for handle in optimizer._grad_acc_hooks:
+        handle.remove()
+    optimizer._grad_acc_hooks = []
 
 
 # DeepSpeedZeroOptimizer_Stage3.__avg_scatter_grads as the instance sees it (name-mangled)
@@ -267,9 +273,7 @@ def install(optimizer: Any) -> list[str]:
         _replace(optimizer, "allreduce_and_copy", _one_rank_allreduce_and_copy)
         done.append("one rank: no gradient all-reduce")
         if not (optimizer.contiguous_gradients or optimizer.use_grad_accum_attribute or optimizer.zenflow):
-            for handle in optimizer._grad_acc_hooks:
-                handle.remove()
-            optimizer._grad_acc_hooks = []
+            _remove_grad_hooks(optimizer)
             _replace(optimizer, "overlapping_partition_gradients_reduce_epilogue", _one_rank_reduce_epilogue)
             _replace(optimizer, "reduce_gradients", _one_rank_reduce_gradients)
             optimizer._pixparse_views = {}

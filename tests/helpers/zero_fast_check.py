@@ -4,11 +4,12 @@ pixparse's zero_fast methods, from the same init, configured as pixparse configu
 ranks. In the second, every gradient norm is computed both ways on the same partitioned
 gradients. Rank 0 writes, per stage: what install() returned, each pair of norms (value, dtype,
 bit-equal), which gradient reduction ran (ZeRO-1/2: allreduce_and_copy, and "bucket" per
-gradient put in DeepSpeed's reduction bucket; ZeRO-3: __avg_scatter_grads), whether the losses and the weights (this rank's partition under ZeRO-3)
-are equal (and, on the fp32 master partitions, their largest difference and the largest change
-training made), how many tensor collectives reached torch.distributed in each run (on one rank
-the second run makes DeepSpeed's collectives local: pixparse.engine.dist.local_collectives) and
-how many per-gradient hooks each kept.
+gradient put in DeepSpeed's reduction bucket; ZeRO-3: __avg_scatter_grads), whether the losses
+and the weights (this rank's partition under ZeRO-3) are equal (and, on the fp32 master
+partitions, their largest difference and the largest change training made), how many tensor
+collectives reached torch.distributed in each run (on one rank the second run makes DeepSpeed's
+collectives local: pixparse.engine.dist.local_collectives) and how many per-gradient hooks each
+kept.
 A second argument `bf16` runs it in bf16 (`fp32` or none: fp32), and ZeRO-2 once more with fp32
 gradient accumulation (data_types.grad_accum_dtype: the gradients kept in an fp32 partition
 buffer, which on one rank still go through DeepSpeed's bucket)."""
@@ -87,6 +88,7 @@ def main(out_path: str, bf16: bool = False) -> None:
                 return bucket(*args, **kwargs)
 
             opt.reduce_independent_p_g_buckets_and_remove_grads = bucketed
+
         def masters():  # the optimizer's fp32 partitions
             flat = opt.fp32_partitioned_groups_flat if stage == 3 else opt.single_partition_of_fp32_groups
             return [t.detach().clone() for t in flat]
@@ -100,7 +102,7 @@ def main(out_path: str, bf16: bool = False) -> None:
             engine.step()
             losses.append(loss.item())
         weights = [(p.ds_tensor if hasattr(p, "ds_tensor") else p).detach().clone() for p in task.parameters()]
-        hooks = len(getattr(opt, "_grad_acc_hooks", []))  # ZeRO-1/2's per-gradient hooks
+        hooks = len(getattr(opt, "_grad_acc_hooks", []))  # per-gradient hooks left registered
         end = masters()
         moved = max((a - b).abs().max().item() for a, b in zip(start, end))
         return installed, pairs, calls, len(sent), losses, weights, hooks, moved, end
@@ -117,9 +119,9 @@ def main(out_path: str, bf16: bool = False) -> None:
         diff = torch.tensor([max((a - b).abs().max().item() for a, b in zip(masters_ds, masters_fast))])
         dist.all_reduce(diff, op=dist.ReduceOp.MAX)
         result[name] = {"installed": installed, "norms": pairs, "reduce_calls": calls,
-                              "collectives_sent": [sent_ds, sent_fast], "grad_hooks": [hooks_ds, hooks_fast],
-                              "losses": [losses, fast_losses], "same_losses": losses == fast_losses,
-                              "same_weights": bool(same.item()), "max_master_diff": diff.item(),
+                        "collectives_sent": [sent_ds, sent_fast], "grad_hooks": [hooks_ds, hooks_fast],
+                        "losses": [losses, fast_losses], "same_losses": losses == fast_losses,
+                        "same_weights": bool(same.item()), "max_master_diff": diff.item(),
                         "max_master_update": moved}
     if dist.get_rank() == 0:
         with open(out_path, "w") as f:
