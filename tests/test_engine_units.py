@@ -90,3 +90,26 @@ def test_deepspeed_nvtx_ranges_follow_the_flag(monkeypatch):
     assert instrumented() == 7 and pushed == []
     deepspeed_nvtx_ranges(True)
     assert instrumented() == 7 and len(pushed) == 1
+
+
+def test_absent_nvml_is_not_probed_every_step(monkeypatch):
+    """Where NVML is absent, DeepSpeed's PYTORCH_NVML_BASED_CUDA_CHECK=1 only makes every
+    torch.cuda.is_available() (each optimizer step) try to load it: turned off, with the same
+    answer; an explicit user choice ("0") is left alone."""
+    import ctypes
+    import os
+
+    import torch
+
+    from pixparse.engine.dist import skip_absent_nvml_probe
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+        pytest.skip("NVML is present here: the probe is kept")
+    except OSError:
+        pass
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    answer = torch.cuda.is_available()
+    assert skip_absent_nvml_probe() and os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
+    assert torch.cuda.is_available() == answer
+    assert not skip_absent_nvml_probe() and os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"

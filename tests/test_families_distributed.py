@@ -115,13 +115,15 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
     rank its own batches, gradient accumulation: DeepSpeed with pixparse's zero_fast methods gives
     the same losses and weights, bit for bit, as DeepSpeed alone (one-rank ZeRO-3, whose module
     hooks are gone: to within rounding, far below what training moved); every clipping norm is the
-    fused one and equals DeepSpeed's own on the same gradients (dtype included). On one rank: ZeRO-2
-    keeps no per-gradient hook, ZeRO-1/2 reduce nothing unless gradients accumulate in a separate
+    fused one and equals DeepSpeed's own on the same gradients (dtype included; ZeRO-3's, kept in
+    float64 and taken over the flat partition buffer: to float64 rounding). On one rank: ZeRO-2
+    keeps no per-gradient hook, ZeRO-1/2 take the norm over the flattened gradients, ZeRO-1/2 reduce nothing unless gradients accumulate in a separate
     fp32 buffer (then DeepSpeed's bucket runs), ZeRO-3 skips the reduce-scatter, keeps its
     parameters resident and reduces gradients after backward instead of hooking each, and no
     tensor collective reaches the process group (local_collectives). On two ranks DeepSpeed's own
     hooks, reductions and collectives all run."""
     import json
+    import math
     import sys
 
     out = tmp_path / "check.json"
@@ -133,7 +135,12 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
         stage = name[0]
         assert any("gradient norm fused" in x for x in entry["installed"]), (name, entry["installed"])
         norms = entry["norms"]
-        assert len(norms) >= 3 and all(n["equal"] for n in norms), (name, norms)  # >= 1 per step
+        assert len(norms) >= 3 and all(n["same_dtype"] for n in norms), (name, norms)  # >= 1 per step
+        if stage == "3":  # a float64 norm over the flat partitions, DeepSpeed's summed tensor by tensor
+            assert all(math.isclose(n["fused"], n["deepspeed"], rel_tol=1e-13) for n in norms), (name, norms)
+            assert all(n["flat"] for n in norms), (name, norms)  # the partitions lie back to back
+        else:  # summed in float64 either way, then rounded to float32
+            assert all(n["equal"] for n in norms), (name, norms)
         assert len({n["fused"] for n in norms}) > 1, (name, norms)  # real, changing gradients
         if stage == "3" and ranks == 1:
             # resident parameters, no module hooks: autograd's graph lacks DeepSpeed's per-module
@@ -174,6 +181,9 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
             assert hooks_fast == 0 and hooks_ds == (88 if stage == "2" else 0), (name, hooks_ds, hooks_fast)
             # only gradients kept in an fp32 buffer still pass through DeepSpeed's bucket
             assert calls == ({"bucket"} if name.endswith("accumulation") else set()), (name, calls)
+            # the clipping norm read the flattened gradients (DeepSpeed's own fp32 buffer: per tensor)
+            assert all(n["flat"] != name.endswith("accumulation") for n in norms), (name, norms)
         else:  # DeepSpeed's own hooks and reductions (with overlap_comm through average_tensor instead)
             assert hooks_fast == hooks_ds == 88, (name, hooks_ds, hooks_fast)
+            assert not any(n["flat"] for n in norms), (name, norms)
             assert "bucket" in calls and "_one_rank_allreduce_and_copy" not in calls, (name, calls)

@@ -50,9 +50,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def skip_absent_nvml_probe() -> bool:
+    """Importing DeepSpeed sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (so probing for a GPU creates no
+    CUDA context). Where NVML is absent (a machine without an NVIDIA driver) torch then tries to
+    load it on every torch.cuda.is_available(), which every optimizer step calls (0.14 ms a call
+    here, twice a step in the engine), and falls back to the CUDA runtime's count, the answer
+    it gives without the setting. There it is turned off: the same answers, without the
+    attempt. Returns whether it was turned off."""
+    import ctypes
+
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1":
+        return False
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")  # the library torch's probe loads
+        return False
+    except OSError:
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
+        return True
+
+
 def init_distributed() -> None:
     """Start the process group (a 1-process group when run without a launcher)."""
     import deepspeed
+
+    skip_absent_nvml_probe()
 
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")

@@ -51,21 +51,52 @@ def _sum_of_squares(grads: list[torch.Tensor], dtype: torch.dtype) -> torch.Tens
     return torch.stack(torch._foreach_norm(grads, 2.0, dtype=dtype)).pow(2.0).sum()
 
 
+def _contiguous_span(grads: list[torch.Tensor], flat: torch.Tensor | None) -> torch.Tensor | None:
+    """The one view of `flat` that `grads` (1-D views of it) tile back to back, in order;
+    None if they do not (then the norm is taken tensor by tensor)."""
+    if flat is None or not grads or flat.dim() != 1:
+        return None
+    size, base = flat.element_size(), flat.data_ptr()
+    start = grads[0].data_ptr()
+    offset, rest = divmod(start - base, size)
+    end = start
+    for g in grads:
+        if (g.data_ptr() != end or g.dim() != 1 or g.dtype != flat.dtype or g.device != flat.device
+                or g.untyped_storage().data_ptr() != flat.untyped_storage().data_ptr()):
+            return None
+        end += g.numel() * size
+    total = (end - start) // size
+    if rest or offset < 0 or offset + total > flat.numel():
+        return None
+    return flat.narrow(0, offset, total)
+
+
 def _zero12_grad_norm(self, gradients, params, norm_type=2):
     """DeepSpeedZeroOptimizer.get_grad_norm_direct (ZeRO-1/2) for norm_type 2 without model
     parallelism: the same filtering of padding and pipeline-replicated gradients."""
-    import deepspeed.comm as ds_dist
-    from deepspeed.runtime.utils import mask_nan_or_inf_with_val_inplace
     from deepspeed.runtime.zero.utils import get_norm_dtype
 
     if float(norm_type) != 2.0:
         return self._pixparse_original_get_grad_norm_direct(gradients, params, norm_type)
+    if isinstance(gradients, _FlatGradients) and not any(getattr(p, "ds_pipe_replicated", False) for p in params):
+        # one rank: the group's gradients already in one flat buffer (zeros where padded)
+        total = torch.linalg.vector_norm(gradients.flat_partition, 2.0, dtype=get_norm_dtype()).pow(2.0).float()
+        return _finish_zero12_norm(self, total)
     unpadded = (g for g in gradients if not getattr(g, "_zero_padding", False))
     grads = [g.detach() for g, p in zip(unpadded, params) if not getattr(p, "ds_pipe_replicated", False)]
     if grads:
         total = _sum_of_squares(grads, get_norm_dtype()).float()
     else:
         total = torch.tensor(0.0, dtype=torch.float32).to(self.device)
+    return _finish_zero12_norm(self, total)
+
+
+def _finish_zero12_norm(self, total: torch.Tensor) -> torch.Tensor:
+    """The rest of get_grad_norm_direct after this rank's sum of squares: summed over the ranks,
+    square root, non-finite masked to -1."""
+    import deepspeed.comm as ds_dist
+    from deepspeed.runtime.utils import mask_nan_or_inf_with_val_inplace
+
     ds_dist.all_reduce(total, op=ds_dist.ReduceOp.SUM, group=self.dp_process_group)
     total = total.pow(0.5)
     mask_nan_or_inf_with_val_inplace(total, device=self.device)
@@ -84,7 +115,11 @@ def _zero3_grad_norm(self, gradients, params, norm_type=2):
     self._assert_same_partition_group(params)
     process_group = self._get_param_partition_group(params[0])
     grads = [g.detach() for g, _ in zip(gradients, params)]
-    total = _sum_of_squares(grads, get_norm_dtype())
+    span = _contiguous_span(grads, self.grad_partitions_flat_buffer)
+    if span is not None:  # the group's partitions lie back to back in DeepSpeed's flat buffer
+        total = torch.linalg.vector_norm(span, 2.0, dtype=get_norm_dtype()).pow(2.0)
+    else:
+        total = _sum_of_squares(grads, get_norm_dtype())
     ds_dist.all_reduce(total, op=ds_dist.ReduceOp.SUM, group=process_group)
     total = total ** 0.5
     err = torch.tensor(-1.0, device=self.device, dtype=torch.float)
@@ -140,6 +175,30 @@ def _one_rank_reduce_epilogue(self):
                 if param.requires_grad and self.get_gradient_for_reduction(param) is not None:
                     self.reduce_ready_partitions_and_remove_grads(param, i)
     self._pixparse_original_overlapping_partition_gradients_reduce_epilogue()
+    _flatten_at_boundary(self)
+
+
+class _FlatGradients(list):
+    """A group's averaged_gradients (DeepSpeed's list of gradient tensors) with `flat_partition`:
+    the same gradients in one flat buffer, as DeepSpeed's step would flatten them. DeepSpeed's
+    step takes a `flat_partition` it finds there instead of flattening again."""
+
+    flat_partition: torch.Tensor
+
+
+def _flatten_at_boundary(self) -> None:
+    """On one rank, at the accumulation boundary: flatten each group's gradients (the copy
+    DeepSpeed's step makes anyway) before the step, so the clipping norm is one reduction over
+    the flat buffer instead of one per gradient (cruller_tiny: 88 tensors, each cast to float64)."""
+    if not self.is_gradient_accumulation_boundary():
+        return
+    for i in range(len(self.bit16_groups)):
+        grads = self.averaged_gradients.get(i)
+        if grads is None or getattr(grads, "flat_partition", None) is not None:
+            continue  # no gradients, or DeepSpeed's own flat (compact) partition
+        flat = _FlatGradients(grads)
+        flat.flat_partition = self.flatten_dense_tensors_aligned(grads, int(self.partition_size[i]))
+        self.averaged_gradients[i] = flat
 
 
 def _one_rank_reduce_gradients(self, pipeline_parallel=False):
@@ -188,11 +247,25 @@ def _one_rank_zero3_epilogue(self):
     without gradient hooks (the engine calls it after every backward): every gradient goes to its
     partition after backward, as DeepSpeed's own coalesced flush does it
     (DeepSpeedEngine._flush_coalesced_reduction_zero3), instead of one Python hook per gradient
-    with its hook-count bookkeeping during backward."""
-    for group in self.fp16_groups:
+    with its hook-count bookkeeping during backward. DeepSpeed would then put each gradient in a
+    bucket and copy (first micro-batch) or add it into its partition buffer one by one (~45 us of
+    Python per gradient); here that is one foreach copy or add per communication dtype, with
+    _one_rank_zero3_scatter's scaling and casts."""
+    params = [p for group in self.fp16_groups for p in group if p.requires_grad and p.grad is not None]
+    by_dtype: dict[torch.dtype, list] = {}
+    for param in params:
+        by_dtype.setdefault(self.get_param_comm_dtype(param), []).append(param)
+    buffers_of = getattr(self, ZERO3_GRAD_PARTITIONS)
+    for comm_dtype, group in by_dtype.items():
+        parts = getattr(self, ZERO3_SCATTER)(group, comm_dtype)  # _one_rank_zero3_scatter
+        buffers = [buffers_of[p.ds_id].narrow(0, 0, part.numel()) for p, part in zip(group, parts)]
+        if self.micro_step_id == 0:  # DeepSpeed's partition_grads: the first micro-batch copies
+            torch._foreach_copy_(buffers, parts)
+        else:  # later ones add, in the accumulation dtype
+            torch._foreach_add_(buffers, [part.to(self.gradient_accumulation_dtype).view(buf.shape)
+                                          for buf, part in zip(buffers, parts)])
         for param in group:
-            if param.requires_grad and param.grad is not None:
-                self.reduce_ready_partitions_and_remove_grads(param)
+            param.grad = None
     self._pixparse_original_overlapping_partition_gradients_reduce_epilogue()
 
 
@@ -215,7 +288,9 @@ def _one_rank_resident(optimizer: Any) -> str | None:
             return None
     offload._remove_module_hooks()
     done = "one rank: parameters resident (no module fetch/release hooks)"
-    if not optimizer.leaf_parameters:  # leaf modules reduce their parameters' gradients from a module hook
+    if (not optimizer.leaf_parameters  # leaf modules reduce their parameters' gradients from a module hook
+            and not (optimizer.zenflow or optimizer.use_muon or optimizer.autoep_folding_tp_group is not None)
+            and hasattr(optimizer, ZERO3_GRAD_PARTITIONS)):
         _remove_grad_hooks(optimizer)
         _replace(optimizer, "overlapping_partition_gradients_reduce_epilogue", _one_rank_zero3_epilogue)
         done = "one rank: parameters resident (no module fetch/release hooks), no per-gradient hooks"
@@ -234,8 +309,10 @@ def _remove_grad_hooks(optimizer: Any) -> None:
     optimizer._grad_acc_hooks = []
 
 
-# DeepSpeedZeroOptimizer_Stage3.__avg_scatter_grads as the instance sees it (name-mangled)
+# DeepSpeedZeroOptimizer_Stage3.__avg_scatter_grads and __param_id_to_grad_partition (the
+# parameters' gradient partitions, views of one flat buffer) as the instance sees them
 ZERO3_SCATTER = "_DeepSpeedZeroOptimizer_Stage3__avg_scatter_grads"
+ZERO3_GRAD_PARTITIONS = "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition"
 
 
 def _replace(optimizer: Any, name: str, fn: Any, short: str | None = None) -> None:

@@ -276,21 +276,34 @@ class TaskBase(nn.Module):
         if self.layout == "pixels":  # packed rows: the rows' work, the real patches
             num_rows, row_len = batch["segment"].shape
             return {
-                "flops": float(pix2struct_flops(self.model, num_rows, row_len, size, text_len)[1]),
+                "flops": self._flops_of_shape((num_rows, row_len, size, text_len)),
                 "image_tokens": float((batch["segment"] > 0).sum()),
                 "text_tokens": float(batch["attention_mask"].sum()),
             }
-        try:
-            # padded lengths: the kernels do that work
-            prompt_len = batch["prompt_ids"].shape[1] if "prompt_ids" in batch else 0
-            train_flops = self.step_flops(text_len, prompt_len)
-        except NotImplementedError:  # no formula for this trunk (conv): TFLOP/s and MFU unknown
-            train_flops = float("nan")
+        # padded lengths: the kernels do that work
+        prompt_len = batch["prompt_ids"].shape[1] if "prompt_ids" in batch else 0
         return {
-            "flops": float(train_flops * size),
+            "flops": self._flops_of_shape((size, text_len, prompt_len)),
             "image_tokens": float(size * self.model.image_encoder.num_tokens),
             "text_tokens": float(batch["attention_mask"].sum()),
         }
+
+    def _flops_of_shape(self, shape: tuple[int, ...]) -> float:
+        """Model FLOPs of one training step on a batch of `shape` (pixels layout: rows, row
+        length, samples, text length; else samples, text length, prompt length), by formula,
+        remembered per shape: walking the model's blocks costs ~0.3 ms of Python, paid on every
+        step otherwise, and batches repeat a few shapes. NaN: no formula for this trunk."""
+        cache = self.__dict__.setdefault("_step_flops_by_shape", {})
+        if shape not in cache:
+            if self.layout == "pixels":
+                cache[shape] = float(pix2struct_flops(self.model, *shape)[1])
+            else:
+                size, text_len, prompt_len = shape
+                try:
+                    cache[shape] = float(self.step_flops(text_len, prompt_len) * size)
+                except NotImplementedError:  # no formula for this trunk (conv): TFLOP/s and MFU unknown
+                    cache[shape] = float("nan")
+        return cache[shape]
 
     def step_flops(self, text_len: int, prompt_len: int = 0) -> int:
         """Model FLOPs of one training step per sample (NotImplementedError: no formula)."""

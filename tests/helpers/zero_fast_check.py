@@ -2,7 +2,7 @@
 accumulated micro-batches (each rank its own) by DeepSpeed as it is and by DeepSpeed with
 pixparse's zero_fast methods, from the same init, configured as pixparse configures that many
 ranks. In the second, every gradient norm is computed both ways on the same partitioned
-gradients. Rank 0 writes, per stage: what install() returned, each pair of norms (value, dtype,
+gradients (and whether the fused one read them as one flat buffer). Rank 0 writes, per stage: what install() returned, each pair of norms (value, dtype,
 bit-equal), which gradient reduction ran (ZeRO-1/2: allreduce_and_copy, and "bucket" per
 gradient put in DeepSpeed's reduction bucket; ZeRO-3: __avg_scatter_grads), whether the losses
 and the weights (this rank's partition under ZeRO-3) are equal (and, on the fp32 master
@@ -67,7 +67,11 @@ def main(out_path: str, bf16: bool = False) -> None:
                 mine = fused(gradients, params, norm_type)
                 theirs = opt._pixparse_original_get_grad_norm_direct(gradients, params, norm_type)
                 pairs.append({"fused": mine.item(), "deepspeed": theirs.item(),
-                              "equal": bool(torch.equal(mine, theirs)) and mine.dtype == theirs.dtype})
+                              "equal": bool(torch.equal(mine, theirs)) and mine.dtype == theirs.dtype,
+                              "same_dtype": mine.dtype == theirs.dtype,
+                              "flat": isinstance(gradients, zero_fast._FlatGradients) or (
+                                  stage == 3 and zero_fast._contiguous_span(
+                                      [g.detach() for g in gradients], opt.grad_partitions_flat_buffer) is not None)})
                 return mine
 
             opt.get_grad_norm_direct = both
