@@ -60,7 +60,7 @@ def main(out_path: str, bf16: bool = False) -> None:
         engine, *_ = deepspeed.initialize(model=task, optimizer=create_optimizer(task, OptimConfig()), config=ds)
         opt, installed, pairs, calls = engine.optimizer, [], [], []
         if fast:
-            installed = zero_fast.install(opt)
+            installed = zero_fast.install(opt, engine)
             fused = opt.get_grad_norm_direct
 
             def both(gradients, params, norm_type=2):
