@@ -113,3 +113,24 @@ def test_absent_nvml_is_not_probed_every_step(monkeypatch):
     assert skip_absent_nvml_probe() and os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
     assert torch.cuda.is_available() == answer
     assert not skip_absent_nvml_probe() and os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
+
+
+def test_flat_gradient_norm_in_chunks_equals_the_per_tensor_norm(monkeypatch):
+    """The clipping norm over a flat gradient buffer, taken in chunks (no float64 copy of the whole
+    buffer), equals DeepSpeed's tensor-by-tensor float64 sum to float64 rounding, and after the
+    float32 rounding ZeRO-1/2 apply, exactly; a buffer of one chunk and one of many alike."""
+    import torch
+
+    from pixparse.engine import zero_fast
+
+    torch.manual_seed(0)
+    shapes = [(37, 5), (1000,), (64, 64), (3,), (250, 9)]
+    flat = torch.randn(sum(math.prod(s) for s in shapes)) * 3
+    grads = [t.view(s) for t, s in zip(flat.split([math.prod(s) for s in shapes]), shapes)]
+    per_tensor = zero_fast._sum_of_squares(grads, torch.float64)
+    for chunk in (1 << 20, 1000):  # one chunk; 9 chunks across the tensors' boundaries
+        monkeypatch.setattr(zero_fast, "_NORM_CHUNK", chunk)
+        flat_sum = zero_fast._flat_sum_of_squares(flat, torch.float64)
+        assert flat_sum.dtype == torch.float64
+        assert flat_sum.item() == pytest.approx(per_tensor.item(), rel=1e-14)
+        assert torch.equal(flat_sum.float(), per_tensor.float())

@@ -61,6 +61,17 @@ def _sum_of_squares(grads: list[torch.Tensor], dtype: torch.dtype) -> torch.Tens
     return torch.stack(torch._foreach_norm(grads, 2.0, dtype=dtype)).pow(2.0).sum()
 
 
+# Elements per norm of a flat buffer: each is cast to float64 on the way, so one norm over a
+# whole 40M-element buffer materializes a 320 MB copy (201 ms here, against 48 ms for 88
+# separate tensors); in 1M-element chunks the casts stay a few MB (66-79 ms).
+_NORM_CHUNK = 1 << 20
+
+
+def _flat_sum_of_squares(flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """||flat||^2 accumulated in `dtype`, over chunks of the flat buffer."""
+    return _sum_of_squares(list(flat.split(_NORM_CHUNK)), dtype)
+
+
 def _contiguous_span(grads: list[torch.Tensor], flat: torch.Tensor | None) -> torch.Tensor | None:
     """The one view of `flat` that `grads` (1-D views of it) tile back to back, in order;
     None if they do not (then the norm is taken tensor by tensor)."""
@@ -90,7 +101,7 @@ def _zero12_grad_norm(self, gradients, params, norm_type=2):
         return self._pixparse_original_get_grad_norm_direct(gradients, params, norm_type)
     if isinstance(gradients, _FlatGradients) and not any(getattr(p, "ds_pipe_replicated", False) for p in params):
         # one rank: the group's gradients already in one flat buffer (zeros where padded)
-        total = torch.linalg.vector_norm(gradients.flat_partition, 2.0, dtype=get_norm_dtype()).pow(2.0).float()
+        total = _flat_sum_of_squares(gradients.flat_partition, get_norm_dtype()).float()
         return _finish_zero12_norm(self, total)
     unpadded = (g for g in gradients if not getattr(g, "_zero_padding", False))
     grads = [g.detach() for g, p in zip(unpadded, params) if not getattr(p, "ds_pipe_replicated", False)]
@@ -127,7 +138,7 @@ def _zero3_grad_norm(self, gradients, params, norm_type=2):
     grads = [g.detach() for g, _ in zip(gradients, params)]
     span = _contiguous_span(grads, self.grad_partitions_flat_buffer)
     if span is not None:  # the group's partitions lie back to back in DeepSpeed's flat buffer
-        total = torch.linalg.vector_norm(span, 2.0, dtype=get_norm_dtype()).pow(2.0)
+        total = _flat_sum_of_squares(span, get_norm_dtype())
     else:
         total = _sum_of_squares(grads, get_norm_dtype())
     ds_dist.all_reduce(total, op=ds_dist.ReduceOp.SUM, group=process_group)
