@@ -295,6 +295,8 @@ class TaskBase(nn.Module):
         step otherwise, and batches repeat a few shapes. NaN: no formula for this trunk."""
         cache = self.__dict__.setdefault("_step_flops_by_shape", {})
         if shape not in cache:
+            if len(cache) >= 4096:  # packed rows and padded lengths vary: keep it bounded
+                cache.clear()
             if self.layout == "pixels":
                 cache[shape] = float(pix2struct_flops(self.model, *shape)[1])
             else:
