@@ -117,8 +117,9 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
     hooks are gone: to within rounding, far below what training moved); every clipping norm is the
     fused one and equals DeepSpeed's own on the same gradients (dtype included; ZeRO-3's, kept in
     float64 and taken over the flat partition buffer: to float64 rounding). On one rank: ZeRO-2
-    keeps no per-gradient hook, ZeRO-1/2 take the norm over the flattened gradients, ZeRO-1/2 reduce nothing unless gradients accumulate in a separate
-    fp32 buffer (then DeepSpeed's bucket runs), ZeRO-3 skips the reduce-scatter, keeps its
+    keeps no per-gradient hook, ZeRO-1/2 take the norm over the flattened gradients and reduce
+    nothing unless gradients accumulate in a separate fp32 buffer (then DeepSpeed's bucket runs
+    and the norm is DeepSpeed's per-tensor one), ZeRO-3 skips the reduce-scatter, keeps its
     parameters resident and reduces gradients after backward instead of hooking each, and no
     tensor collective reaches the process group (local_collectives). On two ranks DeepSpeed's own
     hooks, reductions and collectives all run."""

@@ -50,6 +50,7 @@ DeepSpeed's own method. The hook-free paths assume the engine's backward (engine
 which pixparse's Trainer always uses. tests/helpers/zero_fast_check.py trains each stage with and
 without them on 1 and 2 ranks: the same norms (bit-equal, dtype included), losses and weights.
 """
+import contextlib
 import types
 from typing import Any
 
@@ -322,8 +323,15 @@ def _one_rank_resident(optimizer: Any) -> str | None:
     return done
 
 
-def _weights_not_partitioned(self) -> bool:
-    return False
+@contextlib.contextmanager
+def _weights_unpartitioned(engine: Any):
+    """For its duration the engine answers that no weights are partitioned (an instance attribute
+    over DeepSpeedEngine.zero_optimization_partition_weights)."""
+    engine.zero_optimization_partition_weights = lambda: False
+    try:
+        yield
+    finally:
+        del engine.zero_optimization_partition_weights
 
 
 def _resident_forward_prologue(self, inputs, kwargs):
@@ -331,20 +339,14 @@ def _resident_forward_prologue(self, inputs, kwargs):
     weights are not partitioned for its duration, so it skips marking every module's parameter
     dict as in-forward (~190 modules in cruller_tiny; the marks let a parameter used outside
     its module be fetched on access, and with every parameter resident none needs fetching)."""
-    self.zero_optimization_partition_weights = types.MethodType(_weights_not_partitioned, self)
-    try:
+    with _weights_unpartitioned(self):
         return self._pixparse_original_forward_prologue(inputs, kwargs)
-    finally:
-        del self.zero_optimization_partition_weights
 
 
 def _resident_forward_epilogue(self):
     """DeepSpeedEngine._forward_epilogue, likewise without unmarking every module."""
-    self.zero_optimization_partition_weights = types.MethodType(_weights_not_partitioned, self)
-    try:
+    with _weights_unpartitioned(self):
         return self._pixparse_original_forward_epilogue()
-    finally:
-        del self.zero_optimization_partition_weights
 
 
 def _resident_forward(engine: Any) -> str:

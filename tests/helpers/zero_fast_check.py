@@ -2,8 +2,9 @@
 accumulated micro-batches (each rank its own) by DeepSpeed as it is and by DeepSpeed with
 pixparse's zero_fast methods, from the same init, configured as pixparse configures that many
 ranks. In the second, every gradient norm is computed both ways on the same partitioned
-gradients (and whether the fused one read them as one flat buffer). Rank 0 writes, per stage: what install() returned, each pair of norms (value, dtype,
-bit-equal), which gradient reduction ran (ZeRO-1/2: allreduce_and_copy, and "bucket" per
+gradients (and whether the fused one read them as one flat buffer). Rank 0 writes, per stage:
+what install() returned, each pair of norms (value, dtype, bit-equal, flat), which gradient
+reduction ran (ZeRO-1/2: allreduce_and_copy, and "bucket" per
 gradient put in DeepSpeed's reduction bucket; ZeRO-3: __avg_scatter_grads), whether the losses
 and the weights (this rank's partition under ZeRO-3) are equal (and, on the fp32 master
 partitions, their largest difference and the largest change training made), how many tensor
