@@ -63,6 +63,9 @@ def parse(argv: list[str]) -> tuple[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pixparse.app.tool import freeze_heap_at_exit
+
+    freeze_heap_at_exit()
     argv = sys.argv[1:] if argv is None else argv
     try:
         command, cfg = parse(argv)

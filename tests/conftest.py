@@ -15,22 +15,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
-def _remove_leaked_shm_buffers():
-    """Ranks killed on purpose (kill -9, failing runs) cannot unlink their DeepSpeed /dev/shm
-    buffers (~66 MB each); left over a whole suite they would fill the machine's RAM."""
-    import glob
-
-    pattern = "/dev/shm/deepspeed_allreduce_buffer_*"
-    before = set(glob.glob(pattern))
-    yield
-    for path in set(glob.glob(pattern)) - before:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
-@pytest.fixture(autouse=True)
 def _reset_global_state():
     """Seed, default dtype and process group are the same for every test."""
     random.seed(0)

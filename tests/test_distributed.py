@@ -83,7 +83,11 @@ def test_single_rank_cli_trains_saves_and_resumes(synth_shards, tmp_path):
 def test_two_ranks_with_the_deepspeed_launcher_loss_falls(synth_shards, tmp_path, ds_config):
     cmd = deepspeed_two_ranks() + _args(synth_shards, tmp_path, ds_config, "two", "--task.num_intervals", "2",
                  "--train.tensorboard", "true", "--train.checkpoint_dir", str(tmp_path / "ckpt"))
-    proc = _run(cmd)
+    shm = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
+    proc = _run(cmd, env={"TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")})
+    # DeepSpeed's shared-memory inference all-reduce is neither built (g++) nor mapped (/dev/shm).
+    assert not (tmp_path / "ext" / "deepspeed_shm_comm").exists()
+    assert set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*")) <= shm
     records = _metrics(tmp_path, "two")
     assert "2 rank(s), 16 steps/interval" in proc.stdout
     assert f"ZeRO-{'3' if 'zero3' in ds_config else '1/2'} gradient norm fused" in proc.stdout

@@ -1,5 +1,4 @@
 """Rank/world from the launcher's variables, process-group setup, small collectives."""
-import atexit
 import os
 import socket
 from collections.abc import Callable
@@ -69,11 +68,24 @@ def skip_absent_nvml_probe() -> bool:
         return True
 
 
+def skip_shm_inference_op() -> None:
+    """On the CPU accelerator, DeepSpeed's comm backend builds a shared-memory all-reduce op when it
+    starts (a g++ build of ~25-50 s on a machine's first run, cached in TORCH_EXTENSIONS_DIR) and
+    maps a ~66 MB /dev/shm buffer per rank that it never unlinks. Only `inference_all_reduce`
+    (tensor-parallel inference) uses that op; training's collectives go through the process group.
+    So it is not built: no compiler needed, no buffers left in RAM."""
+    import importlib
+
+    # By its module path: `deepspeed.comm` re-exports torch itself under the name `torch`.
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
 def init_distributed() -> None:
     """Start the process group (a 1-process group when run without a launcher)."""
     import deepspeed
 
     skip_absent_nvml_probe()
+    skip_shm_inference_op()
 
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
@@ -81,7 +93,6 @@ def init_distributed() -> None:
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not dist.is_initialized():
         deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
-        atexit.register(_unlink_shm_buffer)
     if dist.get_world_size() == 1:
         local_collectives(True)
 
@@ -198,21 +209,6 @@ def local_collectives(enable: bool) -> bool:
         else:
             backend.__dict__.pop(name, None)
     return enable
-
-
-def _unlink_shm_buffer() -> None:
-    """DeepSpeed's CPU all-reduce maps a ~66 MB /dev/shm buffer per rank and never unlinks it: every
-    CPU job would leave its ranks' buffers in RAM until reboot. Each rank unlinks its own at exit
-    (the memory goes once every rank has unmapped it)."""
-    import glob
-
-    port, rank = os.environ.get("MASTER_PORT", ""), os.environ.get("LOCAL_RANK", "")
-    if port and rank:
-        for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_{rank}"):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
