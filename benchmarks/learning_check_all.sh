@@ -10,7 +10,8 @@
 #   bash benchmarks/learning_check_all.sh ../shared/data runs/learning_all [cord docvqa rvlcdip xent]
 # The last line printed is one JSON object: cord_field_f1, docvqa_anls, rvlcdip_accuracy,
 # xent_accuracy and each task's image_gap and fine-tuning seconds. ZERO=3 runs ZeRO-3;
-# PRESET=pix2struct_tiny (or pali_tiny) another model family (xent: cruller only).
+# PRESET=pix2struct_tiny (or pali_tiny) another model family (xent: cruller only; pali trains twice
+# the steps at LR 1e-3).
 set -euo pipefail
 DATA=$(cd "${1:?usage: learning_check_all.sh DATA_FOLDER OUT_DIR [TASKS...]}" && pwd)
 mkdir -p "${2:?usage: learning_check_all.sh DATA_FOLDER OUT_DIR [TASKS...]}"
@@ -29,9 +30,14 @@ write() {  # FORMAT INPUT NAME -> shards under $OUT/NAME/shards
   python -m pixparse.app.write "$1" "$2" "$OUT/$3/shards" --samples_per_shard 1 --verify true > /dev/null
 }
 
+# The family's schedule (as in learning_check.sh): pali's T5 text side spikes at 2e-3; at 1e-3 it
+# needs twice the steps.
+FAMILY=$(python -c "from pixparse.models import get_model_config as g; print(g('$PRESET').type)")
+
 check() {  # NAME TASK NUM_SAMPLES LR [train flags...]: fine-tune, evaluate -> $OUT/NAME/metrics.json
   local name=$1 task=$2 samples=$3 lr=$4
   shift 4
+  if [ "$FAMILY" = pali ]; then samples=$(( samples * 2 )) lr=1e-3; fi
   local shards
   shards=$(python -c "import glob, sys; print('::'.join(sorted(glob.glob(sys.argv[1]))))" "$OUT/$name/shards/*.tar")
   local port
