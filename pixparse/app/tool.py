@@ -13,7 +13,7 @@ _EXIT_FROZEN = False
 def freeze_heap_at_exit() -> None:
     """At exit Python collects its whole heap several times while tearing modules down; with
     torch, transformers and DeepSpeed loaded that took 1.5-2.5 s of every process's exit here
-    (0.3 s frozen), paid by every rank, launcher and tool of every run. At exit (after every
+    (0.3 s frozen), paid by every rank, eval and tool process of every run. At exit (after every
     other exit handler: close, flush, finish) the heap is frozen, so those passes skip it.
     Registered once; nothing changes while the process runs."""
     global _EXIT_FROZEN
