@@ -8,6 +8,8 @@ import logging
 import os
 import uuid
 
+from pixparse.models.safe_load import inside, plain_name
+
 logger = logging.getLogger(__name__)
 
 
@@ -19,6 +21,15 @@ def split_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"{uri!r} names no bucket (s3://BUCKET/KEY)")
     return bucket, key.strip("/")
+
+
+def _local_path(cache_dir: str, bucket: str, key: str, what: str) -> str:
+    """<cache_dir>/<bucket>/<key>, each part of the key a plain name: a key with '..', an empty
+    part or an absolute path is refused before anything is written."""
+    parts = [bucket, *key.split("/")] if key else [bucket]
+    for part in parts:
+        plain_name(part, what)
+    return inside(os.path.join(cache_dir, *parts), cache_dir, what)
 
 
 def _client():
@@ -53,8 +64,9 @@ def fetch_checkpoint(uri: str, cache_dir: str) -> str:
             if e.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
                 raise
             latest = None
-        local_root = os.path.join(cache_dir, bucket, key)
+        local_root = _local_path(cache_dir, bucket, key, uri)
         if latest:
+            plain_name(latest, f"s3://{bucket}/{key}/latest")
             os.makedirs(local_root, exist_ok=True)
             with open(os.path.join(local_root, "latest"), "w") as f:
                 f.write(latest + "\n")
@@ -65,7 +77,7 @@ def fetch_checkpoint(uri: str, cache_dir: str) -> str:
                              f"folder with `latest`, or an export folder)")
         fetched = 0
         for obj_key, size in objects:
-            dest = os.path.join(cache_dir, bucket, obj_key)
+            dest = _local_path(cache_dir, bucket, obj_key, f"s3://{bucket}/{obj_key}")
             if os.path.isfile(dest) and os.path.getsize(dest) == size:
                 continue
             os.makedirs(os.path.dirname(dest), exist_ok=True)

@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 
 from pixparse.models.export import CHECKPOINT_ASSETS
-from pixparse.models.safe_load import check_checkpoint_files, safe_torch_load
+from pixparse.models.safe_load import (check_checkpoint_files, inside, no_glob_chars, plain_name,
+                                       restricted_torch_load, safe_torch_load)
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +45,18 @@ def list_complete_tags(ckpt_dir: str) -> list[str]:
 
 
 def latest_tag(ckpt_dir: str) -> str | None:
-    """The tag `latest` names, if any."""
+    """The tag `latest` names, if any; it must be a step tag folder beside it (ValueError)."""
     try:
         with open(os.path.join(ckpt_dir, LATEST)) as f:
-            return f.read().strip() or None
+            tag = f.read(256).strip()
     except OSError:
         return None
+    if not tag:
+        return None
+    if not _TAG.match(tag):
+        raise ValueError(f"{os.path.join(ckpt_dir, LATEST)} names {tag!r}, not a step_XXXXXXXX tag; "
+                         f"refusing to follow it (write the name of a tag folder beside it)")
+    return tag
 
 
 def rng_state() -> dict[str, Any]:
@@ -190,17 +197,21 @@ def save(
 
 
 def resolve_resume(resume: str, ckpt_dir: str) -> tuple[str, str]:
-    """(checkpoint dir, tag) for --train.resume 'latest' or a step folder; the tag must be complete."""
+    """(checkpoint dir, tag) for --train.resume 'latest' or a step folder; the tag must be complete
+    and hold only a checkpoint's files (see safe_load.check_checkpoint_files)."""
     if resume == "latest":
-        latest = os.path.join(ckpt_dir, LATEST)
-        if not os.path.isfile(latest):
-            raise ValueError(f"--train.resume latest: no {latest}; no checkpoint to resume from")
-        with open(latest) as f:
-            tag = f.read().strip()
+        if not os.path.isfile(os.path.join(ckpt_dir, LATEST)):
+            raise ValueError(f"--train.resume latest: no {os.path.join(ckpt_dir, LATEST)}; no checkpoint to resume from")
+        tag = latest_tag(ckpt_dir)
+        if tag is None:
+            raise ValueError(f"--train.resume latest: {os.path.join(ckpt_dir, LATEST)} is empty")
         path = os.path.join(ckpt_dir, tag)
+        inside(path, ckpt_dir, "--train.resume latest")
     else:
         path = os.path.abspath(resume.rstrip("/"))
         ckpt_dir, tag = os.path.dirname(path), os.path.basename(path)
+        plain_name(tag, "--train.resume")
+    no_glob_chars(path, "--train.resume")
     if not os.path.isdir(path):
         raise ValueError(f"--train.resume: checkpoint folder {path} does not exist")
     if not os.path.isfile(os.path.join(path, MARKER)):
@@ -208,7 +219,7 @@ def resolve_resume(resume: str, ckpt_dir: str) -> tuple[str, str]:
             f"--train.resume: {path} is incomplete (no {MARKER}: the save did not finish); "
             f"resume from an earlier tag: {list_complete_tags(ckpt_dir) or 'none complete'}"
         )
-    check_checkpoint_files(path)  # DeepSpeed's load_checkpoint unpickles with weights_only=False
+    check_checkpoint_files(path)
     return ckpt_dir, tag
 
 
@@ -229,29 +240,65 @@ class ResumeSource:
 UNIVERSAL_DIR = "universal"
 
 
+def _read_world_size(state: dict[str, Any], where: str) -> int:
+    world_size = state.get("world_size")
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or not 1 <= world_size <= 1 << 20:
+        raise ValueError(f"{where}: world_size {world_size!r} is not a rank count; the file is damaged")
+    return world_size
+
+
 def prepare_resume(spec: str, ckpt_dir: str, world_size: int) -> ResumeSource:
     """Resolve --train.resume; when the world size changed, convert the tag once (rank 0) to
-    DeepSpeed's universal checkpoint format, which loads on any number of ranks. Collective."""
+    DeepSpeed's universal checkpoint format, which loads on any number of ranks. Collective.
+
+    The conversion runs under the restricted unpickler (`python -m pixparse.models.safe_load`),
+    writes into <ckpt_dir>/universal/<tag>.partial and renames it into place when done; a folder
+    left there is reused only if it holds a universal checkpoint's files and nothing else.
+    """
     ckpt_dir, tag = resolve_resume(spec, ckpt_dir)
     state = read_state(ckpt_dir, tag)
     tag_dir = os.path.join(ckpt_dir, tag)
-    if state["world_size"] == world_size:
+    if _read_world_size(state, os.path.join(tag_dir, MARKER)) == world_size:
         return ResumeSource(ckpt_dir, tag, tag_dir, state, universal=False)
     universal_dir = os.path.join(ckpt_dir, UNIVERSAL_DIR)
     out = os.path.join(universal_dir, tag)
-    if dist.get_rank() == 0 and not os.path.isfile(os.path.join(out, MARKER)):
-        logger.info("converting %s (%d ranks) to a universal checkpoint for %d ranks",
-                    tag_dir, state["world_size"], world_size)
-        shutil.rmtree(out, ignore_errors=True)
-        subprocess.run(
-            [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", tag_dir,
-             "--output_folder", out, "--inject_missing_state"],
-            check=True, stdout=subprocess.DEVNULL,
-        )
-        _atomic_write(os.path.join(out, MARKER), json.dumps(state))
+    if dist.get_rank() == 0:
+        if os.path.islink(universal_dir) or os.path.islink(out):
+            raise ValueError(f"--train.resume: {universal_dir} or {out} is a symbolic link; refusing to "
+                             f"convert into it (remove the link)")
+        os.makedirs(universal_dir, exist_ok=True)
+        inside(out, ckpt_dir, "--train.resume: the universal conversion")
+        if not os.path.isfile(os.path.join(out, MARKER)):
+            _convert_to_universal(tag_dir, out, state, world_size)
     dist.barrier()
-    check_checkpoint_files(out)
+    check_checkpoint_files(out, layout="universal")
     return ResumeSource(universal_dir, tag, tag_dir, state, universal=True)
+
+
+def _convert_to_universal(tag_dir: str, out: str, state: dict[str, Any], world_size: int) -> None:
+    logger.info("converting %s (%d ranks) to a universal checkpoint for %d ranks",
+                tag_dir, state["world_size"], world_size)
+    partial = out + PARTIAL
+    for stale in (out, partial):  # inside <ckpt_dir>/universal, checked by the caller; no links
+        if os.path.isdir(stale):
+            shutil.rmtree(stale)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixparse.models.safe_load", "--input_folder", tag_dir,
+         "--output_folder", partial, "--inject_missing_state"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    if proc.returncode != 0:
+        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+        raise ValueError(f"--train.resume: converting {tag_dir} to a universal checkpoint failed (exit "
+                         f"{proc.returncode}): {lines[-1] if lines else 'no message'}")
+    _atomic_write(os.path.join(partial, MARKER), json.dumps(state))
+    os.rename(partial, out)
+
+
+def load_checkpoint(engine: Any, source: ResumeSource) -> Any:
+    """DeepSpeed's load_checkpoint with every unpickling it does restricted (see safe_load)."""
+    with restricted_torch_load():
+        return engine.load_checkpoint(source.load_dir, tag=source.tag)
 
 
 def load_rng(tag_dir: str, rank: int) -> bool:

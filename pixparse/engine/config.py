@@ -71,7 +71,14 @@ class TrainConfig:
             raise ValueError(f"--train.max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}")
         if self.keep_last_k <= 0:
             raise ValueError(f"--train.keep_last_k must be > 0, got {self.keep_last_k}")
-        if self.experiment is not None and ("/" in self.experiment or not self.experiment.strip()):
+        if self.experiment is not None and ("/" in self.experiment or self.experiment.strip() in ("", ".", "..")):
             raise ValueError(
                 f"--train.experiment must be a plain folder name, got {self.experiment!r}"
             )
+        # DeepSpeed finds a checkpoint's files by glob patterns built from its folder's path: with
+        # these characters in it, a resume would read another folder's files (or none).
+        for flag, value in (("experiment", self.experiment), ("output_dir", self.output_dir),
+                            ("checkpoint_dir", self.checkpoint_dir)):
+            if value is not None and any(c in value for c in "*?[]"):
+                raise ValueError(f"--train.{flag} {value!r} contains a glob character (*?[]): DeepSpeed reads "
+                                 f"checkpoints by glob pattern, so the run could not be resumed; pick another name")

@@ -227,7 +227,7 @@ class Trainer:
                 f"this run has {self.plan.global_batch_size}; keep --data.train.batch_size and "
                 f"--task.opt.grad_accum_steps as they were"
             )
-        load_path, _ = self.engine.load_checkpoint(source.load_dir, tag=source.tag)
+        load_path, _ = checkpoint.load_checkpoint(self.engine, source)
         if load_path is None:
             raise ValueError(f"--train.resume: DeepSpeed could not load {source.load_dir}/{source.tag}")
         if state["config_hash"] != self.config_hash:

@@ -14,7 +14,8 @@ from torch import nn
 from pixparse.models.config import ModelConfig
 from pixparse.models.build import create_model
 from pixparse.models.cruller import Cruller
-from pixparse.models.safe_load import check_checkpoint_files, safe_torch_load
+from pixparse.models.safe_load import (CheckpointFileError, check_checkpoint_files, inside, no_glob_chars,
+                                       plain_name, restricted_torch_load, safe_torch_load)
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +69,18 @@ def checkpoint_state_dict(tag_dir: str) -> dict[str, torch.Tensor]:
     DeepSpeed's zero_to_fp32. ZeRO-0/1 shard nothing of the weights: read the module states
     (in the precision they were trained in) and upcast.
     """
-    import glob
-
     tag_dir = tag_dir.rstrip("/")
-    check_checkpoint_files(tag_dir)  # DeepSpeed unpickles with weights_only=False below
+    no_glob_chars(tag_dir, "checkpoint")  # zero_to_fp32 globs inside it
+    check_checkpoint_files(tag_dir)
     ckpt_dir, tag = os.path.dirname(os.path.abspath(tag_dir)), os.path.basename(tag_dir)
-    if glob.glob(os.path.join(tag_dir, "*optim_states.pt")):
+    if any(name.endswith("optim_states.pt") for name in os.listdir(tag_dir)):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         try:
-            return dict(get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag))
+            with restricted_torch_load():  # zero_to_fp32 unpickles with weights_only=False
+                return dict(get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag))
+        except CheckpointFileError:
+            raise
         except ValueError as e:  # ZeRO-0/1 layouts are not zero_to_fp32 convertible
             logger.warning("%s: no fp32 master weights to consolidate (%s); using the module weights in "
                            "the precision they were trained in", tag_dir, e)
@@ -95,10 +98,11 @@ def resolve_checkpoint_path(path: str) -> str:
     latest = os.path.join(path, "latest")
     if os.path.isdir(path) and os.path.isfile(latest) and not os.path.isfile(os.path.join(path, WEIGHTS)):
         with open(latest) as f:
-            tag = f.read().strip()
-        if not tag or os.sep in tag or not os.path.isdir(os.path.join(path, tag)):
+            tag = f.read(256).strip()
+        plain_name(tag, latest)
+        if not os.path.isdir(os.path.join(path, tag)):
             raise ValueError(f"{latest} names {tag!r}, which is not a tag folder beside it")
-        return os.path.join(path, tag)
+        return inside(os.path.join(path, tag), path, latest)
     if not os.path.isdir(path):
         raise ValueError(f"checkpoint {path} does not exist")
     return path
