@@ -63,7 +63,7 @@ class EvalConfig:
     eval: EvalSettings
     """The checkpoint."""
     output_dir: str = "eval"
-    """Folder for <checkpoint>-<dataset>-metrics.json and predictions.jsonl."""
+    """Folder for <checkpoint>-<dataset>-metrics.json and <checkpoint>-<dataset>-predictions.jsonl."""
     s3_bucket: str | None = None
     """S3 bucket holding --eval.checkpoint_path (then a key in it); via boto3 (AWS_ENDPOINT_URL for
     S3-compatible stores)."""

@@ -464,3 +464,29 @@ def test_exact_decode_keeps_small_text_sharper_than_fast(shared_data):
 
     fast, exact = psnr("fast"), psnr("exact")
     assert exact > fast + 2.0, (fast, exact)
+
+
+def test_deeply_nested_json_is_a_counted_skip_not_a_crash(tmp_path, tiny_task):
+    """Finding 6: a 100000-deep array (json's fallback recurses) and a 1000-deep list in `text`
+    (orjson accepts it) raised RecursionError out of the worker; the fine-tune scan likewise."""
+    from pixparse.tasks.fields import read_field_keys
+
+    text = json.dumps({"pages": [{"lines": {"text": ["hello"]}}], "fields": {"total": "1.00"}}).encode()
+    deep_array = b'{"pages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep_text = b'{"pages": [{"lines": {"text": [' + b"[" * 1000 + b"]" * 1000 + b"]}}]}"
+    deep_fields = b'{"pages": [{"lines": {"text": ["x"]}}], "fields": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001
+    samples = [{"__key__": "good0", "json": text, "png": _png()},
+               {"__key__": "deeparray", "json": deep_array, "png": _png()},
+               {"__key__": "deeptext", "json": deep_text, "png": _png()},
+               {"__key__": "deepfields", "json": deep_fields, "png": _png()},
+               {"__key__": "good1", "json": text, "png": _png()}]
+    write_shards(iter(samples), str(tmp_path / "d-%06d.tar"), 100)
+    cfg = _cfg(str(tmp_path / "d-000000.tar"), batch_size=1, num_workers=0, shuffle_buffer=0, num_samples=3)
+    loader = create_loader(cfg, tiny_task.preprocess(cfg), tiny_task.collate(cfg), 3, 0, 1, 0)
+    loader.set_interval(0)
+    skipped = {}
+    for b in loader:
+        for k, v in b[SKIPPED_KEY].items():
+            skipped[k] = skipped.get(k, 0) + v
+    assert skipped.get("nested_too_deep", 0) >= 2, skipped
+    assert read_field_keys(str(tmp_path / "d-000000.tar")) == {"total"}

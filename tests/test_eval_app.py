@@ -1,5 +1,6 @@
 """The eval app's command line, checkpoint resolution and output names (no training)."""
 import json
+import os
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_checkpoint_folder_resolves_through_latest(tmp_path):
     assert resolve_checkpoint_path(str(tmp_path)) == str(tmp_path / "step_00000008")
     assert resolve_checkpoint_path(str(tmp_path / "step_00000008")) == str(tmp_path / "step_00000008")
     (tmp_path / "latest").write_text("../elsewhere")
-    with pytest.raises(ValueError, match="not a tag folder"):
+    with pytest.raises(ValueError, match="not a plain folder name"):
         resolve_checkpoint_path(str(tmp_path))
     with pytest.raises(ValueError, match="does not exist"):
         resolve_checkpoint_path(str(tmp_path / "nope"))
@@ -79,7 +80,7 @@ def test_eval_app_on_an_export(synth_shards, tmp_path, capsys):
     assert metrics["num_samples"] == 5 and "image_gap" in metrics and metrics["loss"] > 0
     saved = json.loads((tmp_path / "out" / "exp-synth-metrics.json").read_text())
     assert saved["num_samples"] == 5
-    lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    lines = (tmp_path / "out" / "exp-synth-predictions.jsonl").read_text().splitlines()
     assert len(lines) == 5 and len({json.loads(x)["key"] for x in lines}) == 5
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_samples"] == 5
 
@@ -102,5 +103,52 @@ def test_ocr_eval_of_a_reader_on_real_pages(shared_data, tmp_path, fmt, folder):
     assert metrics["num_samples"] == 3 and metrics["skipped"] == 0
     # an untrained reader writes at most 8 tokens of pages of hundreds of characters: CER near 1
     assert 0.9 <= metrics["cer"] <= 1.0 and metrics["wer"] >= 0.9
-    refs = [json.loads(x)["reference"] for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    refs = [json.loads(x)["reference"] for x in open(metrics["predictions"]).read().splitlines()]
     assert all(len(r) > 100 for r in refs)  # the page's real text is the reference
+
+
+@pytest.mark.parametrize("kind", ["not_a_tar", "empty_tar", "zero_bytes"])
+def test_eval_of_unreadable_data_is_an_error(tmp_path, kind):
+    """Finding 8: a non-tar, a 0-byte or an empty tar gave rc 0, num_samples 0, loss 0.0."""
+    import tarfile
+
+    from pixparse.models.export import save_exported
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    task = create_task(TaskConfig(model_name="cruller_tiny"))
+    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
+    shard = tmp_path / "bad-000000.tar"
+    if kind == "not_a_tar":
+        shard.write_bytes(b"hello, this is not a tar file" * 100)
+    elif kind == "empty_tar":
+        tarfile.open(shard, "w").close()
+    else:
+        shard.write_bytes(b"")
+    _, cfg = parse(["eval", "--data.eval.source", str(shard), "--data.eval.num-workers", "0",
+                    "--eval.checkpoint-path", str(tmp_path / "exp"), "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match="no readable sample in --data.eval.source"):
+        run_eval(cfg)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_each_eval_keeps_its_own_predictions_file(synth_shards, tmp_path):
+    """Finding 9: predictions.jsonl was overwritten by the next eval into the same --output_dir."""
+    import shutil
+
+    from pixparse.models.export import save_exported
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    task = create_task(TaskConfig(model_name="cruller_tiny"))
+    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
+    other = tmp_path / "other-000000.tar"
+    shutil.copy(synth_shards.replace("{000000..000003}", "000000"), other)
+    paths = []
+    for source in (synth_shards, str(other)):
+        _, cfg = parse(["eval", "--data.eval.source", source, "--data.eval.num-samples", "2",
+                        "--data.eval.num-workers", "0", "--task.max_new_tokens", "2",
+                        "--eval.checkpoint-path", str(tmp_path / "exp"), "--output-dir", str(tmp_path / "out")])
+        paths.append(run_eval(cfg)["predictions"])
+    assert [os.path.basename(p) for p in paths] == ["exp-synth-predictions.jsonl", "exp-other-000000-predictions.jsonl"]
+    assert all(len(open(p).read().splitlines()) == 2 for p in paths)

@@ -21,7 +21,7 @@ def test_learning_check_reads_the_receipts(shared_data, tmp_path):
     assert metrics["num_samples"] == 8
     assert metrics["field_f1"] == 1.0 and metrics["ted_accuracy"] == 1.0, metrics
     assert metrics["image_gap"] > 0.05, metrics
-    predictions = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    predictions = [json.loads(x) for x in open(metrics["predictions"]).read().splitlines()]
     assert all(p["prediction"] == p["reference"] for p in predictions)
 
 
@@ -56,7 +56,7 @@ def test_zero3_finetune_evaluates_in_lockstep_and_eval_app_gathers_ranks(shared_
     assert m2["world_size"] == 2 and m1["num_samples"] == m2["num_samples"] == 3
     for k in ("loss", "field_f1", "ted_accuracy"):
         assert m1[k] == pytest.approx(m2[k], rel=1e-4, abs=1e-6), k
-    keys = [json.loads(x)["key"] for x in (tmp_path / "e2" / "predictions.jsonl").read_text().splitlines()]
+    keys = [json.loads(x)["key"] for x in (tmp_path / "e2" / "z3-step_00000004-sroie-predictions.jsonl").read_text().splitlines()]
     assert sorted(keys) == ["000", "001", "002"]
     assert os.path.isfile(tmp_path / "e2" / "z3-step_00000004-sroie-metrics.json")
 

@@ -88,3 +88,21 @@ def test_fetch_takes_the_latest_tag_only_and_caches(s3, tmp_path):
         fetch_checkpoint("s3://pixparse-exps/runs/nothing", str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="NoSuchBucket|does not exist"):
         fetch_checkpoint("s3://no-such-bucket/x", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("bad", ["object", "latest"])
+def test_keys_that_would_leave_the_cache_are_refused_before_writing(s3, tmp_path, bad):
+    """Finding 7: a bucket object 'exp/../../../../x' (or a `latest` naming '../..') was written
+    outside --eval.cache_dir before any check."""
+    from pixparse.app.s3 import fetch_checkpoint
+
+    cache = tmp_path / "deep" / "cache"
+    if bad == "object":
+        s3.put_object(Bucket="pixparse-exps", Key="exp/step_00000001/assets/model_config.json", Body=b"{}")
+        s3.put_object(Bucket="pixparse-exps", Key="exp/step_00000001/../../../../../escaped", Body=b"x")
+        s3.put_object(Bucket="pixparse-exps", Key="exp/latest", Body=b"step_00000001")
+    else:
+        s3.put_object(Bucket="pixparse-exps", Key="exp/latest", Body=b"../../../../escaped")
+    with pytest.raises(ValueError, match="not a plain folder name"):
+        fetch_checkpoint("s3://pixparse-exps/exp", str(cache))
+    assert not [p for p in tmp_path.rglob("escaped*")]

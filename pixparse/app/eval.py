@@ -7,7 +7,7 @@
 One process, or N ranks under torchrun/deepspeed (each reads its own shards; predictions are
 gathered on rank 0). The weights are the consolidated fp32 masters of any ZeRO stage and world
 size (or an export), run as a plain model. Writes <output_dir>/<checkpoint>-<dataset>-metrics.json
-(task metrics, token loss, image_gap) and <output_dir>/predictions.jsonl (key, prediction,
+(task metrics, token loss, image_gap) and <output_dir>/<checkpoint>-<dataset>-predictions.jsonl (key, prediction,
 reference, per-sample scores), and prints the metrics as one JSON line.
 """
 import dataclasses
@@ -102,14 +102,15 @@ def run_eval(cfg: EvalConfig) -> dict:
                    dtype=dtype)
     if rank == 0:
         os.makedirs(cfg.output_dir, exist_ok=True)
-        name = f"{checkpoint_name(checkpoint)}-{dataset_name(data.source)}-metrics.json"
-        with open(os.path.join(cfg.output_dir, name), "w") as f:
-            json.dump(metrics, f, indent=2)
-        with open(os.path.join(cfg.output_dir, "predictions.jsonl"), "w") as f:
+        stem = os.path.join(cfg.output_dir, f"{checkpoint_name(checkpoint)}-{dataset_name(data.source)}")
+        metrics["predictions"] = f"{stem}-predictions.jsonl"
+        with open(metrics["predictions"], "w") as f:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        logger.info("%d samples: %s -> %s", len(records),
-                    {k: v for k, v in metrics.items() if isinstance(v, float)}, os.path.join(cfg.output_dir, name))
+        with open(f"{stem}-metrics.json", "w") as f:
+            json.dump(metrics, f, indent=2)
+        logger.info("%d samples: %s -> %s-metrics.json", len(records),
+                    {k: v for k, v in metrics.items() if isinstance(v, float)}, stem)
         print(json.dumps(metrics))
     return metrics
 

@@ -176,6 +176,7 @@ class SamplePipeline(IterableDataset):
             rng = random.Random(f"{self.seed}/{self.interval}/{self.shards.rank}/{worker}/shuffle")
             samples = wds.filters._shuffle(samples, self.shuffle_buffer, min(self.shuffle_buffer, 16), rng)
         batch: list[dict[str, Any]] = []
+        held: list[dict[str, Any]] = []
         counts = {"read": 0, "skipped": 0, "in_a_row": 0}
         # The engine checks the skip rate when it logs, which never comes if no batch is ever
         # made (every sample bad while the tars read): the worker stops itself instead.
@@ -203,6 +204,9 @@ class SamplePipeline(IterableDataset):
             except SampleError as e:
                 skip(e.reason, where, e)
                 continue
+            except RecursionError as e:  # JSON nested past Python's recursion limit (json, or our walk of it)
+                skip("nested_too_deep", where, e)
+                continue
             except (OSError, ValueError, KeyError, EOFError, UnicodeError) as e:
                 # Damage the decoders did not name (a codec's own error). A bug in our code
                 # (TypeError, AttributeError, ...) is not bad data: it propagates.
@@ -211,11 +215,19 @@ class SamplePipeline(IterableDataset):
             counts["in_a_row"] = 0
             for item in out if isinstance(out, list) else [out]:  # a document may give several pages
                 batch.append(item)
-                if len(batch) == self.batch_size:
+                if len(batch) < self.batch_size:
+                    continue
+                if not self.shards.single_pass:
                     yield self._emit(batch, skips)
-                    batch = []
-        if batch and self.shards.single_pass:  # eval keeps the last, partial batch
-            yield self._emit(batch, skips)
+                else:  # eval: held back one batch, so the last one carries the skips of the stream's end
+                    if held:
+                        yield self._emit(held, skips)
+                    held = batch
+                batch = []
+        if self.shards.single_pass:  # eval keeps the last, partial batch
+            for rest in (held, batch):
+                if rest:
+                    yield self._emit(rest, skips)
 
     def _emit(self, batch: list[dict[str, Any]], skips: _SkipCounter) -> dict[str, Any]:
         """Collate, with the skips counted since the previous batch."""

@@ -135,6 +135,11 @@ def gather(records: list[dict[str, Any]], sums: EvalSums) -> tuple[list[dict[str
 def summarize(task: Any, records: list[dict[str, Any]], sums: EvalSums, max_skip_fraction: float) -> dict[str, Any]:
     """Dataset metrics: the task's scores, token loss, image_gap, counts."""
     skipped = sum(sums.skipped.values())
+    if not records:
+        reasons = dict(sums.skipped) or "see the skipped-sample warnings above"
+        latest = f"; latest: {sums.last_skipped}" if sums.last_skipped else ""
+        raise ValueError(f"no readable sample in --data.eval.source ({skipped} skipped: {reasons}{latest}); "
+                         f"check that the shards are tar files of samples")
     read = len(records) + skipped
     if read and skipped > max_skip_fraction * read:
         raise RuntimeError(f"{skipped} of {read} eval samples were unusable ({dict(sums.skipped)}); "

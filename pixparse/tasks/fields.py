@@ -40,7 +40,7 @@ def scan_annotations(source: str) -> Iterator[dict[str, Any]]:
     for sample in wds.tarfile_samples([{"url": u} for u in urls], handler=wds.warn_and_continue):
         try:
             anno = json.loads(sample["json"])
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, RecursionError):
             continue
         if isinstance(anno, dict):
             yield anno
@@ -48,7 +48,13 @@ def scan_annotations(source: str) -> Iterator[dict[str, Any]]:
 
 def read_field_keys(source: str) -> set[str]:
     """Every key of every sample's `fields` in the shards of `source`."""
-    return {k for anno in scan_annotations(source) for k in field_keys(anno.get("fields", {}))}
+    keys: set[str] = set()
+    for anno in scan_annotations(source):
+        try:
+            keys.update(field_keys(anno.get("fields", {})))
+        except RecursionError:  # nested past Python's limit: the loader skips and counts the sample
+            continue
+    return keys
 
 
 class TaskCrullerFinetuneFields(DataVocabTask):
