@@ -51,8 +51,54 @@ def normalize_argv(argv: list[str], root: type) -> list[str]:
     return out
 
 
+MAX_CONFIG_NODES = 100_000  # a YAML config's values once its aliases are expanded
+
+
+def _expanded_nodes(node: Any, memo: dict[int, int]) -> int:
+    """Values in a composed YAML node once aliases are expanded (each shared node counted once
+    per use; memoized, so an alias bomb is measured without being expanded)."""
+    import yaml
+
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts as one here; the loader refuses it later
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_nodes(n, memo) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_nodes(k, memo) + _expanded_nodes(v, memo) for k, v in node.value)
+    else:
+        total = 1
+    memo[id(node)] = total
+    return total
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every --config file is UTF-8 YAML of at most MAX_CONFIG_NODES values once its aliases are
+    expanded (a 'billion laughs' file would otherwise take the machine's memory while parsing)."""
+    import yaml
+
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except OSError:
+            continue  # jsonargparse says the file does not exist
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--config {path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+        try:
+            nodes = sum(_expanded_nodes(doc, {}) for doc in yaml.compose_all(text, Loader=yaml.SafeLoader))
+        except yaml.YAMLError as e:
+            raise ValueError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if nodes > MAX_CONFIG_NODES:
+            raise ValueError(f"--config {path}: {nodes} values once its aliases are expanded, over "
+                             f"{MAX_CONFIG_NODES}; refusing an alias bomb (a config is a few hundred values)")
+
+
 def parse(argv: list[str]) -> tuple[str, Any]:
     """argv ('pretrain', flags...) -> (command, root config instance)."""
+    check_config_files(argv)
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     if argv and argv[0] in COMMANDS:
         argv = [argv[0]] + normalize_argv(argv[1:], COMMANDS[argv[0]])

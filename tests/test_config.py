@@ -206,7 +206,20 @@ def _bad_config_cases(tmp_path, synth_shards):
     (tmp_path / "odd.json").write_text(json.dumps(preset))
     (tmp_path / "notjson.json").write_text("{'stage': 2,")
     ds_b4 = _write(tmp_path, {"train_micro_batch_size_per_gpu": 4})
+    laughs = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(laughs) + "\n")
+    (tmp_path / "latin1.yaml").write_bytes("train:\n  experiment: caf\xe9\n".encode("latin-1"))
+    (tmp_path / "bad.model").write_bytes(b"not a sentencepiece model")
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": 12}')
     return {
+        "yaml alias bomb": (["--config", str(tmp_path / "bomb.yaml")], r"--config .*bomb.yaml: \d+ values once its aliases"),
+        "config not utf-8": (["--config", str(tmp_path / "latin1.yaml")], r"--config .*latin1.yaml: not UTF-8"),
+        "bad sentencepiece": (["--task.tokenizer", str(tmp_path / "bad.model")],
+                              r"--task.tokenizer: .*bad.model is not a readable SentencePiece model"),
+        "bad tokenizer.json": (["--task.tokenizer", str(tmp_path / "tokenizer.json")],
+                               r"--task.tokenizer: .*tokenizer.json is not a readable tokenizer.json"),
+        "glob experiment": (["--train.experiment", "br[1]"], r"--train.experiment 'br\[1\]' contains a glob"),
         "unknown preset": (["--task.model_name", "cruller_huge"], r"unknown preset 'cruller_huge'; choose one of"),
         "unknown task": (["--task.name", "cruller_finetune_nope"], r"task.name"),
         "image size vs patch": (["--task.model_name", str(tmp_path / "odd.json")],
@@ -230,7 +243,8 @@ def _bad_config_cases(tmp_path, synth_shards):
 
 @pytest.mark.parametrize("case", ["unknown preset", "unknown task", "image size vs patch", "batch vs ds json",
                                   "ds json not json", "ds json missing", "missing shard", "failing pipe", "pipe not a tar",
-                                  "samples below a batch", "resume nothing", "dtype clash"])
+                                  "samples below a batch", "resume nothing", "dtype clash", "yaml alias bomb",
+                                  "config not utf-8", "bad sentencepiece", "bad tokenizer.json", "glob experiment"])
 def test_every_bad_config_is_one_line_before_any_process_group(case, synth_shards, tmp_path, capsys):
     import torch.distributed as dist
 
@@ -280,3 +294,12 @@ def test_one_rank_zero_drops_the_exchange_machinery():
     assert single_rank_zero(three_two, 2) == [] and three_two["zero_optimization"]["stage3_param_persistence_threshold"] == 1e5
     offload = resolve_ds_config(f"{REPO}/ds_configs/zero3_offload_bf16.json", 2, 1, 1, None)
     assert single_rank_zero(offload, 1) == []  # offloaded parameters stay offloaded
+
+
+def test_a_launcher_variable_that_is_not_a_number_is_named(monkeypatch):
+    """Finding 12: WORLD_SIZE=abc gave one line that did not name the variable."""
+    from pixparse.engine.dist import world_info
+
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    with pytest.raises(ValueError, match="WORLD_SIZE='abc' is not an integer"):
+        world_info()

@@ -156,6 +156,10 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
         model_cfg = read_source(cfg.task.init_from)[0]
     else:
         model_cfg = get_model_config(cfg.task.model_name)
+        if cfg.task.tokenizer:  # a missing or damaged tokenizer file fails here, not on every rank later
+            from pixparse.data.tokenizer import create_tokenizer
+
+            create_tokenizer(cfg.task.tokenizer)
     from pixparse.models.image_encoder import validate_encoder_config
 
     validate_encoder_config(model_cfg.image_encoder)

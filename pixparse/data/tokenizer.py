@@ -60,6 +60,12 @@ def _load_sentencepiece(path: str) -> PreTrainedTokenizerBase:
     return SentencePieceTokenizer(vocab_file=path, **special)
 
 
+def why(e: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
 def create_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     """Build a tokenizer from a spec, with no network unless `spec` is a hub name.
 
@@ -73,11 +79,17 @@ def create_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     elif spec.endswith(".model"):
         if not os.path.isfile(spec):
             raise ValueError(f"--task.tokenizer: SentencePiece model {spec!r} does not exist")
-        tok = _load_sentencepiece(spec)
+        try:
+            tok = _load_sentencepiece(spec)
+        except Exception as e:  # noqa: BLE001 - sentencepiece raises RuntimeError/OSError/... on a bad file
+            raise ValueError(f"--task.tokenizer: {spec} is not a readable SentencePiece model ({why(e)})") from None
     elif spec.endswith(".json"):
         if not os.path.isfile(spec):
             raise ValueError(f"--task.tokenizer: tokenizer file {spec!r} does not exist")
-        tok = PreTrainedTokenizerFast(tokenizer_file=spec)
+        try:
+            tok = PreTrainedTokenizerFast(tokenizer_file=spec)
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own Exception type
+            raise ValueError(f"--task.tokenizer: {spec} is not a readable tokenizer.json ({why(e)})") from None
     else:
         local = os.path.isdir(spec)
         try:

@@ -15,10 +15,24 @@ def world_info() -> tuple[int, int, int]:
         os.environ["RANK"] = os.environ["SLURM_PROCID"]
         os.environ["LOCAL_RANK"] = os.environ["SLURM_LOCALID"]
         os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank, world_size = (_env_int(var, default) for var, default in
+                                    (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"the launcher's variables say rank {rank} of WORLD_SIZE {world_size}; "
+                         f"check RANK and WORLD_SIZE")
     return rank, local_rank, world_size
+
+
+def _env_int(var: str, default: int) -> int:
+    """A launcher variable as an integer; one line naming it when it is not one."""
+    value = os.environ.get(var)
+    if value is None or not value.strip():
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"the environment variable {var}={value!r} is not an integer; the launcher "
+                         f"(deepspeed, torchrun, srun) sets it: unset it or fix it") from None
 
 
 def local_world_size() -> int:

@@ -136,7 +136,13 @@ def read_source(path: str) -> tuple[ModelConfig, Any, dict[str, Any], Callable[[
     with open(os.path.join(assets, MODEL_CONFIG)) as f:
         raw = json.load(f)
     info = raw.pop("pixparse")
-    tokenizer = AutoTokenizer.from_pretrained(os.path.join(assets, TOKENIZER_DIR), local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(os.path.join(assets, TOKENIZER_DIR), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - tokenizers/sentencepiece raise their own types on damaged files
+        from pixparse.data.tokenizer import why
+
+        raise ValueError(f"{os.path.join(assets, TOKENIZER_DIR)}: the checkpoint's tokenizer cannot be read "
+                         f"({why(e)}); the checkpoint is damaged") from None
     return ModelConfig.from_dict(raw), tokenizer, info, weights
 
 
