@@ -490,3 +490,35 @@ def test_deeply_nested_json_is_a_counted_skip_not_a_crash(tmp_path, tiny_task):
             skipped[k] = skipped.get(k, 0) + v
     assert skipped.get("nested_too_deep", 0) >= 2, skipped
     assert read_field_keys(str(tmp_path / "d-000000.tar")) == {"total"}
+
+
+def test_per_sample_memory_is_capped_before_decoding(tmp_path, tiny_task):
+    """Finding 13: a 1.5 MB .tar.gz reached 3.85 GB and a 580 KB PNG 2.1 GB before being skipped.
+    A gzip-compressed shard whose member is 64 MiB of zeros (64 KB compressed) and a PNG whose
+    header says 9000 x 9000 are skipped by their size, counted, the good samples read."""
+    import gzip
+    import io
+    import tarfile
+
+    text = json.dumps({"pages": [{"lines": {"text": ["hello"]}}]}).encode()
+    big_png = _bomb_png(9000, 9000)
+    members = [("good0.json", text), ("good0.png", _png()), ("big.json", text), ("big.png", b"\0" * (64 << 20)),
+               ("wide.json", text), ("wide.png", big_png), ("good1.json", text), ("good1.png", _png())]
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "z-000000.tar.gz").write_bytes(gzip.compress(raw.getvalue(), compresslevel=1))
+    cfg = _cfg(str(tmp_path / "z-000000.tar.gz"), batch_size=1, num_workers=0, shuffle_buffer=0, num_samples=2,
+               max_sample_bytes=32 << 20, max_image_pixels=50_000_000)
+    loader = create_loader(cfg, tiny_task.preprocess(cfg), tiny_task.collate(cfg), 2, 0, 1, 0)
+    loader.set_interval(0)
+    skipped, last = {}, []
+    for b in loader:
+        for k, v in b[SKIPPED_KEY].items():
+            skipped[k] = skipped.get(k, 0) + v
+        last.append(b[LAST_SKIPPED_KEY])
+    assert skipped.get("sample_too_large") == 1 and skipped.get("image_too_large") == 1, skipped
+    assert "9000x9000 pixels" in " ".join(last) or skipped["image_too_large"] == 1

@@ -132,3 +132,52 @@ def test_verify_reports_damage(tmp_path):
     assert count == 1 and len(problems) == 1 and "x-000000.tar:a_b" in problems[0]
     with pytest.raises(ValueError, match="no samples"):
         write("folder", str(tmp_path), str(tmp_path / "none"))
+
+
+def _png_bytes():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 255).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["link_outside", "not_an_image", "docvqa_dotdot", "docvqa_absolute"])
+def test_write_packs_only_images_inside_the_input_folder(tmp_path, case):
+    """Finding 11: a symlink out of the input folder put a secret into a shard (non-images were
+    copied verbatim), and docvqa packed '../' and absolute image paths from its JSON."""
+    import json
+
+    root, secret = tmp_path / "in", tmp_path / "secret.txt"
+    root.mkdir()
+    secret.write_text("the password")
+    (root / "page.png").write_bytes(_png_bytes())
+    (root / "page.txt").write_text("hello")
+    if case == "link_outside":
+        os.symlink(secret, root / "leak.png")
+        (root / "leak.txt").write_text("x")
+        fmt, message = "folder", "outside the input folder"
+    elif case == "not_an_image":
+        (root / "leak.png").write_text("the password")
+        (root / "leak.txt").write_text("x")
+        fmt, message = "folder", "leak.png is not a readable image"
+    else:
+        image = "../secret.txt" if case == "docvqa_dotdot" else str(secret)
+        (root / "val.json").write_text(json.dumps({"data": [
+            {"questionId": 1, "question": "q?", "image": image, "answers": ["a"]}]}))
+        fmt, message = "docvqa", "outside the input folder"
+    with pytest.raises(ValueError, match=message):
+        write(fmt, str(root), str(tmp_path / "out"))
+    for shard in (tmp_path / "out").glob("*.tar") if (tmp_path / "out").exists() else []:
+        assert b"the password" not in shard.read_bytes()
+
+
+def test_a_shard_that_fails_verify_is_removed(tmp_path, monkeypatch):
+    from pixparse.data.formats import READERS
+
+    monkeypatch.setitem(READERS, "folder", lambda root: iter([{"__key__": "a", "json": b"{}", "png": b"not a png"}]))
+    with pytest.raises(ValueError, match="1 damaged sample.* removed"):
+        write("folder", str(tmp_path), str(tmp_path / "out"), verify=True)
+    assert not list((tmp_path / "out").glob("*.tar"))

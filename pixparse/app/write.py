@@ -42,7 +42,11 @@ def write(
     if verify:
         count, problems = verify_shards(paths)
         if problems:
-            raise ValueError(f"verify: {len(problems)} damaged sample(s), first: {problems[0]}")
+            damaged = [p for p in paths if any(problem.startswith(f"{p}:") for problem in problems)]
+            for path in damaged:  # a damaged shard is not left for a training run to read
+                os.remove(path)
+            raise ValueError(f"verify: {len(problems)} damaged sample(s) in {len(damaged)} shard(s), removed; "
+                             f"first: {problems[0]}")
         print(f"verified {count} samples")
     return paths
 

@@ -3,6 +3,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 
+def check_sample_caps(max_image_pixels: int, max_sample_bytes: int, scope: str) -> None:
+    if max_image_pixels <= 0:
+        raise ValueError(f"--data.{scope}.max_image_pixels must be > 0, got {max_image_pixels}")
+    if max_sample_bytes <= 0:
+        raise ValueError(f"--data.{scope}.max_sample_bytes must be > 0, got {max_sample_bytes}")
+
+
 @dataclass(kw_only=True)
 class DataLoaderConfig:
     source: str
@@ -41,6 +48,12 @@ class DataLoaderConfig:
     scale near the model's size, then the same resize: about 1.5x exact's pages/s on JPEG and
     scanned PDF (the same on TIFF/PNG), 11 dB lower PSNR on full pages at 576x448; for loader-bound
     runs. exact is the default by the receipt learning check (README, Data)."""
+    max_image_pixels: int = 50_000_000
+    """A page image of more pixels (width x height, read from its header before decoding) is
+    skipped ('image_too_large'); a 600 dpi letter page has 34M. Bounds a worker's memory per sample."""
+    max_sample_bytes: int = 256 * 2**20
+    """A sample whose tar members hold more bytes (decompressed, read from the tar headers before
+    reading) is skipped ('sample_too_large'). Bounds a worker's memory per sample."""
     pack_patches: bool = True
     """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
     max_patches (attention kept inside each page); false pads every page to its own row, as
@@ -65,6 +78,7 @@ class DataLoaderConfig:
             raise ValueError(
                 f"--data.train.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}"
             )
+        check_sample_caps(self.max_image_pixels, self.max_sample_bytes, "train")
         if self.min_patches is not None and self.min_patches < 1:
             raise ValueError(f"--data.train.min_patches must be >= 1 (or unset), got {self.min_patches}")
         if not self.source.strip():
@@ -109,6 +123,12 @@ class DataEvalConfig:
     scale near the model's size, then the same resize: about 1.5x exact's pages/s on JPEG and
     scanned PDF (the same on TIFF/PNG), 11 dB lower PSNR on full pages at 576x448; for loader-bound
     runs. exact is the default by the receipt learning check (README, Data)."""
+    max_image_pixels: int = 50_000_000
+    """A page image of more pixels (width x height, read from its header before decoding) is
+    skipped ('image_too_large'); a 600 dpi letter page has 34M. Bounds a worker's memory per sample."""
+    max_sample_bytes: int = 256 * 2**20
+    """A sample whose tar members hold more bytes (decompressed, read from the tar headers before
+    reading) is skipped ('sample_too_large'). Bounds a worker's memory per sample."""
     pack_patches: bool = True
     """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
     max_patches (attention kept inside each page); false pads every page to its own row, as
@@ -121,6 +141,7 @@ class DataEvalConfig:
             raise ValueError(f"--data.eval.num_samples must be > 0 (or unset), got {self.num_samples}")
         if self.batch_size <= 0:
             raise ValueError(f"--data.eval.batch_size must be > 0, got {self.batch_size}")
+        check_sample_caps(self.max_image_pixels, self.max_sample_bytes, "eval")
         if self.num_workers < 0:
             raise ValueError(f"--data.eval.num_workers must be >= 0, got {self.num_workers}")
         if not 0.0 <= self.max_skip_fraction <= 1.0:

@@ -57,16 +57,21 @@ class _PdfPages:
         self.n_frames = len(self.doc)
 
     def render(self, index: int, target_size: tuple[int, int] | None, grayscale: bool,
-               draft: bool = True) -> Image.Image:
+               draft: bool = True, max_pixels: int | None = None) -> Image.Image:
         page = self.doc[index]
         scan = self._scanned_jpeg(page)
         if scan is not None:
-            return _load_jpeg(scan, target_size if draft else None, grayscale)
+            image = Image.open(io.BytesIO(scan))
+            check_pixels(image.size, max_pixels, f"pdf page {index}")
+            _draft(image, target_size if draft else None, grayscale)
+            image.load()
+            return image
         width_pt, height_pt = page.get_size()
         if target_size is None:
             scale = 2.0  # 144 dpi
         else:
             scale = min(target_size[0] / height_pt, target_size[1] / width_pt)
+        check_pixels((round(width_pt * scale), round(height_pt * scale)), max_pixels, f"pdf page {index}")
         return page.render(scale=scale, grayscale=grayscale).to_pil()
 
     @staticmethod
@@ -102,14 +107,14 @@ def _draft(image: Image.Image, target_size: tuple[int, int] | None, grayscale: b
         image.draft("L" if grayscale else "RGB", fit_size(image.size, target_size) if target_size else image.size)
 
 
-def _load_jpeg(data: bytes, target_size: tuple[int, int] | None, grayscale: bool) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    _draft(image, target_size, grayscale)
-    image.load()
-    return image
+def check_pixels(size: tuple[int, int], max_pixels: int | None, what: str) -> None:
+    """Refuse an image of more than `max_pixels` pixels from its header, before decoding it."""
+    if max_pixels is not None and size[0] * size[1] > max_pixels:
+        raise SampleError("image_too_large", f"{what}: {size[0]}x{size[1]} pixels, over "
+                                             f"--data.*.max_image_pixels={max_pixels}")
 
 
-def _image_text_pair(sample: dict[str, Any]) -> Page:
+def _image_text_pair(sample: dict[str, Any], max_pixels: int | None = None) -> Page:
     """cc12m-style pair: an image and its caption/text in 'txt'."""
     try:
         text = sample["txt"].decode("utf-8").strip()
@@ -120,7 +125,10 @@ def _image_text_pair(sample: dict[str, Any]) -> Page:
     key = find_image_key(sample)
     try:
         image = Image.open(io.BytesIO(sample[key]))
+        check_pixels(image.size, max_pixels, key)
         image.load()  # captions go to any model size: no draft
+    except SampleError:
+        raise
     except Exception as e:
         raise SampleError("bad_image", f"{key}: {e}") from e
     return Page(image=image, text=text, page_index=0)
@@ -147,6 +155,7 @@ def decode_document_pages(
     grayscale: bool = False,
     need_text: bool = True,
     draft: bool = True,
+    max_pixels: int | None = None,
 ) -> list[Page]:
     """Decode the annotated page(s) of a document sample; pages without text are never chosen
     unless `need_text` is False (tasks whose target is not the page text: classes, answers).
@@ -160,9 +169,10 @@ def decode_document_pages(
         grayscale: decode JPEG/PDF straight to gray.
         draft: JPEGs (and scanned PDF pages) decode at a reduced DCT scale near target_size;
             False: at full size (--data.*.decode exact).
+        max_pixels: a page image of more pixels is skipped ('image_too_large'), from its header.
     """
     if "json" not in sample and "txt" in sample:
-        return [_image_text_pair(sample)]
+        return [_image_text_pair(sample, max_pixels)]
     if "json" not in sample:
         raise SampleError("missing_json", f"keys {sorted(k for k in sample if not k.startswith('__'))}")
     try:
@@ -199,13 +209,16 @@ def decode_document_pages(
     for index in indices:
         try:
             if isinstance(image, _PdfPages):
-                page_image = image.render(index, target_size, grayscale, draft)
+                page_image = image.render(index, target_size, grayscale, draft, max_pixels)
             else:
                 if num_frames > 1:
                     image.seek(index)
+                check_pixels(image.size, max_pixels, f"{image_key} page {index}")
                 _draft(image, target_size if draft else None, grayscale)
                 image.load()
                 page_image = image.copy() if len(indices) > 1 else image
+        except SampleError:
+            raise
         except Exception as e:
             raise SampleError("bad_image", f"{image_key} page {index}: {e}") from e
         text = "\n".join(t for t in page_lines(pages[index]) if t.strip())

@@ -28,13 +28,29 @@ RVL_CDIP_LABELS = (
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
+def _read(path: str, root: str) -> bytes:
+    """The bytes of `path`, which must be a file inside the input folder `root` once symlinks are
+    resolved (a link, or a '../' or absolute path in an annotation, must not pack another file)."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    if not real.startswith(base + os.sep):
+        raise ValueError(f"{path} resolves to {real}, outside the input folder {base}; refusing to pack it")
+    if not os.path.isfile(real):
+        raise ValueError(f"{path} is not a file")
+    with open(real, "rb") as f:
         return f.read()
 
 
-def _size(data: bytes) -> tuple[int, int]:
-    return Image.open(io.BytesIO(data)).size
+def _read_image(path: str, root: str) -> tuple[bytes, tuple[int, int]]:
+    """An image file's bytes and (width, height), decoded in full first: only images are packed."""
+    data = _read(path, root)
+    try:
+        image = Image.open(io.BytesIO(data))
+        for frame in range(getattr(image, "n_frames", 1)):
+            image.seek(frame)
+            image.load()
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for files that are not images
+        raise ValueError(f"{path} is not a readable image ({type(e).__name__}: {e})") from None
+    return data, image.size
 
 
 def _norm_box(box: list[float], width: int, height: int) -> list[float]:
@@ -48,6 +64,7 @@ def _quad_to_box(quad: list[float]) -> list[float]:
 
 
 def _sample(
+    root: str,
     key: str,
     image_path: str,
     lines: list[tuple[str, list[float]]],
@@ -56,9 +73,9 @@ def _sample(
     **fields: Any,
 ) -> Sample:
     """Lines given in pixel boxes, put in reading order: top to bottom, left to right; with
-    `columns`, lines starting right of the page middle come after those left of it."""
-    data = _read(image_path)
-    width, height = _size(data)
+    `columns`, lines starting right of the page middle come after those left of it. `root`: the
+    input folder the image must lie in."""
+    data, (width, height) = _read_image(image_path, root)
     lines = [(t, b) for t, b in lines if t.strip()]
     lines.sort(key=lambda tb: (columns and tb[1][0] > 0.45 * width,
                                round(tb[1][1] / max(1, height) * 100), tb[1][0]))
@@ -95,7 +112,7 @@ def read_funsd(root: str) -> Iterator[Sample]:
         entities = [{"id": e["id"], "text": e["text"], "label": e["label"], "box": e["box"]}
                     for e in form]
         links = sorted({tuple(link) for e in form for link in e.get("linking", [])})
-        yield _sample(stem, os.path.join(root, "images", stem + ".png"),
+        yield _sample(root, stem, os.path.join(root, "images", stem + ".png"),
                       [(e["text"], e["box"]) for e in form], entities=entities, links=links)
 
 
@@ -112,7 +129,7 @@ def read_sroie(root: str) -> Iterator[Sample]:
                     lines.append((parts[8], _quad_to_box([float(v) for v in parts[:8]])))
         with open(os.path.join(root, "key", stem + ".json")) as f:
             fields = json.load(f)
-        yield _sample(stem, os.path.join(root, "img", stem + ".jpg"), lines, fields=fields)
+        yield _sample(root, stem, os.path.join(root, "img", stem + ".jpg"), lines, fields=fields)
 
 
 def read_cord(root: str) -> Iterator[Sample]:
@@ -138,7 +155,7 @@ def read_cord(root: str) -> Iterator[Sample]:
                       if os.path.isfile(os.path.join(root, "image", stem + e))), None)
         if image is None:
             raise ValueError(f"cord: no image for {stem} under {root}/image")
-        yield _sample(stem, image, lines, fields=gt.get("gt_parse", {}))
+        yield _sample(root, stem, image, lines, fields=gt.get("gt_parse", {}))
 
 
 def read_docvqa(root: str, split_file: str = "") -> Iterator[Sample]:
@@ -154,7 +171,7 @@ def read_docvqa(root: str, split_file: str = "") -> Iterator[Sample]:
             {"question_id": r["questionId"], "question": r["question"], "answers": r.get("answers", [])})
     for image, qa in sorted(by_image.items()):
         key = os.path.splitext(image)[0].replace("/", "_")
-        yield _sample(key, os.path.join(root, image), [], qa=qa)
+        yield _sample(root, key, os.path.join(root, image), [], qa=qa)
 
 
 def read_rvl_cdip(root: str) -> Iterator[Sample]:
@@ -170,7 +187,7 @@ def read_rvl_cdip(root: str) -> Iterator[Sample]:
                     continue
                 rel, label = row.rsplit(maxsplit=1)
                 stem = os.path.splitext(os.path.basename(rel))[0]
-                yield _sample(stem, os.path.join(root, "images", rel), [],
+                yield _sample(root, stem, os.path.join(root, "images", rel), [],
                               label=RVL_CDIP_LABELS[int(label)], split=split)
 
 
@@ -185,7 +202,7 @@ def read_docbank(root: str) -> Iterator[Sample]:
         image = os.path.join(root, stem + "_ori.jpg")
         if not os.path.isfile(image):
             continue
-        width, height = _size(_read(image))
+        width, height = _read_image(image, root)[1]
         words, lines, current = [], [], []
         with open(os.path.join(root, name), encoding="utf-8", errors="replace") as f:
             for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
@@ -209,7 +226,7 @@ def read_docbank(root: str) -> Iterator[Sample]:
         word_fields = {"text": [w[0] for w in words],
                        "bbox": [_norm_box(w[1], width, height) for w in words],
                        "label": [w[2] for w in words]}
-        yield _sample(stem, image, line_items, columns=True, words=word_fields)
+        yield _sample(root, stem, image, line_items, columns=True, words=word_fields)
 
 
 def read_folder(root: str) -> Iterator[Sample]:
@@ -222,12 +239,11 @@ def read_folder(root: str) -> Iterator[Sample]:
             continue
         image = os.path.join(root, name)
         if os.path.isfile(os.path.join(root, stem + ".json")):
-            anno = _read(os.path.join(root, stem + ".json"))
-            yield {"__key__": stem, "json": anno, _ext_key(image): _read(image)}
+            anno = _read(os.path.join(root, stem + ".json"), root)
+            yield {"__key__": stem, "json": anno, _ext_key(image): _read_image(image, root)[0]}
         elif os.path.isfile(os.path.join(root, stem + ".txt")):
-            with open(os.path.join(root, stem + ".txt"), encoding="utf-8") as f:
-                text = [t.rstrip("\n") for t in f]
-            yield _sample(stem, image, [], unboxed_lines=text)
+            text = _read(os.path.join(root, stem + ".txt"), root).decode("utf-8").splitlines()
+            yield _sample(root, stem, image, [], unboxed_lines=text)
 
 
 READERS = {

@@ -113,6 +113,49 @@ class _SkipCounter:
         return out
 
 
+def capped_tar_files(
+    sources: Iterator[dict[str, Any]], max_sample_bytes: int, handler: Callable[[Exception], bool],
+    too_large: Callable[[str, str, int], None],
+) -> Iterator[dict[str, Any]]:
+    """webdataset's tar_file_expander with a memory bound: each member's size is read from its
+    tar header before its data, and the members of one sample (one key) may hold at most
+    `max_sample_bytes` in all. Past that the whole sample is dropped (its later members passed
+    over in the stream, never read into memory) and reported through `too_large(url, key, bytes)`."""
+    import tarfile
+
+    from webdataset.tariterators import base_plus_ext
+
+    for source in sources:
+        url = source["url"]
+        key, held, members = None, 0, []  # the current sample's members, yielded when it ends
+        try:
+            stream = tarfile.open(fileobj=source["stream"], mode="r|*")
+            for info in stream:
+                if not info.isreg() or info.name is None or info.name.startswith("__"):
+                    continue
+                prefix = base_plus_ext(info.name)[0]
+                if prefix != key:
+                    yield from members
+                    key, held, members = prefix, 0, []
+                if held > max_sample_bytes:  # already dropped
+                    continue
+                held += info.size
+                if held > max_sample_bytes:
+                    too_large(url, str(prefix), held)
+                    members = []
+                    continue
+                members.append({"fname": info.name, "data": stream.extractfile(info).read(), "__url__": url})
+                stream.members = []  # streaming: keep no member list
+            yield from members
+            yield {}  # end of shard: samples never span two shards
+        except Exception as exn:  # noqa: BLE001 - a damaged or truncated tar: the handler counts it
+            yield from members
+            yield {}
+            exn.args = exn.args + (url,)
+            if not handler(exn):
+                break
+
+
 class SamplePipeline(IterableDataset):
     """shards -> tar members -> shuffle -> decode/preprocess (errors skipped and counted) -> batches."""
 
@@ -125,8 +168,10 @@ class SamplePipeline(IterableDataset):
         shuffle_buffer: int,
         seed: int,
         max_skip_fraction: float = 1.0,
+        max_sample_bytes: int = 256 * 2**20,
     ) -> None:
         self.max_skip_fraction = max_skip_fraction
+        self.max_sample_bytes = max_sample_bytes
         self.shards = shards
         self.preprocess = preprocess
         self.collate = collate
@@ -166,8 +211,14 @@ class SamplePipeline(IterableDataset):
             skips.add("bad_tar", state["url"], exn)
             return True  # keep going with the next member / shard
 
+        def too_large(url: str, key: str, size: int) -> None:
+            skips.add("sample_too_large", f"{url}:{key}", ValueError(
+                f"its members hold over {size} bytes, over --data.*.max_sample_bytes={self.max_sample_bytes}"))
+
         def read(shards: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
-            for sample in wds.tarfile_to_samples(handler=tar_error)(shards):
+            streams = wds.tariterators.url_opener(shards, handler=tar_error)
+            files = capped_tar_files(streams, self.max_sample_bytes, tar_error, too_large)
+            for sample in wds.tariterators.group_by_keys(files, handler=tar_error):
                 state["opens"] = 0  # before the shuffle buffer, which pulls many shards at once
                 yield sample
 
@@ -343,7 +394,7 @@ def create_loader(
     shards = ShardStream(urls, seed, rank, world_size, cfg.resampled,
                          groups=expand_source_groups(cfg.source), weights=cfg.source_weights)
     pipeline = SamplePipeline(shards, preprocess, collate, cfg.batch_size, cfg.shuffle_buffer, seed,
-                              cfg.max_skip_fraction)
+                              cfg.max_skip_fraction, cfg.max_sample_bytes)
     return Loader(pipeline, num_batches, cfg.num_workers)
 
 
@@ -371,7 +422,7 @@ def create_eval_loader(
     urls = check_eval_shards(cfg)
     shards = ShardStream(urls, 0, rank, world_size, resampled=False, single_pass=True)
     pipeline = SamplePipeline(shards, preprocess, collate, cfg.batch_size, shuffle_buffer=0, seed=0,
-                              max_skip_fraction=cfg.max_skip_fraction)
+                              max_skip_fraction=cfg.max_skip_fraction, max_sample_bytes=cfg.max_sample_bytes)
     num_workers = min(cfg.num_workers, len(urls[rank::world_size]))
     return DataLoader(pipeline, batch_size=None, num_workers=num_workers,
                       prefetch_factor=2 if num_workers > 0 else None)

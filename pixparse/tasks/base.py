@@ -76,8 +76,9 @@ class _Preprocess:
 
     def __init__(self, image_transform: ResizePad | PatchPage, text: TextTargets, page_sampling: str,
                  examples: Callable[[Page, random.Random], list[Example]], with_meta: bool, need_text: bool = True,
-                 max_target_chars: int = 100_000, layout: str = "decoder") -> None:
+                 max_target_chars: int = 100_000, layout: str = "decoder", max_pixels: int | None = None) -> None:
         self.image_transform = image_transform
+        self.max_pixels = max_pixels
         self.layout = layout
         self.max_target_chars = max_target_chars
         self.need_text = need_text
@@ -93,6 +94,7 @@ class _Preprocess:
             grayscale=self.image_transform.image_fmt == "L",
             need_text=self.need_text,
             draft=not self.image_transform.exact,
+            max_pixels=self.max_pixels,
         )
         out = []
         for page in pages:
@@ -255,6 +257,7 @@ class TaskBase(nn.Module):
             self.needs_page_text,
             data_cfg.max_target_chars,
             self.layout,
+            data_cfg.max_image_pixels,
         )
 
     def collate(self, data_cfg: DataLoaderConfig) -> functools.partial:
