@@ -150,5 +150,5 @@ def test_each_eval_keeps_its_own_predictions_file(synth_shards, tmp_path):
                         "--data.eval.num-workers", "0", "--task.max_new_tokens", "2",
                         "--eval.checkpoint-path", str(tmp_path / "exp"), "--output-dir", str(tmp_path / "out")])
         paths.append(run_eval(cfg)["predictions"])
-    assert [os.path.basename(p) for p in paths] == ["exp-synth-predictions.jsonl", "exp-other-000000-predictions.jsonl"]
+    assert [os.path.basename(p) for p in paths] == ["exp-synth-predictions.jsonl", "exp-other-predictions.jsonl"]
     assert all(len(open(p).read().splitlines()) == 2 for p in paths)

@@ -35,9 +35,10 @@ def checkpoint_name(path: str) -> str:
 
 
 def dataset_name(source: str) -> str:
-    """'shards/sroie-{000000..000007}.tar' -> 'sroie'."""
-    first = os.path.basename(source.split("::")[0].removeprefix("pipe:").strip())
-    return re.split(r"[-_.]?\{|\.tar|\s", first)[0] or "data"
+    """'shards/sroie-{000000..000007}.tar' -> 'sroie' (the first '::'-separated part's name)."""
+    from pixparse.engine.evaluate import part_name
+
+    return part_name(source.split("::")[0])
 
 
 def _check(cfg: EvalConfig) -> str:

@@ -5,7 +5,7 @@ import os
 from typing import Literal
 
 from pixparse.app.tool import run_tool
-from pixparse.data.formats import READERS
+from pixparse.data.formats import READERS, line_crops
 from pixparse.data.write import verify_shards, write_shards
 
 
@@ -18,6 +18,8 @@ def write(
     max_bytes_per_shard: int | None = None,
     verify: bool = False,
     max_samples: int | None = None,
+    skip_samples: int = 0,
+    crop_lines: bool = False,
 ) -> list[str]:
     """Convert a dataset folder to shards <output_dir>/<prefix>-000000.tar, ...
 
@@ -30,11 +32,20 @@ def write(
         max_bytes_per_shard: Also close a shard once it holds this many bytes.
         verify: Re-read every written sample (tar, JSON, every image frame) and fail on damage.
         max_samples: Write only the first N samples (in the reader's sorted order).
+        skip_samples: Leave out the first N samples first (--skip_samples 80 --max_samples 20: a
+            held-out split of documents 80-99).
+        crop_lines: Write each boxed text line of each page as its own sample (the line's crop,
+            its text as the page's one line): real lines for reading pretraining and evaluation.
     """
     if max_samples is not None and max_samples <= 0:
         raise ValueError(f"--max_samples must be > 0, got {max_samples}")
+    if skip_samples < 0:
+        raise ValueError(f"--skip_samples must be >= 0, got {skip_samples}")
     pattern = os.path.join(output_dir, f"{prefix or format}-%06d.tar")
-    samples = itertools.islice(READERS[format](input), max_samples)
+    end = None if max_samples is None else skip_samples + max_samples
+    samples = itertools.islice(READERS[format](input), skip_samples, end)
+    if crop_lines:
+        samples = (line for sample in samples for line in line_crops(sample))
     paths = write_shards(samples, pattern, samples_per_shard, max_bytes_per_shard)
     if not paths:
         raise ValueError(f"{format}: no samples found in {input}")

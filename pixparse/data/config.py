@@ -13,8 +13,9 @@ def check_sample_caps(max_image_pixels: int, max_sample_bytes: int, scope: str) 
 @dataclass(kw_only=True)
 class DataLoaderConfig:
     source: str
-    """Shards: a local path, brace pattern ('idl-{000000..000699}.tar'), 'pipe:<command>' or URL;
-    several joined with '::'."""
+    """Shards: a local path, brace pattern ('idl-{000000..000699}.tar'), 'pipe:<command>' or URL,
+    or rendered text ('render:lines', 'render:blocks', 'render:pages'; see data.render); several
+    joined with '::'."""
     batch_size: int = 8
     """Micro-batch size on each rank (one forward/backward)."""
     num_samples: int
@@ -83,6 +84,9 @@ class DataLoaderConfig:
             raise ValueError(f"--data.train.min_patches must be >= 1 (or unset), got {self.min_patches}")
         if not self.source.strip():
             raise ValueError("--data.train.source is empty: give a shard path or pattern")
+        if any(part.strip().startswith("render:") for part in self.source.split("::")) and not self.resampled:
+            raise ValueError("--data.train.source render:... is an endless stream of rendered text: add "
+                             "--data.train.resampled true (sources are then drawn by --data.train.source_weights)")
         if self.source_weights is not None:
             num_sources = len(self.source.split("::"))
             if not self.resampled:

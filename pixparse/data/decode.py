@@ -171,6 +171,9 @@ def decode_document_pages(
             False: at full size (--data.*.decode exact).
         max_pixels: a page image of more pixels is skipped ('image_too_large'), from its header.
     """
+    if "__image__" in sample:  # rendered in the worker (data.render): decoded already
+        return [Page(image=sample["__image__"], text=sample["__text__"], page_index=0,
+                     anno={"random": sample.get("__random__", False)})]
     if "json" not in sample and "txt" in sample:
         return [_image_text_pair(sample, max_pixels)]
     if "json" not in sample:

@@ -246,6 +246,33 @@ def read_folder(root: str) -> Iterator[Sample]:
             yield _sample(root, stem, image, [], unboxed_lines=text)
 
 
+def line_crops(sample: Sample, min_height_px: int = 8) -> Iterator[Sample]:
+    """Each boxed, non-empty text line of a sample's first page as its own sample: the line's box
+    (plus a quarter of its height above and below, and as much to the sides) cropped from the
+    page, gray, with the line's text. Lines under `min_height_px` high are left out."""
+    anno = json.loads(sample["json"])
+    page = anno["pages"][0]
+    lines = page.get("lines", {})
+    texts, boxes = lines.get("text", []), lines.get("bbox", [])
+    if len(boxes) != len(texts):
+        return
+    ext = next(k for k in ("png", "jpg", "tif") if k in sample)
+    image = Image.open(io.BytesIO(sample[ext])).convert("L")
+    width, height = image.size
+    for j, (text, box) in enumerate(zip(texts, boxes)):
+        x0, y0, x1, y1 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
+        pad = 0.25 * (y1 - y0)
+        if not text.strip() or y1 - y0 < min_height_px or x1 <= x0:
+            continue
+        crop = image.crop((max(0, round(x0 - pad)), max(0, round(y0 - pad)),
+                           min(width, round(x1 + pad)), min(height, round(y1 + pad))))
+        buf = io.BytesIO()
+        crop.save(buf, format="PNG")
+        line_anno = {"pages": [{"lines": {"text": [text.strip()]}, "width": crop.width, "height": crop.height}]}
+        yield {"__key__": f"{sample['__key__']}_l{j:03d}", "json": json.dumps(line_anno).encode(),
+               "png": buf.getvalue()}
+
+
 READERS = {
     "funsd": read_funsd,
     "sroie": read_sroie,

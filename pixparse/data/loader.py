@@ -16,6 +16,7 @@ from webdataset.shardlists import expand_urls
 
 from pixparse.data.config import DataEvalConfig, DataLoaderConfig
 from pixparse.data.decode import SampleError
+from pixparse.data.render import is_render_source, parse_render_source, render_samples
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,46 @@ def capped_tar_files(
                 break
 
 
+PARTNER_KEY = "partner"  # eval item: the item whose pixels it is scored against for image_gap
+ROLLED_KEY = "rolled"  # eval batch: the same batch with each sample's pixels from its partner
+TEXT_KEYS = ("input_ids", "prompt_length", "prompt_ids", "meta")  # what an item keeps with its partner's pixels
+
+
+def paired_in_shard(items: Iterator[tuple[str, dict[str, Any]]],
+                    last_item_before: Callable[[str], dict[str, Any] | None]) -> Iterator[dict[str, Any]]:
+    """Eval: give each item a partner for image_gap: the item before it in its shard (the shard's
+    first item: its last). An item alone in its shard gets the last item of the shard before it
+    in the source's order (`last_item_before(url)`, read again for it). Shards are read whole by
+    one worker of one rank, so the pairs are the same for any batch size, worker or rank count.
+    An item with no other (a source of one sample) is marked meta['paired'] False and left out of
+    image_gap. The first item of each shard is yielded when the shard ends."""
+    url, first, prev = None, None, None
+
+    def pixels(item: dict[str, Any]) -> dict[str, Any]:  # a copy: partners never chain
+        return {k: v for k, v in item.items() if k not in TEXT_KEYS and k != PARTNER_KEY}
+
+    def close() -> Iterator[dict[str, Any]]:
+        if first is None:
+            return
+        partner = prev if prev is not first else last_item_before(url)
+        first[PARTNER_KEY] = pixels(partner if partner is not None else first)
+        if "meta" in first:
+            first["meta"]["paired"] = partner is not None
+        yield first
+
+    for item_url, item in items:
+        if item_url != url:
+            yield from close()
+            url, first, prev = item_url, item, item
+            continue
+        item[PARTNER_KEY] = pixels(prev)
+        if "meta" in item:
+            item["meta"]["paired"] = True
+        yield item
+        prev = item
+    yield from close()
+
+
 class SamplePipeline(IterableDataset):
     """shards -> tar members -> shuffle -> decode/preprocess (errors skipped and counted) -> batches."""
 
@@ -215,12 +256,25 @@ class SamplePipeline(IterableDataset):
             skips.add("sample_too_large", f"{url}:{key}", ValueError(
                 f"its members hold over {size} bytes, over --data.*.max_sample_bytes={self.max_sample_bytes}"))
 
-        def read(shards: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
-            streams = wds.tariterators.url_opener(shards, handler=tar_error)
+        def tar_samples(shard: dict[str, str]) -> Iterator[dict[str, Any]]:
+            streams = wds.tariterators.url_opener([shard], handler=tar_error)
             files = capped_tar_files(streams, self.max_sample_bytes, tar_error, too_large)
-            for sample in wds.tariterators.group_by_keys(files, handler=tar_error):
-                state["opens"] = 0  # before the shuffle buffer, which pulls many shards at once
-                yield sample
+            yield from wds.tariterators.group_by_keys(files, handler=tar_error)
+
+        draws: Counter = Counter()  # draws of each render source in this worker (seeds its samples)
+        stream_seed = f"{self.seed}/{self.interval}/{self.shards.rank}/{worker}"
+
+        def read(shards: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
+            for shard in shards:
+                url = shard["url"]
+                if is_render_source(url):
+                    samples = render_samples(url, stream_seed, draws[url])
+                    draws[url] += 1
+                else:
+                    samples = tar_samples(shard)
+                for sample in samples:
+                    state["opens"] = 0  # before the shuffle buffer, which pulls many shards at once
+                    yield sample
 
         samples = read(opened_shards())
         if self.shuffle_buffer > 0:
@@ -244,45 +298,77 @@ class SamplePipeline(IterableDataset):
                     f"{self.max_skip_fraction}. Latest: {skips.last}"
                 )
 
-        for sample in samples:
-            counts["read"] += 1
-            where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-            # Per-sample RNG: the same sample gets the same page/augmentation for a given
-            # seed and interval, whichever worker reads it.
-            rng = random.Random(f"{self.seed}/{self.interval}/{where}")
-            try:
-                out = self.preprocess(sample, rng)
-            except SampleError as e:
-                skip(e.reason, where, e)
-                continue
-            except RecursionError as e:  # JSON nested past Python's recursion limit (json, or our walk of it)
-                skip("nested_too_deep", where, e)
-                continue
-            except (OSError, ValueError, KeyError, EOFError, UnicodeError) as e:
-                # Damage the decoders did not name (a codec's own error). A bug in our code
-                # (TypeError, AttributeError, ...) is not bad data: it propagates.
-                skip("error", where, e)
-                continue
-            counts["in_a_row"] = 0
-            for item in out if isinstance(out, list) else [out]:  # a document may give several pages
-                batch.append(item)
-                if len(batch) < self.batch_size:
+        def processed() -> Iterator[tuple[str, dict[str, Any]]]:
+            """(shard URL, item) of every usable sample; unusable ones skipped and counted."""
+            for sample in samples:
+                counts["read"] += 1
+                where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+                # Per-sample RNG: the same sample gets the same page/augmentation for a given
+                # seed and interval, whichever worker reads it.
+                rng = random.Random(f"{self.seed}/{self.interval}/{where}")
+                try:
+                    out = self.preprocess(sample, rng)
+                except SampleError as e:
+                    skip(e.reason, where, e)
                     continue
-                if not self.shards.single_pass:
-                    yield self._emit(batch, skips)
-                else:  # eval: held back one batch, so the last one carries the skips of the stream's end
-                    if held:
-                        yield self._emit(held, skips)
-                    held = batch
-                batch = []
+                except RecursionError as e:  # JSON nested past Python's recursion limit (json, or our walk of it)
+                    skip("nested_too_deep", where, e)
+                    continue
+                except (OSError, ValueError, KeyError, EOFError, UnicodeError) as e:
+                    # Damage the decoders did not name (a codec's own error). A bug in our code
+                    # (TypeError, AttributeError, ...) is not bad data: it propagates.
+                    skip("error", where, e)
+                    continue
+                counts["in_a_row"] = 0
+                for item in out if isinstance(out, list) else [out]:  # a document may give several pages
+                    yield sample.get("__url__", "?"), item
+
+        def last_item_before(url: str) -> dict[str, Any] | None:
+            """The last usable item of the shard before `url` in the source (cyclic), read again."""
+            urls = self.shards.urls
+            if url not in urls or len(urls) < 2:
+                return None
+            before = urls[urls.index(url) - 1]
+            last = None
+            for sample in tar_samples({"url": before}):
+                where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+                try:
+                    out = self.preprocess(sample, random.Random(f"{self.seed}/{self.interval}/{where}"))
+                except (SampleError, RecursionError, OSError, ValueError, KeyError, EOFError, UnicodeError):
+                    continue  # counted where that shard is read for itself
+                last = (out if isinstance(out, list) else [out])[-1] if out else last
+            return last
+
+        if self.shards.single_pass:
+            items = paired_in_shard(processed(), last_item_before)
+        else:
+            items = (item for _, item in processed())
+        for item in items:
+            batch.append(item)
+            if len(batch) < self.batch_size:
+                continue
+            if not self.shards.single_pass:
+                yield self._emit(batch, skips)
+            else:  # eval: held back one batch, so the last one carries the skips of the stream's end
+                if held:
+                    yield self._emit(held, skips)
+                held = batch
+            batch = []
         if self.shards.single_pass:  # eval keeps the last, partial batch
             for rest in (held, batch):
                 if rest:
                     yield self._emit(rest, skips)
 
     def _emit(self, batch: list[dict[str, Any]], skips: _SkipCounter) -> dict[str, Any]:
-        """Collate, with the skips counted since the previous batch."""
-        collated = self.collate(batch)
+        """Collate, with the skips counted since the previous batch (eval: and the batch again with
+        each sample's pixels replaced by its partner's, under ROLLED_KEY)."""
+        if PARTNER_KEY in batch[0]:
+            rolled = [{**item[PARTNER_KEY], **{k: v for k, v in item.items() if k in TEXT_KEYS}} for item in batch]
+            batch = [{k: v for k, v in item.items() if k != PARTNER_KEY} for item in batch]
+            collated = self.collate(batch)
+            collated[ROLLED_KEY] = self.collate(rolled)
+        else:
+            collated = self.collate(batch)
         collated[LAST_SKIPPED_KEY] = skips.last
         collated[SKIPPED_KEY] = skips.take()
         return collated
@@ -329,8 +415,12 @@ class Loader:
 
 
 def _check_local_shards(urls: list[str], flag: str) -> None:
-    """Every local shard (not 'pipe:' or a URL) must exist."""
-    missing = [u for u in urls if not u.startswith("pipe:") and "://" not in u and not os.path.isfile(u)]
+    """Every local shard (not 'pipe:', a URL or a render source) must exist; render sources parse."""
+    for url in urls:
+        if is_render_source(url):
+            parse_render_source(url)
+    missing = [u for u in urls if not u.startswith("pipe:") and "://" not in u and not is_render_source(u)
+               and not os.path.isfile(u)]
     if missing:
         raise ValueError(f"{flag}: {len(missing)} of {len(urls)} shard(s) do not exist, e.g. "
                          f"{missing[:3]}; check the path and brace pattern")

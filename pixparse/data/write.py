@@ -1,5 +1,6 @@
 """Write IDL-format WebDataset shards: synthetic documents and real folders (FUNSD)."""
 import io
+import json
 import os
 import random
 from collections.abc import Iterable, Iterator
@@ -104,3 +105,24 @@ def write_synth_shards(
     """Write `num_shards` shards of synthetic pages as <output_dir>/<prefix>-%06d.tar."""
     samples = synth_samples(num_shards * samples_per_shard, seed, page_size, font_size_range=font_size_range)
     return write_shards(samples, os.path.join(output_dir, f"{prefix}-%06d.tar"), samples_per_shard)
+
+
+def render_text_shards(
+    output_dir: str, source: str, num_samples: int, seed: int, samples_per_shard: int, prefix: str,
+) -> list[str]:
+    """`num_samples` samples of a render source (data.render, e.g. 'render:lines?random=1') as
+    IDL-format shards <output_dir>/<prefix>-%06d.tar: a held-out set, fixed by `seed`."""
+    from pixparse.data.render import TextRenderer, parse_render_source
+
+    renderer = TextRenderer(parse_render_source(source))
+
+    def samples() -> Iterator[dict[str, bytes]]:
+        for i in range(num_samples):
+            r = renderer(random.Random(f"heldout/{seed}/{prefix}/{i}"))
+            buf = io.BytesIO()
+            r.image.save(buf, format="PNG")
+            anno = {"pages": [{"lines": {"text": r.text.split("\n")}, "width": r.image.width,
+                               "height": r.image.height}], "random": r.is_random}
+            yield {"__key__": f"{prefix}{i:06d}", "json": json.dumps(anno).encode(), "png": buf.getvalue()}
+
+    return write_shards(samples(), os.path.join(output_dir, f"{prefix}-%06d.tar"), samples_per_shard)

@@ -7,6 +7,8 @@ A model that reads its page has a clearly positive gap; one whose decoder ignore
 """
 import logging
 import math
+import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY
+from pixparse.data.loader import LAST_SKIPPED_KEY, ROLLED_KEY, SKIPPED_KEY
 from pixparse.engine.dist import to_device
 
 logger = logging.getLogger(__name__)
@@ -92,20 +94,25 @@ def evaluate(
         if full and not synced:
             break
         meta = batch.get("meta", [])
-        b = to_device({k: v for k, v in batch.items() if k not in (SKIPPED_KEY, LAST_SKIPPED_KEY, "meta")}, device)
+        b = to_device({k: v for k, v in batch.items() if k not in (SKIPPED_KEY, LAST_SKIPPED_KEY, "meta", ROLLED_KEY)},
+                      device)
+        if ROLLED_KEY in batch:
+            b[ROLLED_KEY] = to_device(batch[ROLLED_KEY], device)
         own, rolled, num_tokens, texts = task.eval_batch(b, max_new, synced=synced)
         if not real or full:
             continue
         own_l, rolled_l, tok_l = own.tolist(), rolled.tolist(), num_tokens.tolist()
-        sums.loss_sum += sum(own_l)
-        sums.tokens += sum(tok_l)
-        if len(own_l) > 1:
-            sums.gap_own_sum += sum(own_l)
-            sums.gap_rolled_sum += sum(rolled_l)
-            sums.gap_tokens += sum(tok_l)
         for i, m in enumerate(meta):
             if max_samples is not None and len(records) >= max_samples:
                 break
+            sums.loss_sum += own_l[i]
+            sums.tokens += tok_l[i]
+            # paired by the loader (each sample with a fixed other one of its shard), else with the
+            # next sample of the batch, which a batch of one does not have
+            if m.get("paired", len(own_l) > 1):
+                sums.gap_own_sum += own_l[i]
+                sums.gap_rolled_sum += rolled_l[i]
+                sums.gap_tokens += tok_l[i]
             pred = task.postprocess(texts[i])
             records.append({
                 "key": m["key"], "shard": m["url"], "text": texts[i], "prediction": pred, "reference": m["reference"],
@@ -148,8 +155,8 @@ def summarize(task: Any, records: list[dict[str, Any]], sums: EvalSums, max_skip
     if records:
         metrics.update(task.score([r["prediction"] for r in records], [r["reference"] for r in records]))
     metrics["loss"] = sums.loss_sum / max(1, sums.tokens)
-    metrics["image_gap"] = ((sums.gap_rolled_sum - sums.gap_own_sum) / sums.gap_tokens
-                            if sums.gap_tokens else float("nan"))
+    if sums.gap_tokens:  # else no sample had a partner (every shard holds one sample): no gap, never NaN
+        metrics["image_gap"] = (sums.gap_rolled_sum - sums.gap_own_sum) / sums.gap_tokens
     return metrics
 
 
@@ -164,4 +171,41 @@ def evaluate_source(
                                      keep_images=keep_images))
     if cfg.num_samples:
         records = records[: cfg.num_samples]
-    return records, summarize(task, records, sums, cfg.max_skip_fraction)
+    metrics = summarize(task, records, sums, cfg.max_skip_fraction)
+    metrics.update(part_scores(task, records, cfg.source))
+    return records, metrics
+
+
+def part_name(part: str) -> str:
+    """'shards/sroie-{000000..000007}.tar' or 'shards/sroie-000003.tar' -> 'sroie'."""
+    base = os.path.basename(part.strip().removeprefix("pipe:"))
+    return re.sub(r"[-_]\d+$", "", re.split(r"[-_.]?\{|\.tar|\s", base)[0]) or "data"
+
+
+def source_part_names(source: str) -> list[tuple[str, list[str]]]:
+    """(name, shard URLs) of each '::'-separated part of an eval source, named after its first
+    shard ('shards/real_lines-{000000..000003}.tar' -> 'real_lines'; repeated names get -2, -3)."""
+    from pixparse.data.loader import expand_source_groups
+
+    parts, seen = [], {}
+    for part, urls in zip(source.split("::"), expand_source_groups(source)):
+        name = part_name(part)
+        seen[name] = seen.get(name, 0) + 1
+        parts.append((name if seen[name] == 1 else f"{name}-{seen[name]}", urls))
+    return parts
+
+
+def part_scores(task: Any, records: list[dict[str, Any]], source: str) -> dict[str, float]:
+    """With several '::'-separated eval sources, the task's metrics on each one as '<name>/<metric>'
+    (a held-out rendered set and real crops, scored apart in one evaluation)."""
+    parts = source_part_names(source)
+    if len(parts) < 2:
+        return {}
+    out: dict[str, float] = {}
+    for name, urls in parts:
+        mine = [r for r in records if r["shard"] in set(urls)]
+        if mine:
+            scores = task.score([r["prediction"] for r in mine], [r["reference"] for r in mine])
+            out.update({f"{name}/{k}": v for k, v in scores.items()})
+            out[f"{name}/num_samples"] = len(mine)
+    return out

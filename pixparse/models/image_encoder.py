@@ -3,7 +3,7 @@ import timm
 import torch
 from torch import nn
 
-from pixparse.models import zero_init
+from pixparse.models import conv_vit, zero_init  # noqa: F401 - conv_vit registers its timm model
 from pixparse.models.config import ImageEncoderConfig
 
 

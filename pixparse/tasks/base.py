@@ -405,7 +405,10 @@ class TaskBase(nn.Module):
 
     @torch.no_grad()
     def token_losses(self, batch: dict[str, torch.Tensor], roll: bool = False) -> torch.Tensor:
-        """Summed target-token loss per sample (B,); `roll`: with the next sample's page instead."""
+        """Summed target-token loss per sample (B,); `roll`: with another sample's page instead (the
+        batch's 'rolled' pixels where the eval loader paired samples, else the next sample's)."""
+        if roll and "rolled" in batch:
+            batch, roll = batch["rolled"], False
         logits = self.model(self.pixels(batch, roll), batch["input_ids"], batch["attention_mask"],
                             **self.text_inputs(batch))
         losses, _ = token_cross_entropy(logits, batch["labels"], reduction="none")

@@ -91,6 +91,11 @@ class TaskConfig:
     """Beam width of generation in evaluation (1: greedy)."""
     mask_share: float = 0.5
     """parse_pretrain: share of the page's boxed text lines masked in the image (Pix2Struct: 0.5)."""
+    ctc_weight: float = 0.0
+    """cruller_pretrain on cruller presets: weight of an auxiliary CTC loss on the image encoder's
+    tokens (a linear head, trained with the task and left out of exports). It shows the encoder
+    characters directly, so reading starts earlier; it assumes the tokens run left to right, as
+    pixparse_conv_vit's column tokens do (reader presets). 0: off."""
     span_noise_density: float = 0.15
     """span_pretrain: share of the page's words replaced by sentinel spans (T5: 0.15)."""
     span_mean_length: float = 3.0
@@ -116,6 +121,10 @@ class TaskConfig:
                 f"--task.num_warmup_intervals must be in [0, --task.num_intervals="
                 f"{self.num_intervals}], got {self.num_warmup_intervals}"
             )
+        if self.ctc_weight < 0:
+            raise ValueError(f"--task.ctc_weight must be >= 0, got {self.ctc_weight}")
+        if self.ctc_weight and self.name != "cruller_pretrain":
+            raise ValueError(f"--task.ctc_weight is an auxiliary loss of cruller_pretrain, not {self.name}")
         if self.init_from is not None and (self.tokenizer is not None or self.pretrained):
             raise ValueError(
                 "--task.init_from brings its own tokenizer and weights: drop --task.tokenizer and "

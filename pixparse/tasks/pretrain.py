@@ -14,10 +14,13 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from torch import nn
 
 from pixparse.data.decode import Page, SampleError, page_lines
-from pixparse.tasks.base import Example, TaskBase
+from pixparse.tasks.base import Example, TaskBase, token_cross_entropy
 
 PRETRAIN_PROMPT = "<s_pretrain>"
 BLOCK = ("<s_block>", "</s_block>")
@@ -42,8 +45,29 @@ class TaskCrullerPretrain(TaskBase):
     prompt = PRETRAIN_PROMPT
     needs_page_text = True
 
+    def __init__(self, cfg: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(cfg, *args, **kwargs)
+        self.ctc_head: nn.Linear | None = None
+        if cfg.ctc_weight:
+            if self.layout != "decoder":
+                raise ValueError(f"--task.ctc_weight needs a cruller preset (image tokens in a left-to-right "
+                                 f"row), not a {self.model_cfg.type} one")
+            # one class per token id plus the CTC blank (the last class)
+            self.ctc_head = nn.Linear(self.model.image_encoder.num_features, len(self.tokenizer) + 1)
+
     def example_builder(self) -> PageText:
         return PageText(self.prompt)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.ctc_head is None:
+            return super().forward(batch)
+        tokens = self.model.image_encoder(self.pixels(batch))  # (B, N_prefix + N_img, C_enc)
+        memory = self.model.enc_to_dec_proj(tokens)
+        logits = self.model.text_decoder(batch["input_ids"], batch["attention_mask"], memory)
+        loss, num_tokens = token_cross_entropy(logits, batch["labels"])
+        prefix = getattr(self.model.image_encoder.trunk, "num_prefix_tokens", 0)
+        ctc = ctc_loss(self.ctc_head(tokens[:, prefix:]), batch["labels"], self.tokenizer.eos_token_id)
+        return {"loss": loss + self.cfg.ctc_weight * ctc, "ctc_loss": ctc.detach(), "num_target_tokens": num_tokens}
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         return reading_scores(predictions, references)
@@ -52,8 +76,21 @@ class TaskCrullerPretrain(TaskBase):
         return reading_scores([prediction], [reference])
 
 
+def ctc_loss(logits: torch.Tensor, labels: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """CTC (Graves et al. 2006) of per-token class logits (B, N, V + 1; blank = V) against each
+    sample's target ids (its labels that are not ignored, eos left out); mean over samples of the
+    loss per target token. Targets longer than the tokens can hold give 0 (zero_infinity)."""
+    log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (N, B, V + 1)
+    keep = (labels != -100) & (labels != eos_id)
+    targets = labels[keep]
+    lengths = keep.sum(dim=1)
+    inputs = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
+    return F.ctc_loss(log_probs, targets, inputs, lengths, blank=logits.shape[-1] - 1, zero_infinity=True)
+
+
 def reading_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """CER and WER over the dataset (jiwer: total edits / total reference characters or words).
+    """CER and WER over the dataset (jiwer: total edits / total reference characters or words),
+    CER with case folded, and the share of samples read exactly.
     Normalization: none beyond what the targets already are (lines joined by newlines, which
     count as characters for CER and as word breaks for WER); empty references are left out."""
     import jiwer
@@ -62,7 +99,10 @@ def reading_scores(predictions: list[str], references: list[str]) -> dict[str, f
     if not pairs:
         return {}
     refs, preds = [r for r, _ in pairs], [p for _, p in pairs]
-    return {"cer": jiwer.cer(refs, preds), "wer": jiwer.wer(refs, preds)}
+    return {"cer": jiwer.cer(refs, preds), "wer": jiwer.wer(refs, preds),
+            # SROIE's transcripts are upper case whatever the receipt prints: CER with case folded
+            "cer_nocase": jiwer.cer([r.lower() for r in refs], [p.lower() for p in preds]),
+            "exact_match": sum(r == p for r, p in pairs) / len(pairs)}
 
 
 def boxed_lines(page: Page) -> list[tuple[str, list[float] | None]]:

@@ -1,0 +1,174 @@
+"""Reading pretraining: the rendered-text source, real line crops, the reader preset, the CTC
+head, held-out scoring by part and an image_gap that does not depend on batching."""
+import io
+import json
+import random
+
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from pixparse.data.config import DataEvalConfig, DataLoaderConfig
+from pixparse.data.loader import create_eval_loader, create_loader
+from pixparse.data.render import TextRenderer, parse_render_source, render_samples
+from pixparse.tasks.config import TaskConfig
+from pixparse.tasks.registry import create_task
+
+
+def test_render_sources_parse_and_refuse_typos():
+    spec = parse_render_source("render:lines?height=40&width=320&random=1")
+    assert (spec.kind, spec.height, spec.width, spec.random_share) == ("lines", 40, 320, 1.0)
+    for bad, message in (("render:line", "kind must be one of"), ("render:lines?hieght=3", "unknown setting"),
+                         ("render:lines?n=x", "not a number"), ("render:lines?height=2", ">= 8")):
+        with pytest.raises(ValueError, match=message):
+            parse_render_source(bad)
+    with pytest.raises(ValueError, match="resampled true"):
+        DataLoaderConfig(source="render:lines", num_samples=8)
+
+
+@pytest.mark.parametrize("kind", ["lines", "blocks", "pages"])
+def test_rendering_is_fixed_by_seed_and_new_each_sample(kind):
+    renderer = TextRenderer(parse_render_source(f"render:{kind}"))
+    a, b = renderer(random.Random("x/1")), renderer(random.Random("x/1"))
+    assert a.text == b.text and a.image.tobytes() == b.image.tobytes()
+    texts = {renderer(random.Random(f"x/{i}")).text for i in range(20)}
+    assert len(texts) == 20
+    spec = renderer.spec
+    assert a.image.size == (spec.width, spec.height) and a.image.mode == "L"
+    lines = a.text.split("\n")
+    assert (len(lines) == 1) if kind == "lines" else (3 <= len(lines) <= 5 if kind == "blocks" else len(lines) > 5)
+    # the text is drawn: the image is not blank
+    assert min(a.image.getdata()) < max(a.image.getdata()) - 60
+
+
+def test_random_lines_are_random_characters():
+    samples = list(render_samples("render:lines?random=1&n=50", "0/0/0/0", 0))
+    assert all(s["__random__"] for s in samples)
+    words = list(render_samples("render:lines?random=0&n=50", "0/0/0/0", 0))
+    assert not any(s["__random__"] for s in words)
+    assert len({s["__key__"] for s in samples}) == 50
+
+
+def _reader():
+    return create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny"))
+
+
+def test_the_loader_streams_rendered_lines_deterministically_per_rank_and_worker():
+    task = _reader()
+    cfg = DataLoaderConfig(source="render:lines?n=8", num_samples=64, batch_size=4, num_workers=0,
+                           resampled=True, shuffle_buffer=0)
+
+    def texts(rank, interval=0):
+        loader = create_loader(cfg, task.preprocess(cfg), task.collate(cfg), 3, rank, 2, 7)
+        loader.set_interval(interval)
+        return [task.tokenizer.decode(ids[ids != task.tokenizer.pad_token_id]) for b in loader for ids in b["input_ids"]]
+
+    first = texts(0)
+    assert len(first) == 12 and first == texts(0)
+    assert not set(first) & set(texts(1)) and not set(first) & set(texts(0, interval=1))
+    batch = next(iter(create_loader(cfg, task.preprocess(cfg), task.collate(cfg), 1, 0, 1, 7)))
+    assert batch["image"].shape == (4, 1, 32, 256)
+
+
+def test_render_mixes_with_real_shards_by_weight(synth_shards):
+    task = _reader()
+    cfg = DataLoaderConfig(source=f"render:lines?n=4::{synth_shards}", source_weights=[1.0, 0.0], num_samples=64,
+                           batch_size=4, num_workers=0, resampled=True, shuffle_buffer=0)
+    loader = create_loader(cfg, task.preprocess(cfg), task.collate(cfg), 4, 0, 1, 0)
+    loader.set_interval(0)
+    assert sum(b["image"].shape[0] for b in loader) == 16  # all from the render source (weight 0 on shards)
+
+
+def test_ctc_head_trains_with_the_reader_and_is_refused_elsewhere():
+    task = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny", ctc_weight=1.0))
+    cfg = DataLoaderConfig(source="render:lines?n=8", num_samples=8, batch_size=8, num_workers=0, resampled=True,
+                           shuffle_buffer=0)
+    loader = create_loader(cfg, task.preprocess(cfg), task.collate(cfg), 1, 0, 1, 0)
+    loader.set_interval(0)
+    batch = {k: v for k, v in next(iter(loader)).items() if torch.is_tensor(v)}
+    out = task(batch)
+    assert out["ctc_loss"] > 0 and out["loss"] > out["ctc_loss"]
+    out["loss"].backward()
+    assert task.ctc_head.weight.grad.abs().sum() > 0
+    assert task.model.image_encoder.trunk.patch_embed.backbone[0].conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs a cruller preset"):
+        create_task(TaskConfig(name="cruller_pretrain", model_name="pix2struct_tiny", ctc_weight=1.0))
+    with pytest.raises(ValueError, match="auxiliary loss of cruller_pretrain"):
+        TaskConfig(name="cruller_finetune_sroie", model_name="cruller_tiny", ctc_weight=1.0)
+
+
+def _held_out(tmp_path, name, per_shard, num_shards, random_share):
+    from pixparse.app.synth import synth
+
+    return synth(str(tmp_path), num_shards=num_shards, samples_per_shard=per_shard, seed=3, prefix=name,
+                 render=f"render:lines?random={random_share}")
+
+
+@pytest.mark.parametrize("family", ["cruller_reader_tiny", "pix2struct_tiny"])
+def test_image_gap_does_not_depend_on_batching_workers_or_ranks(tmp_path, family):
+    """Each sample is paired with a fixed other sample of its shard (a one-sample shard: the last
+    sample of the shard before it), whatever the batch size, worker or rank count."""
+    from pixparse.engine.evaluate import evaluate, gather, summarize
+
+    _held_out(tmp_path, "gap", 3, 2, 0.5)
+    _held_out(tmp_path, "single", 1, 2, 0.5)
+    source = f"{tmp_path}/gap-{{000000..000001}}.tar::{tmp_path}/single-{{000000..000001}}.tar"
+    task = create_task(TaskConfig(name="cruller_pretrain", model_name=family, max_new_tokens=1)).eval()
+    gaps = []
+    for batch_size, workers, world_size in ((1, 0, 1), (4, 2, 1), (3, 1, 2)):
+        cfg = DataEvalConfig(source=source, batch_size=batch_size, num_workers=workers)
+        parts = [evaluate(task, create_eval_loader(cfg, task.preprocess(cfg, with_meta=True), task.collate(cfg),
+                                                   rank, world_size), torch.device("cpu"))
+                 for rank in range(world_size)]
+        records = [r for recs, _ in parts for r in recs]
+        sums = parts[0][1]
+        for _, other in parts[1:]:
+            sums.add(other)
+        records, _ = gather(records, sums)
+        metrics = summarize(task, records, sums, 0.1)
+        assert metrics["num_samples"] == 8
+        gaps.append((metrics["image_gap"], [r["image_gap"] for r in records]))
+    # the same pairs: equal up to float noise of other batch shapes (packed rows for pix2struct)
+    assert gaps[0][1] == pytest.approx(gaps[1][1], abs=1e-4) and gaps[0][1] == pytest.approx(gaps[2][1], abs=1e-4)
+    assert gaps[0][0] == pytest.approx(gaps[1][0], abs=1e-6) and gaps[0][0] == pytest.approx(gaps[2][0], abs=1e-6)
+
+
+def test_a_single_sample_source_has_no_image_gap_and_never_nan(tmp_path):
+    from pixparse.engine.evaluate import evaluate, summarize
+
+    _held_out(tmp_path, "one", 1, 1, 0.5)
+    task = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny", max_new_tokens=1)).eval()
+    cfg = DataEvalConfig(source=f"{tmp_path}/one-000000.tar", batch_size=8, num_workers=0)
+    metrics = summarize(task, *evaluate(task, create_eval_loader(cfg, task.preprocess(cfg, with_meta=True),
+                                                                   task.collate(cfg), 0, 1), torch.device("cpu")), 0.1)
+    assert metrics["num_samples"] == 1 and "image_gap" not in metrics
+    json.dumps(metrics, allow_nan=False)
+
+
+def test_eval_scores_each_source_part_apart(tmp_path):
+    from pixparse.engine.evaluate import evaluate_source
+
+    _held_out(tmp_path, "heldout_words", 2, 1, 0.0)
+    _held_out(tmp_path, "heldout_random", 3, 1, 1.0)
+    task = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny", max_new_tokens=2)).eval()
+    cfg = DataEvalConfig(source=f"{tmp_path}/heldout_words-000000.tar::{tmp_path}/heldout_random-000000.tar",
+                         batch_size=8, num_workers=0)
+    loader = create_eval_loader(cfg, task.preprocess(cfg, with_meta=True), task.collate(cfg), 0, 1)
+    _, metrics = evaluate_source(task, loader, torch.device("cpu"), cfg, 1)
+    assert metrics["heldout_words/num_samples"] == 2 and metrics["heldout_random/num_samples"] == 3
+    assert {"heldout_words/cer", "heldout_random/cer", "cer", "cer_nocase", "exact_match"} <= set(metrics)
+
+
+def test_line_crops_of_real_receipts(shared_data, tmp_path):
+    from pixparse.app.write import write
+
+    paths = write("sroie", f"{shared_data}/sroie", str(tmp_path), prefix="lines", skip_samples=98, max_samples=2,
+                  crop_lines=True, samples_per_shard=1000)
+    samples = list(wds.WebDataset(paths, shardshuffle=False))
+    assert len(samples) > 20 and len({s["__key__"].split("_l")[0] for s in samples}) == 2  # two receipts' lines
+    for s in samples[:5]:
+        lines = json.loads(s["json"])["pages"][0]["lines"]["text"]
+        image = Image.open(io.BytesIO(s["png"]))
+        assert len(lines) == 1 and lines[0].strip() and image.mode == "L"
+        assert image.width > image.height  # a line, not a page
