@@ -172,3 +172,22 @@ def test_line_crops_of_real_receipts(shared_data, tmp_path):
         image = Image.open(io.BytesIO(s["png"]))
         assert len(lines) == 1 and lines[0].strip() and image.mode == "L"
         assert image.width > image.height  # a line, not a page
+
+
+def test_a_line_reader_goes_on_to_blocks_at_another_image_size(tmp_path):
+    """--task.init_from with --task.image_size: the reader's weights, its position embeddings
+    resampled to the new grid (the lines' grid read back exactly where the sizes agree)."""
+    from pixparse.models.export import save_exported
+
+    reader = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny"))
+    save_exported(reader.model, reader.model_cfg, reader.tokenizer, str(tmp_path / "reader"), reader.export_info())
+    blocks = create_task(TaskConfig(name="cruller_pretrain", init_from=str(tmp_path / "reader"), image_size=(96, 256)))
+    assert blocks.model_cfg.image_encoder.image_size == (96, 256)
+    trunk, old = blocks.model.image_encoder.trunk, reader.model.image_encoder.trunk
+    assert trunk.pos_embed.shape[1] == 1 + 3 * 64 and old.pos_embed.shape[1] == 1 + 64
+    assert torch.equal(trunk.patch_embed.backbone[0].conv.weight, old.patch_embed.backbone[0].conv.weight)
+    image = torch.zeros(2, 1, 96, 256, dtype=torch.uint8)
+    ids = torch.full((2, 4), blocks.tokenizer.eos_token_id)
+    assert blocks.model(blocks.normalize(image), ids, torch.ones_like(ids)).shape[:2] == (2, 4)
+    with pytest.raises(ValueError, match="does not apply to pix2struct"):
+        create_task(TaskConfig(name="cruller_pretrain", model_name="pix2struct_tiny", image_size=(96, 256)))

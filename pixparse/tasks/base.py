@@ -6,6 +6,7 @@ A task turns each decoded page into Examples (prompt, target, reference): the de
 the prompt and learns the target; eval generates from the prompt and scores the parsed output
 against the reference.
 """
+import dataclasses
 import functools
 import json
 import logging
@@ -67,6 +68,37 @@ class Example:
 # 'pixels' (the header drawn on the page, the task token in the decoder), 'encoder' (a text
 # encoder reads the header after the image tokens, the task token starts the decoder).
 PROMPT_LAYOUT = {"cruller": "decoder", "pix2struct": "pixels", "pali": "encoder"}
+
+
+def with_image_size(model_cfg: ModelConfig, image_size: tuple[int, int] | None) -> ModelConfig:
+    """The preset with --task.image_size as its encoder input size (as it is when unset)."""
+    if image_size is None:
+        return model_cfg
+    if model_cfg.image_encoder.max_patches:
+        raise ValueError("--task.image_size does not apply to pix2struct presets (they take any size up to "
+                         "max_patches)")
+    encoder = dataclasses.replace(model_cfg.image_encoder, image_size=tuple(image_size))
+    return dataclasses.replace(model_cfg, image_encoder=encoder)
+
+
+def resample_pos_embed(weights: dict[str, torch.Tensor], model: nn.Module, source_size: tuple[int, int] | None,
+                       image_size: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+    """`weights` of a model built at `source_size`, with the image encoder's position embedding
+    resampled (bicubic, prefix tokens kept) to `model`'s grid when --task.image_size changed it."""
+    key = "image_encoder.trunk.pos_embed"
+    if image_size is None or source_size is None or key not in weights:
+        return weights
+    from timm.layers import resample_abs_pos_embed
+
+    trunk = model.image_encoder.trunk
+    grid = tuple(trunk.patch_embed.grid_size)
+    old = tuple(round(g * s / n) for g, s, n in zip(grid, source_size, image_size))
+    weights = dict(weights)
+    weights[key] = resample_abs_pos_embed(weights[key], new_size=list(grid), old_size=list(old),
+                                          num_prefix_tokens=0 if trunk.no_embed_class else trunk.num_prefix_tokens)
+    logger.info("image size %s -> %s: position embeddings resampled from a %s to a %s grid", source_size,
+                image_size, old, grid)
+    return weights
 
 
 class _Preprocess:
@@ -152,13 +184,15 @@ class TaskBase(nn.Module):
         if cfg.init_from:
             self.model_cfg, self.tokenizer, info, weights = read_source(cfg.init_from)
             self.check_model(self.model_cfg, cfg.init_from)
+            source_size = self.model_cfg.image_encoder.image_size
+            self.model_cfg = with_image_size(self.model_cfg, cfg.image_size)
             self.restore_info(info)
             self.preset_name = info.get("model_name")
             self.model: Cruller = create_model(
                 self.model_cfg, info["vocab_size"], info["pad_token_id"], info["eos_token_id"],
                 num_classes=self.num_classes(),
             )
-            self.load_init_weights(weights(), info)
+            self.load_init_weights(resample_pos_embed(weights(), self.model, source_size, cfg.image_size), info)
             logger.info("initialized from %s (%s)", cfg.init_from, info.get("task"))
             if add_task_tokens(self.tokenizer, self.task_tokens()):
                 # HF resizing initializes the new rows around the mean of the old embeddings.
@@ -167,7 +201,7 @@ class TaskBase(nn.Module):
             info = {}
             # a preset file is named by its stem: my/cruller_large_6layers.json -> cruller_large_6layers
             self.preset_name = os.path.splitext(os.path.basename(cfg.model_name))[0]
-            self.model_cfg = model_cfg or get_model_config(cfg.model_name)
+            self.model_cfg = with_image_size(model_cfg or get_model_config(cfg.model_name), cfg.image_size)
             self.check_model(self.model_cfg, cfg.model_name)
             self.tokenizer = create_tokenizer(cfg.tokenizer or self.model_cfg.text_decoder.tokenizer)
             add_task_tokens(self.tokenizer, self.task_tokens())

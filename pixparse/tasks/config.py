@@ -75,6 +75,10 @@ class TaskConfig:
     Unset: the preset's default tokenizer."""
     max_length: int | None = None
     """Longest target in tokens, task token included. Unset: the preset's decoder max length."""
+    image_size: tuple[int, int] | None = None
+    """The image encoder's input (height, width) instead of the preset's or --task.init_from's (ViT
+    and pixparse_conv_vit trunks): with --task.init_from, position embeddings are resampled to the
+    new grid, so a line reader (32x256) goes on to blocks and pages. Unset: as the preset."""
     encoder_grad_checkpointing: bool = False
     """Recompute image-encoder blocks in backward instead of storing their activations."""
     decoder_grad_checkpointing: bool = False
