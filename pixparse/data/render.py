@@ -22,10 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from pixparse.data.synth import _vocab_line, render_page
+from pixparse.data.synth import _vocab_line, gaussian_noise, render_page
 
 PREFIX = "render:"
 KINDS = ("lines", "blocks", "pages")
@@ -149,9 +148,7 @@ class TextRenderer:
         if rng.random() < 0.5:
             image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 1.0)))
         if rng.random() < 0.5:
-            arr = np.asarray(image, dtype=np.float32)
-            noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, rng.uniform(2, 14), arr.shape)
-            image = Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
+            image = gaussian_noise(image, rng, (2, 14))
         return Rendered(image, "\n".join(lines), all_random)
 
 

@@ -117,10 +117,15 @@ def render_page(
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9)))
     if rng.random() < 0.5:
-        arr = np.asarray(image, dtype=np.float32)
-        noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, rng.uniform(3, 12), arr.shape)
-        image = Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
+        image = gaussian_noise(image, rng, (3, 12))
     return SynthPage(image=image, lines=lines, boxes=boxes)
+
+
+def gaussian_noise(image: Image.Image, rng: random.Random, sigma: tuple[float, float]) -> Image.Image:
+    """`image` (gray) plus Gaussian pixel noise of a standard deviation drawn from `sigma`."""
+    arr = np.asarray(image, dtype=np.float32)
+    noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, rng.uniform(*sigma), arr.shape)
+    return Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
 
 
 def synth_document(
