@@ -8,6 +8,8 @@
 #   bash benchmarks/learning_check.sh ../shared/data/sroie runs/learning_check [cruller_tiny]
 # Extra training flags may follow the preset (e.g. --task.num_intervals 4). DECODE=fast|exact
 # sets the image decode of both training and evaluation (default: the loader's default).
+# INIT_FROM=<checkpoint or export> fine-tunes a pretrained reader instead of PRESET from scratch
+# (IMAGE_SIZE="[H, W]" gives it another input size); SKIP=N takes receipts N..N+7 (disjoint sets).
 set -euo pipefail
 SROIE=$(cd "${1:?usage: learning_check.sh SROIE_FOLDER OUT_DIR [PRESET] [train flags...]}" && pwd)
 mkdir -p "${2:?usage: learning_check.sh SROIE_FOLDER OUT_DIR [PRESET] [train flags...]}"
@@ -19,20 +21,27 @@ export PATH="$PWD/.venv/bin:$PATH"
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
 rm -rf "$OUT/shards" "$OUT/runs" "$OUT/eval"
-python -m pixparse.app.write sroie "$SROIE" "$OUT/shards" --samples_per_shard 1 --max_samples 8 --verify true
+python -m pixparse.app.write sroie "$SROIE" "$OUT/shards" --samples_per_shard 1 --max_samples 8 \
+  --skip_samples "${SKIP:-0}" --verify true
 SHARDS="$OUT/shards/sroie-{000000..000007}.tar"
 PORT=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 START=$(date +%s)
 # The family's schedule: the T5 text side of pali learns slower and spikes at 2e-3; at 1e-3 it
 # memorizes by ~1500 steps and reads by 2400 (measured on these 8 receipts).
-FAMILY=$(python -c "from pixparse.models import get_model_config as g; print(g('$PRESET').type)")
+if [ -n "${INIT_FROM:-}" ]; then
+  MODEL=(--task.init_from "$INIT_FROM" ${IMAGE_SIZE:+--task.image_size "$IMAGE_SIZE"})
+  FAMILY=$(python -c "from pixparse.models.export import read_source; print(read_source('$INIT_FROM')[0].type)")
+else
+  MODEL=(--task.model_name "$PRESET")
+  FAMILY=$(python -c "from pixparse.models import get_model_config as g; print(g('$PRESET').type)")
+fi
 if [ "$FAMILY" = pali ]; then SAMPLES=9600 LR=1e-3; else SAMPLES=4800 LR=2e-3; fi
 # Constant LR, no decay: the decoder memorizes the 8 texts within ~300 steps and only then starts
 # to read the page to tell them apart (image_gap 0 until ~500 steps, then rising); a decaying
 # schedule over a short run ends inside that plateau.
 deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --deepspeed_config ds_configs/zero2_fp32.json \
-  --task.name cruller_finetune_sroie --task.model_name "$PRESET" --task.max_length 256 \
+  --task.name cruller_finetune_sroie "${MODEL[@]}" --task.max_length 256 \
   --data.train.source "$SHARDS" --data.train.batch_size 4 --data.train.num_workers 1 \
   --data.train.num_samples "$SAMPLES" --task.num_intervals 2 --data.train.shuffle_buffer 0 \
   --task.opt.learning_rate "$LR" --task.opt.schedule constant --task.num_warmup_intervals 0 \

@@ -32,7 +32,15 @@ write() {  # FORMAT INPUT NAME -> shards under $OUT/NAME/shards
 
 # The family's schedule (as in learning_check.sh): pali's T5 text side spikes at 2e-3; at 1e-3 it
 # needs twice the steps.
-FAMILY=$(python -c "from pixparse.models import get_model_config as g; print(g('$PRESET').type)")
+# INIT_FROM=<checkpoint or export>: fine-tune a pretrained reader instead of PRESET from scratch
+# (IMAGE_SIZE="[H, W]" gives it another input size).
+if [ -n "${INIT_FROM:-}" ]; then
+  MODEL=(--task.init_from "$INIT_FROM" ${IMAGE_SIZE:+--task.image_size "$IMAGE_SIZE"})
+  FAMILY=$(python -c "from pixparse.models.export import read_source; print(read_source('$INIT_FROM')[0].type)")
+else
+  MODEL=(--task.model_name "$PRESET")
+  FAMILY=$(python -c "from pixparse.models import get_model_config as g; print(g('$PRESET').type)")
+fi
 
 check() {  # NAME TASK NUM_SAMPLES LR [train flags...]: fine-tune, evaluate -> $OUT/NAME/metrics.json
   local name=$1 task=$2 samples=$3 lr=$4
@@ -47,7 +55,7 @@ check() {  # NAME TASK NUM_SAMPLES LR [train flags...]: fine-tune, evaluate -> $
   # Constant LR, no warmup, no shuffle buffer: few documents, seen in order (see learning_check.sh).
   deepspeed --num_gpus 2 --master_port "$port" launch/train.py \
     --deepspeed_config "ds_configs/zero${ZERO}_fp32.json" \
-    --task.name "$task" --task.model_name "$PRESET" \
+    --task.name "$task" "${MODEL[@]}" \
     --data.train.source "$shards" --data.train.batch_size 4 --data.train.num_workers 1 \
     --data.train.num_samples "$samples" --task.num_intervals 1 --data.train.shuffle_buffer 0 \
     --task.opt.learning_rate "$lr" --task.opt.schedule constant --task.num_warmup_intervals 0 \

@@ -3,7 +3,7 @@
 # freshly rendered text lines (render:lines, a new text every sample) mixed with real receipt lines,
 # evaluate at every interval end on what it never trained on, plot CER against samples.
 #
-#   bash benchmarks/reading_check.sh OUT_DIR [PRESET]
+#   bash benchmarks/reading_check.sh OUT_DIR [PRESET] [training flags...]
 #
 # Held out: 200 rendered lines of their own seed (heldout_words: words, numbers, dates, amounts;
 # heldout_random: random characters, which no language model can guess) and the lines of SROIE
@@ -11,18 +11,22 @@
 # printed is one JSON object: heldout_cer, heldout_cer_random, real_lines_cer (case folded: SROIE's
 # transcripts are upper case whatever the receipt prints), image_gap, samples, train_s, preset and
 # checkpoint (a tag the eval app reads with --task.name cruller_pretrain).
-# Env: SAMPLES (default 102400), CTC (auxiliary CTC weight; default 1 on cruller presets, else 0),
-# REAL_SHARE (share of real lines in training, 0.2), DATA (the shared data, ../shared/data).
+# Env: SAMPLES (default 102400), INTERVALS (evaluations, 10), CTC (auxiliary CTC weight; default 1 on
+# cruller presets, else 0), REAL_SHARE (share of real lines in training, 0.1), LR (1e-3), SCHEDULE
+# (cosine: warmup, then decay to 0 by the last sample; constant), DATA (the shared data, ../shared/data).
 set -euo pipefail
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)
 PRESET=${2:-cruller_reader_tiny}
+shift $(( $# < 2 ? $# : 2 ))  # the rest: extra training flags
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
 DATA=${DATA:-${PIXPARSE_TEST_DATA:-../shared/data}}
 SAMPLES=${SAMPLES:-102400}
-REAL_SHARE=${REAL_SHARE:-0.2}
+REAL_SHARE=${REAL_SHARE:-0.1}
+LR=${LR:-1e-3}
+SCHEDULE=${SCHEDULE:-cosine}
 INTERVALS=${INTERVALS:-10}
 FAMILY=$(python -c "from pixparse.models.registry import get_model_config as g; print(g('$PRESET').type)")
 CTC=${CTC:-$([ "$FAMILY" = cruller ] && echo 1.0 || echo 0.0)}
@@ -47,7 +51,7 @@ HELDOUT="$HELDOUT::$OUT/data/real_lines-{000000..$(printf %06d $((NUM_REAL - 1))
 rm -rf "$OUT/runs" "$OUT/eval"
 PORT=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 START=$(date +%s)
-# Constant LR after a short warmup (the prototype's schedule); the held-out sets are read at every
+# A short warmup, then the LR schedule over the whole run; the held-out sets are read at every
 # interval end.
 deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --deepspeed_config ds_configs/zero2_fp32.json \
@@ -57,7 +61,7 @@ deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --data.train.batch_size 16 --data.train.num_workers 1 --data.train.shuffle_buffer 64 \
   --data.train.num_samples $((SAMPLES / INTERVALS)) --task.num_intervals "$INTERVALS" \
   --data.eval.source "$HELDOUT" --data.eval.batch_size 100 --data.eval.num_workers 0 \
-  --task.opt.learning_rate 1e-3 --task.opt.schedule constant --task.num_warmup_intervals 0.3 \
+  --task.opt.learning_rate "$LR" --task.opt.schedule "$SCHEDULE" --task.num_warmup_intervals 0.3 \
   --train.output_dir "$OUT/runs" --train.experiment reader --train.keep_last_k 1 \
   --train.log_every_n_steps 200 "$@"
 TRAIN_S=$(( $(date +%s) - START ))

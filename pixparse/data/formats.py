@@ -40,6 +40,11 @@ def _read(path: str, root: str) -> bytes:
         return f.read()
 
 
+def _text(path: str, root: str) -> str:
+    """A text file inside `root` (see _read), undecodable bytes replaced."""
+    return _read(path, root).decode("utf-8", errors="replace")
+
+
 def _read_image(path: str, root: str) -> tuple[bytes, tuple[int, int]]:
     """An image file's bytes and (width, height), decoded in full first: only images are packed."""
     data = _read(path, root)
@@ -107,8 +112,7 @@ def read_funsd(root: str) -> Iterator[Sample]:
     _require(ann_dir, "funsd")
     for name in sorted(os.listdir(ann_dir)):
         stem = os.path.splitext(name)[0]
-        with open(os.path.join(ann_dir, name)) as f:
-            form = json.load(f)["form"]
+        form = json.loads(_read(os.path.join(ann_dir, name), root))["form"]
         entities = [{"id": e["id"], "text": e["text"], "label": e["label"], "box": e["box"]}
                     for e in form]
         links = sorted({tuple(link) for e in form for link in e.get("linking", [])})
@@ -122,13 +126,11 @@ def read_sroie(root: str) -> Iterator[Sample]:
     for name in sorted(os.listdir(os.path.join(root, "box"))):
         stem = os.path.splitext(name)[0]
         lines = []
-        with open(os.path.join(root, "box", name), encoding="utf-8", errors="replace") as f:
-            for row in f:
-                parts = row.rstrip("\r\n").split(",", 8)  # the transcript may hold commas
-                if len(parts) == 9:
-                    lines.append((parts[8], _quad_to_box([float(v) for v in parts[:8]])))
-        with open(os.path.join(root, "key", stem + ".json")) as f:
-            fields = json.load(f)
+        for row in _text(os.path.join(root, "box", name), root).splitlines():
+            parts = row.split(",", 8)  # the transcript may hold commas
+            if len(parts) == 9:
+                lines.append((parts[8], _quad_to_box([float(v) for v in parts[:8]])))
+        fields = json.loads(_read(os.path.join(root, "key", stem + ".json"), root))
         yield _sample(root, stem, os.path.join(root, "img", stem + ".jpg"), lines, fields=fields)
 
 
@@ -138,8 +140,7 @@ def read_cord(root: str) -> Iterator[Sample]:
     _require(os.path.join(root, "json"), "cord")
     for name in sorted(os.listdir(os.path.join(root, "json"))):
         stem = os.path.splitext(name)[0]
-        with open(os.path.join(root, "json", name)) as f:
-            raw = json.load(f)
+        raw = json.loads(_read(os.path.join(root, "json", name), root))
         gt = raw.get("ground_truth", raw)
         gt = json.loads(gt) if isinstance(gt, str) else gt
         lines = []
@@ -163,8 +164,7 @@ def read_docvqa(root: str, split_file: str = "") -> Iterator[Sample]:
     "answers"}]}) with image paths relative to root. One sample per page, all its questions."""
     path = split_file or next((os.path.join(root, f) for f in sorted(os.listdir(root)) if f.endswith(".json")), "")
     _require(path, "docvqa annotation json")
-    with open(path) as f:
-        records = json.load(f)["data"]
+    records = json.loads(_read(path, root))["data"]
     by_image: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_image.setdefault(r["image"], []).append(
@@ -181,14 +181,13 @@ def read_rvl_cdip(root: str) -> Iterator[Sample]:
     if not splits:
         raise ValueError(f"rvl_cdip: no train.txt/val.txt/test.txt in {root}")
     for split in splits:
-        with open(os.path.join(root, f"{split}.txt")) as f:
-            for row in f:
-                if not row.strip():
-                    continue
-                rel, label = row.rsplit(maxsplit=1)
-                stem = os.path.splitext(os.path.basename(rel))[0]
-                yield _sample(root, stem, os.path.join(root, "images", rel), [],
-                              label=RVL_CDIP_LABELS[int(label)], split=split)
+        for row in _text(os.path.join(root, f"{split}.txt"), root).splitlines():
+            if not row.strip():
+                continue
+            rel, label = row.rsplit(maxsplit=1)
+            stem = os.path.splitext(os.path.basename(rel))[0]
+            yield _sample(root, stem, os.path.join(root, "images", rel), [],
+                          label=RVL_CDIP_LABELS[int(label)], split=split)
 
 
 def read_docbank(root: str) -> Iterator[Sample]:
@@ -204,20 +203,20 @@ def read_docbank(root: str) -> Iterator[Sample]:
             continue
         width, height = _read_image(image, root)[1]
         words, lines, current = [], [], []
-        with open(os.path.join(root, name), encoding="utf-8", errors="replace") as f:
-            for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-                if len(row) < 10 or not row[0].strip():
-                    continue
-                box = [float(v) * s / 1000 for v, s in zip(row[1:5], (width, height, width, height))]
-                words.append((row[0], box, row[9]))
-                prev = current[-1][1] if current else None
-                line_height = box[3] - box[1] + 1
-                # A new line when the baseline moves or the gap to the previous token is a column gap
-                if prev and (abs(prev[3] - box[3]) > 0.5 * line_height or box[0] - prev[2] > 2 * line_height
-                             or box[0] < prev[0]):
-                    lines.append(current)
-                    current = []
-                current.append((row[0], box))
+        text = _text(os.path.join(root, name), root).splitlines()
+        for row in csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if len(row) < 10 or not row[0].strip():
+                continue
+            box = [float(v) * s / 1000 for v, s in zip(row[1:5], (width, height, width, height))]
+            words.append((row[0], box, row[9]))
+            prev = current[-1][1] if current else None
+            line_height = box[3] - box[1] + 1
+            # A new line when the baseline moves or the gap to the previous token is a column gap
+            if prev and (abs(prev[3] - box[3]) > 0.5 * line_height or box[0] - prev[2] > 2 * line_height
+                         or box[0] < prev[0]):
+                lines.append(current)
+                current = []
+            current.append((row[0], box))
         if current:
             lines.append(current)
         line_items = [(" ".join(t for t, _ in ln), [min(b[0] for _, b in ln), min(b[1] for _, b in ln),
