@@ -7,6 +7,7 @@ A source is `render:<kind>[?key=value&...]`:
     height   canvas height in pixels (lines 32, blocks 96, pages 384)
     width    canvas width in pixels (lines 256, blocks 256, pages 288)
     random   share of lines made of random characters, which no language model can guess (0.5)
+    chars    most characters in a line (lines 16, blocks 24; fewer where the width runs out)
     n        samples per draw of the source (256): the unit the loader mixes with real shards
 
 Each sample is seeded by (seed, interval, rank, worker, draw, index), so a resumed run renders
@@ -29,6 +30,7 @@ from pixparse.data.synth import _vocab_line, gaussian_noise, render_page
 PREFIX = "render:"
 KINDS = ("lines", "blocks", "pages")
 _DEFAULT_SIZE = {"lines": (32, 256), "blocks": (96, 256), "pages": (384, 288)}
+_DEFAULT_CHARS = {"lines": 16, "blocks": 24, "pages": 0}
 # What random lines draw from: the characters of receipts and forms (no lowercase/uppercase bias).
 RANDOM_CHARS = string.ascii_letters + string.digits + ".,:;-/$%()#&'+*@"
 
@@ -40,6 +42,7 @@ class RenderSpec:
     width: int
     random_share: float = 0.5
     samples_per_draw: int = 256
+    max_chars: int = 16
 
 
 def is_render_source(url: str) -> bool:
@@ -52,7 +55,7 @@ def parse_render_source(url: str) -> RenderSpec:
     if kind not in KINDS:
         raise ValueError(f"{url!r}: the kind must be one of {', '.join(KINDS)} (render:lines, ...)")
     height, width = _DEFAULT_SIZE[kind]
-    args = {"height": height, "width": width, "random": 0.5, "n": 256}
+    args = {"height": height, "width": width, "random": 0.5, "n": 256, "chars": _DEFAULT_CHARS[kind]}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
         if key not in args:
             raise ValueError(f"{url!r}: unknown setting {key!r}; known: {', '.join(args)}")
@@ -60,9 +63,10 @@ def parse_render_source(url: str) -> RenderSpec:
             args[key] = float(value) if key == "random" else int(value)
         except ValueError:
             raise ValueError(f"{url!r}: {key}={value!r} is not a number") from None
-    if args["height"] < 8 or args["width"] < 8 or args["n"] < 1 or not 0 <= args["random"] <= 1:
-        raise ValueError(f"{url!r}: height and width must be >= 8, n >= 1 and random in [0, 1]")
-    return RenderSpec(kind, args["height"], args["width"], args["random"], args["n"])
+    if args["height"] < 8 or args["width"] < 8 or args["n"] < 1 or not 0 <= args["random"] <= 1 \
+            or (kind != "pages" and args["chars"] < 4):
+        raise ValueError(f"{url!r}: height and width must be >= 8, n >= 1, chars >= 4 and random in [0, 1]")
+    return RenderSpec(kind, args["height"], args["width"], args["random"], args["n"], args["chars"])
 
 
 def render_fonts() -> list[str]:
@@ -135,7 +139,7 @@ class TextRenderer:
         lines, all_random = [], True
         y = rng.uniform(0.05, 0.3) * slot
         for _ in range(num_lines):
-            text, is_random = random_text(rng, min(max_chars, 16 if spec.kind == "lines" else 32), spec.random_share)
+            text, is_random = random_text(rng, min(max_chars, spec.max_chars), spec.random_share)
             while len(text) > 1 and font.getlength(text) > spec.width - 2 * margin:
                 text = text[:-1].rstrip()
             x = rng.randint(margin, max(margin, int(spec.width - margin - font.getlength(text))))
