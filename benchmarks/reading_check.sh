@@ -13,7 +13,7 @@
 # checkpoint (a tag the eval app reads with --task.name cruller_pretrain).
 # Env: SAMPLES (default 102400), INTERVALS (evaluations, 10), CTC (auxiliary CTC weight; default 1 on
 # cruller presets, else 0), REAL_SHARE (share of real lines in training, 0.1), LR (1e-3), SCHEDULE
-# (cosine: warmup, then decay to 0 by the last sample; constant), DATA (the shared data, ../shared/data).
+# (constant after the warmup; cosine: decay to 0 by the last sample), DATA (the shared data, ../shared/data).
 set -euo pipefail
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)
 PRESET=${2:-cruller_reader_tiny}
@@ -26,7 +26,7 @@ DATA=${DATA:-${PIXPARSE_TEST_DATA:-../shared/data}}
 SAMPLES=${SAMPLES:-102400}
 REAL_SHARE=${REAL_SHARE:-0.1}
 LR=${LR:-1e-3}
-SCHEDULE=${SCHEDULE:-cosine}
+SCHEDULE=${SCHEDULE:-constant}
 INTERVALS=${INTERVALS:-10}
 FAMILY=$(python -c "from pixparse.models.registry import get_model_config as g; print(g('$PRESET').type)")
 CTC=${CTC:-$([ "$FAMILY" = cruller ] && echo 1.0 || echo 0.0)}

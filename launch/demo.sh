@@ -11,7 +11,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
 HELDOUT=${HELDOUT:-runs/demo_heldout}
-SAMPLES=${SAMPLES:-40960}
+SAMPLES=${SAMPLES:-64000}
 if [ ! -f "$HELDOUT/heldout-000001.tar" ]; then
   # Half the lines words, numbers, dates and amounts; half random characters.
   python -m pixparse.app.synth --output_dir "$HELDOUT" --render render:lines --prefix heldout \
