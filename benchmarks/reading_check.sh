@@ -5,9 +5,9 @@
 #
 #   bash benchmarks/reading_check.sh OUT_DIR [PRESET] [training flags...]
 #
-# Held out: 200 rendered lines of their own seed (heldout_words: words, numbers, dates, amounts;
+# Held out: 400 rendered lines of their own seed (heldout_words: words, numbers, dates, amounts;
 # heldout_random: random characters, which no language model can guess) and the lines of SROIE
-# receipts 90-99 (real_lines; training mixes in the lines of receipts 0-79 only). The last line
+# receipts 90-93 (real_lines; training mixes in the lines of receipts 0-79 only). The last line
 # printed is one JSON object: heldout_cer, heldout_cer_random, real_lines_cer (case folded: SROIE's
 # transcripts are upper case whatever the receipt prints), image_gap, samples, train_s, preset and
 # checkpoint (a tag the eval app reads with --task.name cruller_pretrain).
