@@ -93,6 +93,15 @@ def test_every_torch_load_inside_the_context_is_restricted_deepspeeds_included(t
         assert torch.equal(torch.load(str(path), weights_only=False)["w"], torch.ones(2))
 
 
+def test_a_failed_conversion_is_one_line_and_leaves_no_universal_tag(tmp_path, one_rank_group):
+    """Finding 12: a failed universal conversion raised CalledProcessError."""
+    ckpt = tmp_path / "ckpt"
+    tag = _tag(ckpt, world_size=2)  # model states only: nothing for ds_to_universal to convert
+    with pytest.raises(ValueError, match="converting .*step_00000004 to a universal checkpoint failed"):
+        checkpoint.prepare_resume(str(tag), str(ckpt), world_size=1)
+    assert not (ckpt / "universal" / tag.name).exists()
+
+
 def test_an_existing_universal_folder_is_checked_dot_files_included(tmp_path, one_rank_group):
     """Finding 2: glob skips dot-files, DeepSpeed's universal loader lists the folder."""
     ckpt = tmp_path / "ckpt"

@@ -107,9 +107,10 @@ def test_ocr_eval_of_a_reader_on_real_pages(shared_data, tmp_path, fmt, folder):
     assert all(len(r) > 100 for r in refs)  # the page's real text is the reference
 
 
-@pytest.mark.parametrize("kind", ["not_a_tar", "empty_tar", "zero_bytes"])
+@pytest.mark.parametrize("kind", ["not_a_tar", "empty_tar", "zero_bytes", "unreachable_url"])
 def test_eval_of_unreadable_data_is_an_error(tmp_path, kind):
-    """Finding 8: a non-tar, a 0-byte or an empty tar gave rc 0, num_samples 0, loss 0.0."""
+    """Finding 8: a non-tar, a 0-byte or an empty tar, an unreachable URL gave rc 0, num_samples 0,
+    loss 0.0."""
     import tarfile
 
     from pixparse.models.export import save_exported
@@ -123,8 +124,12 @@ def test_eval_of_unreadable_data_is_an_error(tmp_path, kind):
         shard.write_bytes(b"hello, this is not a tar file" * 100)
     elif kind == "empty_tar":
         tarfile.open(shard, "w").close()
-    else:
+    elif kind == "zero_bytes":
         shard.write_bytes(b"")
+    else:
+        from pixparse.engine.dist import free_port
+
+        shard = f"http://127.0.0.1:{free_port()}/bad-000000.tar"  # nothing listens there
     _, cfg = parse(["eval", "--data.eval.source", str(shard), "--data.eval.num-workers", "0",
                     "--eval.checkpoint-path", str(tmp_path / "exp"), "--output-dir", str(tmp_path / "out")])
     with pytest.raises(ValueError, match="no readable sample in --data.eval.source"):
