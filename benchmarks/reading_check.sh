@@ -11,6 +11,8 @@
 # printed is one JSON object: heldout_cer, heldout_cer_random, real_lines_cer (case folded: SROIE's
 # transcripts are upper case whatever the receipt prints), image_gap, samples, train_s, preset and
 # checkpoint (a tag the eval app reads with --task.name cruller_pretrain).
+# Curriculum: KIND=blocks (3-5 lines at 96x256, no real lines) with INIT_FROM=<a lines reader's
+# checkpoint> and IMAGE_SIZE="[96, 256]" goes on from lines to blocks (the check's next stage).
 # Env: SAMPLES (default 102400), INTERVALS (evaluations, 10), CTC (auxiliary CTC weight; default 1 on
 # cruller presets, else 0), REAL_SHARE (share of real lines in training, 0.1), LR (1e-3), SCHEDULE
 # (constant after the warmup; cosine: decay to 0 by the last sample), DATA (the shared data, ../shared/data).
@@ -28,25 +30,43 @@ REAL_SHARE=${REAL_SHARE:-0.1}
 LR=${LR:-1e-3}
 SCHEDULE=${SCHEDULE:-constant}
 INTERVALS=${INTERVALS:-10}
-FAMILY=$(python -c "from pixparse.models.registry import get_model_config as g; print(g('$PRESET').type)")
-CTC=${CTC:-$([ "$FAMILY" = cruller ] && echo 1.0 || echo 0.0)}
-
-if [ ! -f "$OUT/data/real_lines-000003.tar" ]; then
-  rm -rf "$OUT/data"
-  python -m pixparse.app.synth --output_dir "$OUT/data" --render "render:lines?random=0" --prefix heldout_words \
-    --num_shards 2 --samples_per_shard 100 --seed 1234 > /dev/null
-  python -m pixparse.app.synth --output_dir "$OUT/data" --render "render:lines?random=1" --prefix heldout_random \
-    --num_shards 2 --samples_per_shard 100 --seed 1234 > /dev/null
-  python -m pixparse.app.write sroie "$DATA/sroie" "$OUT/data" --prefix train_lines --max_samples 80 \
-    --crop_lines true --samples_per_shard 500 > /dev/null
-  python -m pixparse.app.write sroie "$DATA/sroie" "$OUT/data" --prefix real_lines --skip_samples 90 \
-    --max_samples 4 --crop_lines true --samples_per_shard 50 > /dev/null
+KIND=${KIND:-lines}
+if [ -n "${INIT_FROM:-}" ]; then
+  MODEL=(--task.init_from "$INIT_FROM" ${IMAGE_SIZE:+--task.image_size "$IMAGE_SIZE"})
+  FAMILY=$(python -c "from pixparse.models.export import read_source; print(read_source('$INIT_FROM')[0].type)")
+  PRESET="$PRESET+$KIND"
+else
+  MODEL=(--task.model_name "$PRESET")
+  FAMILY=$(python -c "from pixparse.models.registry import get_model_config as g; print(g('$PRESET').type)")
 fi
-NUM_TRAIN_REAL=$(ls "$OUT"/data/train_lines-*.tar | wc -l)
-REAL_PATTERN="$OUT/data/train_lines-{000000..$(printf %06d $((NUM_TRAIN_REAL - 1)))}.tar"
-NUM_REAL=$(ls "$OUT"/data/real_lines-*.tar | wc -l)
-HELDOUT="$OUT/data/heldout_words-{000000..000001}.tar::$OUT/data/heldout_random-{000000..000001}.tar"
-HELDOUT="$HELDOUT::$OUT/data/real_lines-{000000..$(printf %06d $((NUM_REAL - 1)))}.tar"
+# CTC reads the image tokens left to right: one line only
+CTC=${CTC:-$([ "$FAMILY" = cruller ] && [ "$KIND" = lines ] && echo 1.0 || echo 0.0)}
+DATA_DIR="$OUT/data_$KIND"
+
+if [ ! -f "$DATA_DIR/heldout_random-000001.tar" ]; then
+  rm -rf "$DATA_DIR"
+  python -m pixparse.app.synth --output_dir "$DATA_DIR" --render "render:$KIND?random=0" --prefix heldout_words \
+    --num_shards 2 --samples_per_shard 100 --seed 1234 > /dev/null
+  if [ "$KIND" = lines ]; then
+    python -m pixparse.app.write sroie "$DATA/sroie" "$DATA_DIR" --prefix train_lines --max_samples 80 \
+      --crop_lines true --samples_per_shard 500 > /dev/null
+    python -m pixparse.app.write sroie "$DATA/sroie" "$DATA_DIR" --prefix real_lines --skip_samples 90 \
+      --max_samples 4 --crop_lines true --samples_per_shard 50 > /dev/null
+  fi
+  python -m pixparse.app.synth --output_dir "$DATA_DIR" --render "render:$KIND?random=1" --prefix heldout_random \
+    --num_shards 2 --samples_per_shard 100 --seed 1234 > /dev/null
+fi
+HELDOUT="$DATA_DIR/heldout_words-{000000..000001}.tar::$DATA_DIR/heldout_random-{000000..000001}.tar"
+if [ "$KIND" = lines ]; then
+  NUM_TRAIN_REAL=$(ls "$DATA_DIR"/train_lines-*.tar | wc -l)
+  REAL_PATTERN="$DATA_DIR/train_lines-{000000..$(printf %06d $((NUM_TRAIN_REAL - 1)))}.tar"
+  NUM_REAL=$(ls "$DATA_DIR"/real_lines-*.tar | wc -l)
+  HELDOUT="$HELDOUT::$DATA_DIR/real_lines-{000000..$(printf %06d $((NUM_REAL - 1)))}.tar"
+  TRAIN=(--data.train.source "render:lines::$REAL_PATTERN"
+         --data.train.source_weights "[$(python -c "print(1 - $REAL_SHARE)"), $REAL_SHARE]")
+else
+  TRAIN=(--data.train.source "render:$KIND")
+fi
 
 rm -rf "$OUT/runs" "$OUT/eval"
 PORT=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
@@ -55,9 +75,8 @@ START=$(date +%s)
 # interval end.
 deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --deepspeed_config ds_configs/zero2_fp32.json \
-  --task.name cruller_pretrain --task.model_name "$PRESET" --task.ctc_weight "$CTC" \
-  --data.train.source "render:lines::$REAL_PATTERN" --data.train.resampled true \
-  --data.train.source_weights "[$(python -c "print(1 - $REAL_SHARE)"), $REAL_SHARE]" \
+  --task.name cruller_pretrain "${MODEL[@]}" --task.ctc_weight "$CTC" \
+  "${TRAIN[@]}" --data.train.resampled true \
   --data.train.batch_size 16 --data.train.num_workers 1 --data.train.shuffle_buffer 64 \
   --data.train.num_samples $((SAMPLES / INTERVALS)) --task.num_intervals "$INTERVALS" \
   --data.eval.source "$HELDOUT" --data.eval.batch_size 100 --data.eval.num_workers 0 \
@@ -81,17 +100,17 @@ rendered = [r for r in records if "/heldout_" in r["shard"]]
 evals = [json.loads(line) for line in open(f"{out}/runs/reader/metrics.jsonl")]
 config = json.load(open(f"{out}/runs/reader/ds_config.json"))
 global_batch = config["train_batch_size"]
-curve = [(r["step"] * global_batch, r["eval/heldout_words/cer"], r["eval/heldout_random/cer"], r["eval/real_lines/cer_nocase"])
-         for r in evals if "eval/heldout_words/cer" in r]
+curve = [(r["step"] * global_batch, r["eval/heldout_words/cer"], r["eval/heldout_random/cer"],
+          r.get("eval/real_lines/cer_nocase", float("nan"))) for r in evals if "eval/heldout_words/cer" in r]
 try:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, name in enumerate(("held-out words", "held-out random", "real receipt lines (case folded)")):
+    for i, name in enumerate(("held-out words", "held-out random", "real receipt lines (case folded)")[:2 + ("real_lines/cer" in metrics)]):
         ax.plot([c[0] for c in curve], [c[i + 1] for c in curve], marker="o", label=name)
     ax.set_xlabel("training samples"); ax.set_ylabel("CER"); ax.set_ylim(0, 1.05); ax.grid(alpha=0.3)
-    ax.set_title(f"{preset}: reading unseen text"); ax.legend()
+    ax.set_title(f"{preset}: reading unseen {'lines' if '+' not in preset else preset.split('+')[1]}"); ax.legend()
     fig.tight_layout(); fig.savefig(f"{out}/cer_vs_samples.png", dpi=120)
 except ImportError:
     pass
@@ -102,10 +121,10 @@ print(json.dumps({
     "heldout_cer_random": round(metrics["heldout_random/cer"], 4),
     "heldout_cer_words": round(metrics["heldout_words/cer"], 4),
     "heldout_exact_match": round(sum(r["reference"] == r["prediction"] for r in rendered) / len(rendered), 4),
-    "real_lines_cer": round(metrics["real_lines/cer_nocase"], 4),
-    "real_lines_cer_cased": round(metrics["real_lines/cer"], 4),
+    "real_lines_cer": round(metrics["real_lines/cer_nocase"], 4) if "real_lines/cer" in metrics else None,
+    "real_lines_cer_cased": round(metrics["real_lines/cer"], 4) if "real_lines/cer" in metrics else None,
     "image_gap": round(metrics.get("image_gap", 0.0), 4),
     "samples": curve[-1][0] if curve else 0, "train_s": train_s, "preset": preset, "checkpoint": ckpt,
-    "curve": [[c[0], round(c[1], 4), round(c[2], 4), round(c[3], 4)] for c in curve],
+    "curve": [[c[0], round(c[1], 4), round(c[2], 4), None if c[3] != c[3] else round(c[3], 4)] for c in curve],
 }))
 PY
