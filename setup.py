@@ -12,7 +12,10 @@ setup(
     package_data={"pixparse.models.presets": ["*.json"]},
     install_requires=[
         "torch>=2.4",
-        "deepspeed>=0.16",
+        "deepspeed>=0.19,<0.20",  # engine.zero_fast replaces ZeRO internals of these versions
+        "accelerate>=1.1.0",  # transformers' HfDeepSpeedConfig (ZeRO-3 zero.Init of HF decoders)
+        "psutil>=5.9",  # the ranks watch their launcher (engine.dist.LauncherWatch)
+        "matplotlib>=3.7",  # its DejaVu fonts render the render:lines|blocks|pages sources (no download)
         "timm>=1.0.9",
         "transformers>=5.0",
         "webdataset>=1.0",
@@ -31,16 +34,14 @@ setup(
         "orjson>=3.9",  # page annotations in loader workers (a 38 KB DocBank page: 0.15 vs 0.62 ms)
     ],
     extras_require={
-        # ZeRO-3 zero.Init of HF decoders needs accelerate (transformers' HfDeepSpeedConfig)
-        "zero3": ["accelerate>=0.30"],
         # --train.wandb; S3 checkpoints in the eval app (--s3-bucket, s3://)
         "wandb": ["wandb>=0.17"],
         "s3": ["boto3>=1.28"],
         # the S3 tests start a local S3-compatible server (moto)
         "bench": ["matplotlib>=3.7"],  # benchmarks/plot.py
-        "test": ["pytest>=8.0", "accelerate>=0.30", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0",
+        "test": ["pytest>=8.0", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0",
                  "matplotlib>=3.7"],
-        "dev": ["pytest>=8.0", "accelerate>=0.30", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0", "ruff"],
+        "dev": ["pytest>=8.0", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0", "ruff"],
     },
     entry_points={"console_scripts": ["pixparse=pixparse.cli:main"]},
 )

@@ -303,3 +303,14 @@ def test_a_launcher_variable_that_is_not_a_number_is_named(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "abc")
     with pytest.raises(ValueError, match="WORLD_SIZE='abc' is not an integer"):
         world_info()
+
+
+def test_a_deepspeed_outside_the_tested_range_is_one_line_before_anything(monkeypatch):
+    import importlib.metadata
+
+    from pixparse.engine.dist import check_deepspeed_version
+
+    assert check_deepspeed_version().startswith("0.19.")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.21.0")
+    with pytest.raises(ValueError, match=r"DeepSpeed 0.21.0 is installed; .* tested on 0.19.x.*deepspeed>=0.19,<0.20"):
+        check_deepspeed_version()

@@ -133,6 +133,7 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     from pixparse.engine.train import make_plan, seed_everything
     from pixparse.models import get_model_config
 
+    pdist.check_deepspeed_version()
     rank, _, world_size = pdist.world_info()
     ds_config = resolve_ds_config(
         cfg.deepspeed_config, cfg.data.train.batch_size, cfg.task.opt.grad_accum_steps,

@@ -94,6 +94,27 @@ def skip_shm_inference_op() -> None:
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
+DEEPSPEED_TESTED = ((0, 19), (0, 20))  # [from, to): the versions whose ZeRO internals engine.zero_fast patches
+
+
+def check_deepspeed_version() -> str:
+    """The installed DeepSpeed's version, if in the range the engine is tested on; else a one-line
+    ValueError naming it and the fix (read from the package metadata: no import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("deepspeed")
+    except PackageNotFoundError:
+        raise ValueError("DeepSpeed is not installed: pip install 'deepspeed>=0.19,<0.20'") from None
+    parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
+    low, high = DEEPSPEED_TESTED
+    if len(parts) < 2 or not low <= parts < high:
+        raise ValueError(f"DeepSpeed {found} is installed; pixparse's engine is tested on "
+                         f"{'.'.join(map(str, low))}.x (it replaces some of its ZeRO internals): "
+                         f"pip install 'deepspeed>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}'")
+    return found
+
+
 def init_distributed() -> None:
     """Start the process group (a 1-process group when run without a launcher)."""
     import deepspeed
