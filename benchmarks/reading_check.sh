@@ -88,8 +88,10 @@ CKPT="$OUT/runs/reader/checkpoints/$(cat "$OUT/runs/reader/checkpoints/latest")"
 python -m pixparse.app.eval --task.name cruller_pretrain --data.eval.source "$HELDOUT" \
   --data.eval.batch-size 100 --data.eval.num-workers 0 --eval.checkpoint-path "$CKPT" \
   --output-dir "$OUT/eval" > "$OUT/eval.out"
-python - "$OUT" "$PRESET" "$CKPT" "$TRAIN_S" <<'PY'
-import json, sys
+READING_CHECK_COMMAND="$(env | grep -E '^(SAMPLES|INTERVALS|CTC|REAL_SHARE|LR|SCHEDULE|KIND|INIT_FROM|IMAGE_SIZE)=' | tr '\n' ' ')bash benchmarks/reading_check.sh OUT_DIR $PRESET $*" \
+  python - "$OUT" "$PRESET" "$CKPT" "$TRAIN_S" <<'PY'
+import json, os, platform, subprocess, sys
+from importlib.metadata import version
 
 import jiwer
 
@@ -116,7 +118,7 @@ except ImportError:
     pass
 for r in rendered[:3] + [r for r in records if "/real_lines" in r["shard"]][:2]:
     print(f"  truth {r['reference']!r:40} read {r['prediction']!r}")
-print(json.dumps({
+result = {
     "heldout_cer": round(jiwer.cer([r["reference"] for r in rendered], [r["prediction"] for r in rendered]), 4),
     "heldout_cer_random": round(metrics["heldout_random/cer"], 4),
     "heldout_cer_words": round(metrics["heldout_words/cer"], 4),
@@ -126,5 +128,12 @@ print(json.dumps({
     "image_gap": round(metrics.get("image_gap", 0.0), 4),
     "samples": curve[-1][0] if curve else 0, "train_s": train_s, "preset": preset, "checkpoint": ckpt,
     "curve": [[c[0], round(c[1], 4), round(c[2], 4), None if c[3] != c[3] else round(c[3], 4)] for c in curve],
-}))
+}
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+record = {**result, "command": os.environ.get("READING_CHECK_COMMAND", ""), "cpu": cpu, "cpus": os.cpu_count(),
+          "torch": version("torch"), "deepspeed": version("deepspeed"),
+          "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+          "config": open(f"{out}/runs/reader/config.yaml").read()}
+json.dump(record, open(f"{out}/reading_check.json", "w"), indent=1)
+print(json.dumps(result))
 PY
