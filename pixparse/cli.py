@@ -1,5 +1,6 @@
 """`pixparse <subcommand>`: parse the typed config tree, then hand it to the engine."""
 import dataclasses
+import itertools
 import logging
 import sys
 import typing
@@ -29,23 +30,73 @@ def _tuple_flags(cls: type, prefix: str = "--") -> dict[str, int]:
     return flags
 
 
-def normalize_argv(argv: list[str], root: type) -> list[str]:
-    """Accept huggingface/pixparse spellings: dashes in flag names (--data.train.batch-size) and
-    space-separated tuples (--task.opt.betas 0.9 0.98)."""
-    tuple_flags = _tuple_flags(root)
+def _list_flags(cls: type, prefix: str = "--") -> set[str]:
+    """Flags of list-of-number fields ('--data.train.source_weights') in a config dataclass tree."""
+    flags: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if dataclasses.is_dataclass(tp):
+            flags |= _list_flags(tp, f"{prefix}{f.name}.")
+        elif len(args) == 1 and dataclasses.is_dataclass(args[0]):
+            flags |= _list_flags(args[0], f"{prefix}{f.name}.")
+        elif typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in args):
+            flags.add(f"{prefix}{f.name}")
+    return flags
+
+
+# huggingface/pixparse's spellings (after dashes become underscores) -> ours, per subcommand
+ALIASES: dict[str, dict[str, str]] = {
+    "pretrain": {"--task_name": "--task.name", "--model_name": "--task.model_name",
+                 "--train.checkpoint_path": "--train.resume"},
+    "eval": {"--task_name": "--task.name", "--eval.task_name": "--task.name"},
+}
+ALIASES["bench"] = ALIASES["pretrain"]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def normalize_argv(argv: list[str], root: type, command: str = "") -> list[str]:
+    """Accept huggingface/pixparse spellings: dashes in flag names (--data.train.batch-size), its
+    flag names (--task-name, --model-name, --train.checkpoint-path, --resume True),
+    space-separated tuples (--task.opt.betas 0.9 0.98) and lists of numbers
+    (--data.train.source_weights 0.8 0.2)."""
+    tuple_flags, list_flags = _tuple_flags(root), _list_flags(root)
+    aliases = ALIASES.get(command, {})
     out: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
-            arg = "--" + name[2:].replace("-", "_") + eq + value
+            name = "--" + name[2:].replace("-", "_")
+            name = aliases.get(name, name)
+            if name == "--resume" and command in ("pretrain", "bench"):  # the seed's boolean
+                flag = value if eq else (argv[i + 1] if i + 1 < len(argv) else "true")
+                i += 1 if eq else 2
+                if flag.lower() in ("true", "1", "yes"):
+                    out += ["--train.resume", "latest"]
+                continue
+            arg = name + eq + value
             n = tuple_flags.get(arg)
             rest = argv[i + 1 : i + 1 + (n or 0)]
             if n and len(rest) == n and not any(r.startswith("--") for r in rest):
                 out += [arg, "[" + ", ".join(rest) + "]"]
                 i += 1 + n
                 continue
+            if arg in list_flags:
+                numbers = list(itertools.takewhile(_is_number, argv[i + 1:]))
+                if numbers:
+                    out += [arg, "[" + ", ".join(numbers) + "]"]
+                    i += 1 + len(numbers)
+                    continue
         out.append(arg)
         i += 1
     return out
@@ -101,7 +152,7 @@ def parse(argv: list[str]) -> tuple[str, Any]:
     check_config_files(argv)
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     if argv and argv[0] in COMMANDS:
-        argv = [argv[0]] + normalize_argv(argv[1:], COMMANDS[argv[0]])
+        argv = [argv[0]] + normalize_argv(argv[1:], COMMANDS[argv[0]], argv[0])
     result = auto_cli(COMMANDS, args=argv, as_positional=False)
     # auto_cli returns the instance of the chosen subcommand's class
     command = argv[0] if argv else ""

@@ -314,3 +314,20 @@ def test_a_deepspeed_outside_the_tested_range_is_one_line_before_anything(monkey
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.21.0")
     with pytest.raises(ValueError, match=r"DeepSpeed 0.21.0 is installed; .* tested on 0.19.x.*deepspeed>=0.19,<0.20"):
         check_deepspeed_version()
+
+
+def test_huggingface_pixparse_train_and_eval_spellings(synth_shards):
+    """--task-name, --model-name, --resume True, --train.checkpoint-path, --eval.task-name and
+    space-separated --data.train.source_weights were refused."""
+    base = ["pretrain", "--data.train.source", f"{synth_shards}::{synth_shards}", "--data.train.num-samples", "8",
+            "--data.train.resampled", "true"]
+    _, cfg = parse(base + ["--task-name", "cruller_pretrain", "--model-name", "cruller_tiny", "--resume", "True",
+                           "--train.experiment", "x", "--data.train.source_weights", "0.8", "0.2"])
+    assert (cfg.task.name, cfg.task.model_name, cfg.train.resume) == ("cruller_pretrain", "cruller_tiny", "latest")
+    assert cfg.data.train.source_weights == [0.8, 0.2]
+    _, cfg = parse(base + ["--train.checkpoint-path", "runs/x/checkpoints/step_00000008", "--resume", "False",
+                           "--data.train.source_weights", "[0.5, 0.5]"])
+    assert cfg.train.resume == "runs/x/checkpoints/step_00000008" and cfg.data.train.source_weights == [0.5, 0.5]
+    _, cfg = parse(["eval", "--eval.task-name", "cruller_finetune_sroie", "--data.eval.source", synth_shards,
+                    "--eval.checkpoint-path", "x"])
+    assert cfg.task.name == "cruller_finetune_sroie"
