@@ -147,12 +147,39 @@ def check_config_files(argv: list[str]) -> None:
                              f"{MAX_CONFIG_NODES}; refusing an alias bomb (a config is a few hundred values)")
 
 
+def _known_flags(cls: type, prefix: str = "--") -> set[str]:
+    """Every flag of a config dataclass tree, groups included ('--data.eval', '--data.eval.source')."""
+    flags: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flags.add(f"{prefix}{f.name}")
+        tp = hints[f.name]
+        for sub in (tp, *typing.get_args(tp)):
+            if dataclasses.is_dataclass(sub):
+                flags |= _known_flags(sub, f"{prefix}{f.name}.")
+    return flags
+
+
+def check_flags(argv: list[str], command: str) -> None:
+    """An unknown flag is one line with the nearest known ones, not jsonargparse's whole usage."""
+    import difflib
+
+    known = _known_flags(COMMANDS[command]) | {"--config", "--print_config", "--help"}
+    for arg in argv:
+        name = arg.partition("=")[0]
+        if name.startswith("--") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.85)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ValueError(f"unknown flag {name}{hint} (pixparse {command} --help lists them)")
+
+
 def parse(argv: list[str]) -> tuple[str, Any]:
     """argv ('pretrain', flags...) -> (command, root config instance)."""
     check_config_files(argv)
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     if argv and argv[0] in COMMANDS:
         argv = [argv[0]] + normalize_argv(argv[1:], COMMANDS[argv[0]], argv[0])
+        check_flags(argv[1:], argv[0])
     result = auto_cli(COMMANDS, args=argv, as_positional=False)
     # auto_cli returns the instance of the chosen subcommand's class
     command = argv[0] if argv else ""

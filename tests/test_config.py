@@ -331,3 +331,13 @@ def test_huggingface_pixparse_train_and_eval_spellings(synth_shards):
     _, cfg = parse(["eval", "--eval.task-name", "cruller_finetune_sroie", "--data.eval.source", synth_shards,
                     "--eval.checkpoint-path", "x"])
     assert cfg.task.name == "cruller_finetune_sroie"
+
+
+def test_a_mistyped_flag_is_answered_in_one_line_with_a_suggestion(capsys):
+    from pixparse.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", "--data.train.source", "x.tar", "--data.train.num_samples", "8", "--task.opt.learnig_rate", "1"])
+    message = str(exc.value.code)
+    assert message.count("\n") == 0 and "did you mean --task.opt.learning_rate" in message, message
+    assert not capsys.readouterr().err.strip()
