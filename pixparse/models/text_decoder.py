@@ -24,7 +24,9 @@ def set_hf_grad_checkpointing(model: nn.Module, enable: bool) -> None:
     """Recompute a transformers model's layers in backward (non-reentrant), or stop doing so."""
     if enable:
         model.gradient_checkpointing_enable({"use_reentrant": False})
-    elif model.is_gradient_checkpointing:
+    # transformers 5 renamed is_gradient_checkpointing (now a deprecated alias that warns on every run)
+    elif (model.is_activation_checkpointing if hasattr(type(model), "is_activation_checkpointing")
+          else model.is_gradient_checkpointing):
         model.gradient_checkpointing_disable()
 
 
