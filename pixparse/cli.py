@@ -186,11 +186,28 @@ def parse(argv: list[str]) -> tuple[str, Any]:
     return command, result
 
 
+# One-function tools, each its own module's main: `pixparse export ...` == `python -m pixparse.app.export ...`
+TOOLS = {"export": "pixparse.app.export", "write": "pixparse.app.write", "synth": "pixparse.app.synth",
+         "tokenizer": "pixparse.app.tokenizer"}
+
+
 def main(argv: list[str] | None = None) -> None:
     from pixparse.app.tool import freeze_heap_at_exit
 
     freeze_heap_at_exit()
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        import importlib
+
+        importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+        return
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: pixparse {{{','.join([*COMMANDS, *TOOLS])}}} ...\n"
+              f"  {', '.join(COMMANDS)}: run (pixparse <command> --help)\n"
+              f"  {', '.join(TOOLS)}: tools (pixparse <tool> --help)")
+        if not argv:
+            raise SystemExit(2)
+        return
     try:
         command, cfg = parse(argv)
     except ValueError as e:  # a config value the dataclasses rejected: one clear line, no traceback

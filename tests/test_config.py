@@ -66,7 +66,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_help_lists_subcommands_and_print_config_dumps_yaml():
     out = _cli("--help")
-    assert out.returncode == 0 and "pretrain" in out.stdout and "bench" in out.stdout
+    assert out.returncode == 0 and all(c in out.stdout for c in ("pretrain", "bench", "eval", "export", "write",
+                                                                 "synth", "tokenizer"))
+    assert "--render" in _cli("synth", "--help").stdout and "--crop_lines" in _cli("write", "--help").stdout
     out = _cli(*BASE, "--print_config")
     assert out.returncode == 0, out.stderr
     printed = yaml.safe_load(out.stdout)
