@@ -42,11 +42,12 @@ fi
 # CTC reads the image tokens left to right: one line only
 CTC=${CTC:-$([ "$FAMILY" = cruller ] && [ "$KIND" = lines ] && echo 1.0 || echo 0.0)}
 DATA_DIR="$OUT/data_$KIND"
+HELD_PER_SHARD=$([ "$KIND" = lines ] && echo 100 || echo 25)  # x 2 shards x (words, random)
 
 if [ ! -f "$DATA_DIR/heldout_random-000001.tar" ]; then
   rm -rf "$DATA_DIR"
   python -m pixparse.app.synth --output_dir "$DATA_DIR" --render "render:$KIND?random=0" --prefix heldout_words \
-    --num_shards 2 --samples_per_shard 100 --seed 1234 > /dev/null
+    --num_shards 2 --samples_per_shard "$HELD_PER_SHARD" --seed 1234 > /dev/null
   if [ "$KIND" = lines ]; then
     python -m pixparse.app.write sroie "$DATA/sroie" "$DATA_DIR" --prefix train_lines --max_samples 80 \
       --crop_lines true --samples_per_shard 500 > /dev/null
@@ -54,7 +55,7 @@ if [ ! -f "$DATA_DIR/heldout_random-000001.tar" ]; then
       --max_samples 4 --crop_lines true --samples_per_shard 50 > /dev/null
   fi
   python -m pixparse.app.synth --output_dir "$DATA_DIR" --render "render:$KIND?random=1" --prefix heldout_random \
-    --num_shards 2 --samples_per_shard 100 --seed 1234 > /dev/null
+    --num_shards 2 --samples_per_shard "$HELD_PER_SHARD" --seed 1234 > /dev/null
 fi
 HELDOUT="$DATA_DIR/heldout_words-{000000..000001}.tar::$DATA_DIR/heldout_random-{000000..000001}.tar"
 if [ "$KIND" = lines ]; then

@@ -208,3 +208,17 @@ def test_a_reader_trained_on_the_stream_reads_lines_it_never_saw(shared_data, tm
     assert result["heldout_cer"] < 0.6 and result["heldout_cer_random"] < 0.85, result
     assert result["image_gap"] > 1.0, result
     assert result["curve"][0][1] > result["curve"][-1][1]  # held-out CER fell between the two evaluations
+
+
+def test_every_reader_preset_generates():
+    """pali_reader_tiny has fewer text-encoder than decoder layers: generate's own cache, sized by
+    the encoder's layer count, failed on its second decoder layer."""
+    for preset in ("cruller_reader_tiny", "pali_reader_tiny", "pix2struct_reader_tiny"):
+        task = create_task(TaskConfig(name="cruller_pretrain", model_name=preset, max_new_tokens=5)).eval()
+        cfg = DataEvalConfig(source="x.tar", batch_size=2)
+        prep = task.preprocess(cfg, with_meta=True)
+        items = [prep({"__key__": str(i), "__url__": "u", "__image__": Image.new("L", (256, 32), 255),
+                       "__text__": "abc"}, random.Random(i))[0] for i in range(2)]
+        batch = task.collate(cfg)(items)
+        _, _, _, texts = task.eval_batch({k: v for k, v in batch.items() if k != "meta"}, 5)
+        assert len(texts) == 2, preset

@@ -160,9 +160,14 @@ class TextEncoderDecoder(nn.Module):
 
         from transformers.modeling_outputs import BaseModelOutput
 
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
         config = copy.deepcopy(config)  # generate insists on a start id even when given decoder ids
         config.decoder_start_token_id = int(input_ids[0, 0])
+        # Caches that grow per layer as used: the one generate builds from the config sizes itself by
+        # the encoder's layer count (T5's num_layers) and fails with more decoder layers than that.
         return self.model.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=memory_mask,
             decoder_input_ids=input_ids, generation_config=config, synced_gpus=synced,
+            past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
         )
