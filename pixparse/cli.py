@@ -173,6 +173,34 @@ def check_flags(argv: list[str], command: str) -> None:
             raise ValueError(f"unknown flag {name}{hint} (pixparse {command} --help lists them)")
 
 
+def checkpoint_task(argv: list[str]) -> list[str]:
+    """eval without --task.name (and no --config): ['--task.name', <the task the local checkpoint
+    was trained for>], read from its model_config.json; [] where that cannot be read here."""
+    import json
+    import os
+
+    flags = {a.partition("=")[0] for a in argv}
+    if "--task.name" in flags or "--config" in flags or "--s3_bucket" in flags:
+        return []
+    path = next((a.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "") for i, a in enumerate(argv)
+                 if a.partition("=")[0] == "--eval.checkpoint_path"), "")
+    if not path or "://" in path:
+        return []
+    from pixparse.models.export import resolve_checkpoint_path
+
+    try:
+        folder = resolve_checkpoint_path(path)
+    except ValueError:
+        return []  # the eval app names the problem
+    for config in (os.path.join(folder, "model_config.json"), os.path.join(folder, "assets", "model_config.json")):
+        try:
+            with open(config) as f:
+                return ["--task.name", json.load(f)["pixparse"]["task"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return []
+
+
 def parse(argv: list[str]) -> tuple[str, Any]:
     """argv ('pretrain', flags...) -> (command, root config instance)."""
     check_config_files(argv)
@@ -180,6 +208,8 @@ def parse(argv: list[str]) -> tuple[str, Any]:
     if argv and argv[0] in COMMANDS:
         argv = [argv[0]] + normalize_argv(argv[1:], COMMANDS[argv[0]], argv[0])
         check_flags(argv[1:], argv[0])
+        if argv[0] == "eval":
+            argv = argv + checkpoint_task(argv[1:])
     result = auto_cli(COMMANDS, args=argv, as_positional=False)
     # auto_cli returns the instance of the chosen subcommand's class
     command = argv[0] if argv else ""

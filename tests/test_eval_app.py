@@ -157,3 +157,17 @@ def test_each_eval_keeps_its_own_predictions_file(synth_shards, tmp_path):
         paths.append(run_eval(cfg)["predictions"])
     assert [os.path.basename(p) for p in paths] == ["exp-synth-predictions.jsonl", "exp-other-predictions.jsonl"]
     assert all(len(open(p).read().splitlines()) == 2 for p in paths)
+
+
+def test_the_eval_app_takes_the_task_from_the_checkpoint(synth_shards, tmp_path):
+    from pixparse.models.export import save_exported
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    task = create_task(TaskConfig(name="parse_pretrain", model_name="cruller_tiny"))
+    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
+    _, cfg = parse(["eval", "--data.eval.source", synth_shards, "--eval.checkpoint-path", str(tmp_path / "exp")])
+    assert cfg.task.name == "parse_pretrain"
+    _, cfg = parse(["eval", "--data.eval.source", synth_shards, "--eval.checkpoint-path", str(tmp_path / "exp"),
+                    "--task.name", "cruller_pretrain"])
+    assert cfg.task.name == "cruller_pretrain"  # given: kept (and refused by the app as a mismatch)
