@@ -31,10 +31,11 @@ LR=${LR:-1e-3}
 SCHEDULE=${SCHEDULE:-constant}
 INTERVALS=${INTERVALS:-10}
 KIND=${KIND:-lines}
+LABEL=$PRESET  # what the result calls the model
 if [ -n "${INIT_FROM:-}" ]; then
   MODEL=(--task.init_from "$INIT_FROM" ${IMAGE_SIZE:+--task.image_size "$IMAGE_SIZE"})
   FAMILY=$(python -c "from pixparse.models.export import read_source; print(read_source('$INIT_FROM')[0].type)")
-  PRESET="$PRESET+$KIND"
+  LABEL="$PRESET+$KIND"
 else
   MODEL=(--task.model_name "$PRESET")
   FAMILY=$(python -c "from pixparse.models.registry import get_model_config as g; print(g('$PRESET').type)")
@@ -90,7 +91,7 @@ python -m pixparse.app.eval --task.name cruller_pretrain --data.eval.source "$HE
   --data.eval.batch-size 100 --data.eval.num-workers 0 --eval.checkpoint-path "$CKPT" \
   --output-dir "$OUT/eval" > "$OUT/eval.out"
 READING_CHECK_COMMAND="$(env | grep -E '^(SAMPLES|INTERVALS|CTC|REAL_SHARE|LR|SCHEDULE|KIND|INIT_FROM|IMAGE_SIZE)=' | tr '\n' ' ')bash benchmarks/reading_check.sh OUT_DIR $PRESET $*" \
-  python - "$OUT" "$PRESET" "$CKPT" "$TRAIN_S" <<'PY'
+  python - "$OUT" "$LABEL" "$CKPT" "$TRAIN_S" <<'PY'
 import json, os, platform, subprocess, sys
 from importlib.metadata import version
 
