@@ -195,16 +195,16 @@ def test_a_line_reader_goes_on_to_blocks_at_another_image_size(tmp_path):
 
 @pytest.mark.slow
 def test_a_reader_trained_on_the_stream_reads_lines_it_never_saw(shared_data, tmp_path):
-    """The short version of benchmarks/reading_check.sh (the full one: 102k samples): 41k streamed
+    """The short version of benchmarks/reading_check.sh (the full one: 102k samples): 61k streamed
     samples on 2 ranks, then the eval app on held-out lines of another seed. Random-character
     lines cannot be guessed from language, and the loss must depend on the image: it reads."""
     from tests.conftest import REPO
     from tests.test_distributed import _run
 
-    proc = _run(["bash", f"{REPO}/benchmarks/reading_check.sh", str(tmp_path), "cruller_reader_tiny"], timeout=1200,
-                env={"SAMPLES": "40960", "INTERVALS": "2", "SCHEDULE": "constant", "DATA": shared_data})
+    proc = _run(["bash", f"{REPO}/benchmarks/reading_check.sh", str(tmp_path), "cruller_reader_tiny"], timeout=1500,
+                env={"SAMPLES": "61440", "INTERVALS": "4", "SCHEDULE": "constant", "DATA": shared_data})
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["samples"] == 40960 and result["preset"] == "cruller_reader_tiny"
+    assert result["samples"] == 61440 and result["preset"] == "cruller_reader_tiny"
     assert result["heldout_cer"] < 0.6 and result["heldout_cer_random"] < 0.85, result
     assert result["image_gap"] > 1.0, result
     assert result["curve"][0][1] > result["curve"][-1][1]  # held-out CER fell between the two evaluations
@@ -222,3 +222,22 @@ def test_every_reader_preset_generates():
         batch = task.collate(cfg)(items)
         _, _, _, texts = task.eval_batch({k: v for k, v in batch.items() if k != "meta"}, 5)
         assert len(texts) == 2, preset
+
+
+def test_image_gap_pairs_another_sample_never_another_question_of_the_same_page():
+    """A page with several questions gives several items; each is paired with an item of another
+    sample (pairing with its own page's other question gave a gap of exactly 0)."""
+    from pixparse.data.loader import PARTNER_KEY, paired_in_shard
+
+    def item(page, question):
+        return {"image": f"page{page}", "input_ids": f"q{page}.{question}", "meta": {}}
+
+    stream = [("a", "p0", item(0, 0)), ("a", "p0", item(0, 1)), ("a", "p1", item(1, 0)), ("a", "p1", item(1, 1)),
+              ("a", "p2", item(2, 0)), ("b", "p3", item(3, 0)), ("b", "p3", item(3, 1))]
+    out = list(paired_in_shard(iter(stream), lambda url: {"image": "page2", "input_ids": "q2.0"}))
+    pairs = {i["input_ids"]: i[PARTNER_KEY]["image"] for i in out}
+    assert pairs == {"q1.0": "page0", "q1.1": "page0", "q2.0": "page1", "q0.0": "page2", "q0.1": "page2",
+                     "q3.0": "page2", "q3.1": "page2"}
+    assert all(i["meta"]["paired"] for i in out)
+    alone = list(paired_in_shard(iter([("a", "p0", item(0, 0)), ("a", "p0", item(0, 1))]), lambda url: None))
+    assert not any(i["meta"]["paired"] for i in alone)

@@ -162,38 +162,46 @@ ROLLED_KEY = "rolled"  # eval batch: the same batch with each sample's pixels fr
 TEXT_KEYS = ("input_ids", "prompt_length", "prompt_ids", "meta")  # what an item keeps with its partner's pixels
 
 
-def paired_in_shard(items: Iterator[tuple[str, dict[str, Any]]],
+def paired_in_shard(items: Iterator[tuple[str, str, dict[str, Any]]],
                     last_item_before: Callable[[str], dict[str, Any] | None]) -> Iterator[dict[str, Any]]:
-    """Eval: give each item a partner for image_gap: the item before it in its shard (the shard's
-    first item: its last). An item alone in its shard gets the last item of the shard before it
-    in the source's order (`last_item_before(url)`, read again for it). Shards are read whole by
-    one worker of one rank, so the pairs are the same for any batch size, worker or rank count.
-    An item with no other (a source of one sample) is marked meta['paired'] False and left out of
-    image_gap. The first item of each shard is yielded when the shard ends."""
-    url, first, prev = None, None, None
+    """Eval: give each item (url, sample key, item) a partner for image_gap, an item of another
+    sample: the last item of the sample before it in its shard (the shard's first sample: its
+    last sample's). A shard of one sample gets the last item of the shard before it in the
+    source's order (`last_item_before(url)`, read again for it). Shards are read whole by one
+    worker of one rank, so the pairs are the same for any batch size, worker or rank count. An
+    item with no other sample to pair with (a source of one sample) is marked meta['paired']
+    False and left out of image_gap. The first sample's items are yielded when the shard ends."""
+    url, key = None, None
+    first: list[dict[str, Any]] = []  # the shard's first sample's items (a page's questions)
+    prev_last = None  # the last item of the sample before the current one (None: still the first)
+    cur_last = None  # the last item seen in this shard
 
     def pixels(item: dict[str, Any]) -> dict[str, Any]:  # a copy: partners never chain
         return {k: v for k, v in item.items() if k not in TEXT_KEYS and k != PARTNER_KEY}
 
-    def close() -> Iterator[dict[str, Any]]:
-        if first is None:
-            return
-        partner = prev if prev is not first else last_item_before(url)
-        first[PARTNER_KEY] = pixels(partner if partner is not None else first)
-        if "meta" in first:
-            first["meta"]["paired"] = partner is not None
-        yield first
+    def pair(item: dict[str, Any], partner: dict[str, Any] | None) -> dict[str, Any]:
+        item[PARTNER_KEY] = pixels(partner if partner is not None else item)
+        if "meta" in item:
+            item["meta"]["paired"] = partner is not None
+        return item
 
-    for item_url, item in items:
+    def close() -> Iterator[dict[str, Any]]:
+        if first:
+            partner = cur_last if prev_last is not None else last_item_before(url)
+            yield from (pair(f, partner) for f in first)
+
+    for item_url, item_key, item in items:
         if item_url != url:
             yield from close()
-            url, first, prev = item_url, item, item
+            url, key, first, prev_last, cur_last = item_url, item_key, [item], None, item
             continue
-        item[PARTNER_KEY] = pixels(prev)
-        if "meta" in item:
-            item["meta"]["paired"] = True
-        yield item
-        prev = item
+        if item_key != key:  # the next sample of the shard
+            key, prev_last = item_key, cur_last
+        if prev_last is None:
+            first.append(item)
+        else:
+            yield pair(item, prev_last)
+        cur_last = item
     yield from close()
 
 
@@ -298,8 +306,8 @@ class SamplePipeline(IterableDataset):
                     f"{self.max_skip_fraction}. Latest: {skips.last}"
                 )
 
-        def processed() -> Iterator[tuple[str, dict[str, Any]]]:
-            """(shard URL, item) of every usable sample; unusable ones skipped and counted."""
+        def processed() -> Iterator[tuple[str, str, dict[str, Any]]]:
+            """(shard URL, sample key, item) of every usable sample; unusable ones skipped, counted."""
             for sample in samples:
                 counts["read"] += 1
                 where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
@@ -321,7 +329,7 @@ class SamplePipeline(IterableDataset):
                     continue
                 counts["in_a_row"] = 0
                 for item in out if isinstance(out, list) else [out]:  # a document may give several pages
-                    yield sample.get("__url__", "?"), item
+                    yield sample.get("__url__", "?"), sample.get("__key__", "?"), item
 
         def last_item_before(url: str) -> dict[str, Any] | None:
             """The last usable item of the shard before `url` in the source (cyclic), read again."""
@@ -342,7 +350,7 @@ class SamplePipeline(IterableDataset):
         if self.shards.single_pass:
             items = paired_in_shard(processed(), last_item_before)
         else:
-            items = (item for _, item in processed())
+            items = (item for _, _, item in processed())
         for item in items:
             batch.append(item)
             if len(batch) < self.batch_size:
