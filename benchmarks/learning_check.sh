@@ -28,13 +28,7 @@ PORT=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); pr
 START=$(date +%s)
 # The family's schedule: the T5 text side of pali learns slower and spikes at 2e-3; at 1e-3 it
 # memorizes by ~1500 steps and reads by 2400 (measured on these 8 receipts).
-if [ -n "${INIT_FROM:-}" ]; then
-  MODEL=(--task.init_from "$INIT_FROM" ${IMAGE_SIZE:+--task.image_size "$IMAGE_SIZE"})
-  FAMILY=$(python -c "from pixparse.models.export import read_source; print(read_source('$INIT_FROM')[0].type)")
-else
-  MODEL=(--task.model_name "$PRESET")
-  FAMILY=$(python -c "from pixparse.models import get_model_config as g; print(g('$PRESET').type)")
-fi
+source benchmarks/model_flags.sh  # MODEL flags and FAMILY (PRESET, or INIT_FROM and IMAGE_SIZE)
 if [ "$FAMILY" = pali ]; then SAMPLES=9600 LR=1e-3; else SAMPLES=4800 LR=2e-3; fi
 # Constant LR, no decay: the decoder memorizes the 8 texts within ~300 steps and only then starts
 # to read the page to tell them apart (image_gap 0 until ~500 steps, then rising); a decaying

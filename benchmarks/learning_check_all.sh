@@ -34,13 +34,7 @@ write() {  # FORMAT INPUT NAME -> shards under $OUT/NAME/shards
 # needs twice the steps.
 # INIT_FROM=<checkpoint or export>: fine-tune a pretrained reader instead of PRESET from scratch
 # (IMAGE_SIZE="[H, W]" gives it another input size).
-if [ -n "${INIT_FROM:-}" ]; then
-  MODEL=(--task.init_from "$INIT_FROM" ${IMAGE_SIZE:+--task.image_size "$IMAGE_SIZE"})
-  FAMILY=$(python -c "from pixparse.models.export import read_source; print(read_source('$INIT_FROM')[0].type)")
-else
-  MODEL=(--task.model_name "$PRESET")
-  FAMILY=$(python -c "from pixparse.models import get_model_config as g; print(g('$PRESET').type)")
-fi
+source benchmarks/model_flags.sh  # MODEL flags and FAMILY (PRESET, or INIT_FROM and IMAGE_SIZE)
 
 check() {  # NAME TASK NUM_SAMPLES LR [train flags...]: fine-tune, evaluate -> $OUT/NAME/metrics.json
   local name=$1 task=$2 samples=$3 lr=$4

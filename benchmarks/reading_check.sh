@@ -32,14 +32,8 @@ SCHEDULE=${SCHEDULE:-constant}
 INTERVALS=${INTERVALS:-10}
 KIND=${KIND:-lines}
 LABEL=$PRESET  # what the result calls the model
-if [ -n "${INIT_FROM:-}" ]; then
-  MODEL=(--task.init_from "$INIT_FROM" ${IMAGE_SIZE:+--task.image_size "$IMAGE_SIZE"})
-  FAMILY=$(python -c "from pixparse.models.export import read_source; print(read_source('$INIT_FROM')[0].type)")
-  LABEL="$PRESET+$KIND"
-else
-  MODEL=(--task.model_name "$PRESET")
-  FAMILY=$(python -c "from pixparse.models.registry import get_model_config as g; print(g('$PRESET').type)")
-fi
+source benchmarks/model_flags.sh  # MODEL flags and FAMILY (PRESET, or INIT_FROM and IMAGE_SIZE)
+if [ -n "${INIT_FROM:-}" ]; then LABEL="$PRESET+$KIND"; fi
 # CTC reads the image tokens left to right: one line only
 CTC=${CTC:-$([ "$FAMILY" = cruller ] && [ "$KIND" = lines ] && echo 1.0 || echo 0.0)}
 DATA_DIR="$OUT/data_$KIND"
