@@ -4,6 +4,7 @@ import itertools
 import logging
 import sys
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 from jsonargparse import auto_cli, set_parsing_settings
@@ -17,33 +18,28 @@ COMMANDS: dict[str, type] = {"pretrain": PretrainConfig, "bench": BenchConfig, "
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; requeue me
 
 
-def _tuple_flags(cls: type, prefix: str = "--") -> dict[str, int]:
+def _config_fields(cls: type, prefix: str = "--") -> Iterator[tuple[str, Any]]:
+    """(flag, type) of every field of a config dataclass tree, groups (optional ones included) and
+    their fields: ('--data.eval', DataEvalConfig | None), ('--data.eval.source', str), ..."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag, tp = f"{prefix}{f.name}", hints[f.name]
+        yield flag, tp
+        for sub in (tp, *typing.get_args(tp)):
+            if dataclasses.is_dataclass(sub):
+                yield from _config_fields(sub, f"{flag}.")
+
+
+def _tuple_flags(cls: type) -> dict[str, int]:
     """Flags of fixed-length tuple fields ('--task.opt.betas': 2) in a config dataclass tree."""
-    flags: dict[str, int] = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            flags.update(_tuple_flags(tp, f"{prefix}{f.name}."))
-        elif typing.get_origin(tp) is tuple and Ellipsis not in typing.get_args(tp):
-            flags[f"{prefix}{f.name}"] = len(typing.get_args(tp))
-    return flags
+    return {flag: len(typing.get_args(tp)) for flag, tp in _config_fields(cls)
+            if typing.get_origin(tp) is tuple and Ellipsis not in typing.get_args(tp)}
 
 
-def _list_flags(cls: type, prefix: str = "--") -> set[str]:
-    """Flags of list-of-number fields ('--data.train.source_weights') in a config dataclass tree."""
-    flags: set[str] = set()
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if dataclasses.is_dataclass(tp):
-            flags |= _list_flags(tp, f"{prefix}{f.name}.")
-        elif len(args) == 1 and dataclasses.is_dataclass(args[0]):
-            flags |= _list_flags(args[0], f"{prefix}{f.name}.")
-        elif typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in args):
-            flags.add(f"{prefix}{f.name}")
-    return flags
+def _list_flags(cls: type) -> set[str]:
+    """Flags of list fields ('--data.train.source_weights') in a config dataclass tree."""
+    return {flag for flag, tp in _config_fields(cls)
+            if typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in typing.get_args(tp))}
 
 
 # huggingface/pixparse's spellings (after dashes become underscores) -> ours, per subcommand
@@ -147,24 +143,11 @@ def check_config_files(argv: list[str]) -> None:
                              f"{MAX_CONFIG_NODES}; refusing an alias bomb (a config is a few hundred values)")
 
 
-def _known_flags(cls: type, prefix: str = "--") -> set[str]:
-    """Every flag of a config dataclass tree, groups included ('--data.eval', '--data.eval.source')."""
-    flags: set[str] = set()
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flags.add(f"{prefix}{f.name}")
-        tp = hints[f.name]
-        for sub in (tp, *typing.get_args(tp)):
-            if dataclasses.is_dataclass(sub):
-                flags |= _known_flags(sub, f"{prefix}{f.name}.")
-    return flags
-
-
 def check_flags(argv: list[str], command: str) -> None:
     """An unknown flag is one line with the nearest known ones, not jsonargparse's whole usage."""
     import difflib
 
-    known = _known_flags(COMMANDS[command]) | {"--config", "--print_config", "--help"}
+    known = {flag for flag, _ in _config_fields(COMMANDS[command])} | {"--config", "--print_config", "--help"}
     for arg in argv:
         name = arg.partition("=")[0]
         if name.startswith("--") and name not in known:
@@ -176,9 +159,6 @@ def check_flags(argv: list[str], command: str) -> None:
 def checkpoint_task(argv: list[str]) -> list[str]:
     """eval without --task.name (and no --config): ['--task.name', <the task the local checkpoint
     was trained for>], read from its model_config.json; [] where that cannot be read here."""
-    import json
-    import os
-
     flags = {a.partition("=")[0] for a in argv}
     if "--task.name" in flags or "--config" in flags or "--s3_bucket" in flags:
         return []
@@ -186,19 +166,12 @@ def checkpoint_task(argv: list[str]) -> list[str]:
                  if a.partition("=")[0] == "--eval.checkpoint_path"), "")
     if not path or "://" in path:
         return []
-    from pixparse.models.export import resolve_checkpoint_path
+    from pixparse.models.export import read_info, resolve_checkpoint_path
 
     try:
-        folder = resolve_checkpoint_path(path)
-    except ValueError:
+        return ["--task.name", read_info(resolve_checkpoint_path(path))["task"]]
+    except (ValueError, KeyError, TypeError):
         return []  # the eval app names the problem
-    for config in (os.path.join(folder, "model_config.json"), os.path.join(folder, "assets", "model_config.json")):
-        try:
-            with open(config) as f:
-                return ["--task.name", json.load(f)["pixparse"]["task"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return []
 
 
 def parse(argv: list[str]) -> tuple[str, Any]:

@@ -44,7 +44,7 @@ def dataset_name(source: str) -> str:
 def _check(cfg: EvalConfig) -> str:
     """Everything a user can get wrong, before any process group: returns the resolved checkpoint."""
     from pixparse.data.loader import check_eval_shards, probe_pipe_sources
-    from pixparse.models.export import MODEL_CONFIG, resolve_checkpoint_path
+    from pixparse.models.export import read_info, resolve_checkpoint_path
 
     path = cfg.eval.checkpoint_path
     if cfg.s3_bucket is not None:
@@ -54,12 +54,10 @@ def _check(cfg: EvalConfig) -> str:
 
         path = fetch_checkpoint(path, os.path.expanduser(cfg.eval.cache_dir))
     path = resolve_checkpoint_path(path)
-    assets = path if os.path.isfile(os.path.join(path, MODEL_CONFIG)) else os.path.join(path, "assets")
     try:
-        with open(os.path.join(assets, MODEL_CONFIG)) as f:
-            info = json.load(f)["pixparse"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"--eval.checkpoint_path {path}: not a pixparse checkpoint tag or export ({e})") from None
+        info = read_info(path)
+    except ValueError as e:
+        raise ValueError(f"--eval.checkpoint_path {e}") from None
     trained_for = info.get("task", "cruller_pretrain")
     if trained_for != cfg.task.name:
         raise ValueError(f"--task.name {cfg.task.name}: {path} was trained for {trained_for}; "

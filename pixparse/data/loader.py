@@ -157,6 +157,19 @@ def capped_tar_files(
                 break
 
 
+# What bad data raises while it is decoded and preprocessed: SampleError (reasons the decoders
+# name), RecursionError (JSON nested past Python's limit), and a codec's own errors. A bug in our
+# code (TypeError, AttributeError, ...) is not bad data: it propagates.
+DATA_ERRORS = (SampleError, RecursionError, OSError, ValueError, KeyError, EOFError, UnicodeError)
+
+
+def data_error_reason(err: Exception) -> str:
+    """The skip counter's reason for one of DATA_ERRORS."""
+    if isinstance(err, SampleError):
+        return err.reason
+    return "nested_too_deep" if isinstance(err, RecursionError) else "error"
+
+
 PARTNER_KEY = "partner"  # eval item: the item whose pixels it is scored against for image_gap
 ROLLED_KEY = "rolled"  # eval batch: the same batch with each sample's pixels from its partner
 TEXT_KEYS = ("input_ids", "prompt_length", "prompt_ids", "meta")  # what an item keeps with its partner's pixels
@@ -306,29 +319,25 @@ class SamplePipeline(IterableDataset):
                     f"{self.max_skip_fraction}. Latest: {skips.last}"
                 )
 
+        def items_of(sample: dict[str, Any]) -> list[dict[str, Any]]:
+            """The sample's items (a document may give several pages); raises on unusable data."""
+            where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+            # Per-sample RNG: the same sample gets the same page/augmentation for a given
+            # seed and interval, whichever worker reads it.
+            out = self.preprocess(sample, random.Random(f"{self.seed}/{self.interval}/{where}"))
+            return out if isinstance(out, list) else [out]
+
         def processed() -> Iterator[tuple[str, str, dict[str, Any]]]:
             """(shard URL, sample key, item) of every usable sample; unusable ones skipped, counted."""
             for sample in samples:
                 counts["read"] += 1
-                where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-                # Per-sample RNG: the same sample gets the same page/augmentation for a given
-                # seed and interval, whichever worker reads it.
-                rng = random.Random(f"{self.seed}/{self.interval}/{where}")
                 try:
-                    out = self.preprocess(sample, rng)
-                except SampleError as e:
-                    skip(e.reason, where, e)
-                    continue
-                except RecursionError as e:  # JSON nested past Python's recursion limit (json, or our walk of it)
-                    skip("nested_too_deep", where, e)
-                    continue
-                except (OSError, ValueError, KeyError, EOFError, UnicodeError) as e:
-                    # Damage the decoders did not name (a codec's own error). A bug in our code
-                    # (TypeError, AttributeError, ...) is not bad data: it propagates.
-                    skip("error", where, e)
+                    out = items_of(sample)
+                except DATA_ERRORS as e:
+                    skip(data_error_reason(e), f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}", e)
                     continue
                 counts["in_a_row"] = 0
-                for item in out if isinstance(out, list) else [out]:  # a document may give several pages
+                for item in out:
                     yield sample.get("__url__", "?"), sample.get("__key__", "?"), item
 
         def last_item_before(url: str) -> dict[str, Any] | None:
@@ -336,15 +345,12 @@ class SamplePipeline(IterableDataset):
             urls = self.shards.urls
             if url not in urls or len(urls) < 2:
                 return None
-            before = urls[urls.index(url) - 1]
             last = None
-            for sample in tar_samples({"url": before}):
-                where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+            for sample in tar_samples({"url": urls[urls.index(url) - 1]}):
                 try:
-                    out = self.preprocess(sample, random.Random(f"{self.seed}/{self.interval}/{where}"))
-                except (SampleError, RecursionError, OSError, ValueError, KeyError, EOFError, UnicodeError):
+                    last = (items_of(sample) or [last])[-1]
+                except DATA_ERRORS:
                     continue  # counted where that shard is read for itself
-                last = (out if isinstance(out, list) else [out])[-1] if out else last
             return last
 
         if self.shards.single_pass:

@@ -200,11 +200,12 @@ def resolve_resume(resume: str, ckpt_dir: str) -> tuple[str, str]:
     """(checkpoint dir, tag) for --train.resume 'latest' or a step folder; the tag must be complete
     and hold only a checkpoint's files (see safe_load.check_checkpoint_files)."""
     if resume == "latest":
-        if not os.path.isfile(os.path.join(ckpt_dir, LATEST)):
-            raise ValueError(f"--train.resume latest: no {os.path.join(ckpt_dir, LATEST)}; no checkpoint to resume from")
+        latest = os.path.join(ckpt_dir, LATEST)
+        if not os.path.isfile(latest):
+            raise ValueError(f"--train.resume latest: no {latest}; no checkpoint to resume from")
         tag = latest_tag(ckpt_dir)
         if tag is None:
-            raise ValueError(f"--train.resume latest: {os.path.join(ckpt_dir, LATEST)} is empty")
+            raise ValueError(f"--train.resume latest: {latest} is empty")
         path = os.path.join(ckpt_dir, tag)
         inside(path, ckpt_dir, "--train.resume latest")
     else:

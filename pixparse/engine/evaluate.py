@@ -203,7 +203,8 @@ def part_scores(task: Any, records: list[dict[str, Any]], source: str) -> dict[s
         return {}
     out: dict[str, float] = {}
     for name, urls in parts:
-        mine = [r for r in records if r["shard"] in set(urls)]
+        shards = set(urls)
+        mine = [r for r in records if r["shard"] in shards]
         if mine:
             scores = task.score([r["prediction"] for r in mine], [r["reference"] for r in mine])
             out.update({f"{name}/{k}": v for k, v in scores.items()})

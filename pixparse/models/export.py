@@ -108,6 +108,17 @@ def resolve_checkpoint_path(path: str) -> str:
     return path
 
 
+def read_info(path: str) -> dict[str, Any]:
+    """The 'pixparse' entry (task, preset, tokens, ...) of a resolved export folder or checkpoint
+    tag's model_config.json; ValueError when there is none."""
+    assets = path if os.path.isfile(os.path.join(path, MODEL_CONFIG)) else os.path.join(path, CHECKPOINT_ASSETS)
+    try:
+        with open(os.path.join(assets, MODEL_CONFIG)) as f:
+            return json.load(f)["pixparse"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a pixparse checkpoint tag or export ({e})") from None
+
+
 def read_source(path: str) -> tuple[ModelConfig, Any, dict[str, Any], Callable[[], dict[str, torch.Tensor]]]:
     """A previous run's export folder or checkpoint tag -> (preset, tokenizer, info, weights()).
 

@@ -101,8 +101,8 @@ def safe_torch_load(path: Any, mmap: bool = False, map_location: Any = "cpu") ->
         ) from None
     except Exception as e:  # noqa: BLE001 - any malformed pickle (TypeError, MemoryError, ...) is the file's fault
         detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise CheckpointFileError(f"cannot read {name}: {type(e).__name__}: {detail} (truncated, damaged or "
-                         f"not a torch file?)") from None
+        raise CheckpointFileError(f"cannot read {name}: {type(e).__name__}: {detail} (truncated, damaged "
+                                  f"or not a torch file?)") from None
 
 
 def _restricted_load(f: Any, map_location: Any = None, pickle_module: Any = None, *, weights_only: Any = None,
@@ -139,16 +139,16 @@ def check_checkpoint_files(folder: str, layout: str = "tag") -> int:
                 name = f"{rel}/{entry.name}" if rel else entry.name
                 where = os.path.join(folder, name)
                 if entry.is_symlink():
-                    raise CheckpointFileError(f"refusing checkpoint {folder}: {where} is a symbolic link; checkpoints "
-                                     f"hold plain files (copy the file in, or remove the link)")
+                    raise CheckpointFileError(f"refusing checkpoint {folder}: {where} is a symbolic link; "
+                                              f"checkpoints hold plain files (copy the file in, or remove the link)")
                 if entry.is_dir(follow_symlinks=False):
                     if name.count("/") >= 3 or not _PLAIN.match(entry.name):
                         raise CheckpointFileError(f"refusing checkpoint {folder}: unexpected folder {where}")
                     stack.append(name)
                 elif not entry.is_file(follow_symlinks=False) or not pattern.match(name):
-                    raise CheckpointFileError(f"refusing checkpoint {folder}: {where} is not a file a pixparse or DeepSpeed "
-                                     f"checkpoint has; remove it if you put it there, else do not trust this "
-                                     f"checkpoint")
+                    raise CheckpointFileError(f"refusing checkpoint {folder}: {where} is not a file a pixparse or "
+                                              f"DeepSpeed checkpoint has; remove it if you put it there, else do "
+                                              f"not trust this checkpoint")
                 elif name.endswith(".pt"):
                     pickles.append(where)
     for path in sorted(pickles):

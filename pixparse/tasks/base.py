@@ -22,6 +22,7 @@ from torch import nn
 
 from pixparse.data.config import DataLoaderConfig
 from pixparse.data.decode import Page, SampleError, decode_document_pages
+from pixparse.data.loader import ROLLED_KEY
 from pixparse.data.tokenizer import add_task_tokens, create_tokenizer
 from pixparse.data.patches import PatchPage, collate_patches, page_image
 from pixparse.data.transforms import DocAugment, ResizePad, TextTargets, collate_text_image
@@ -441,8 +442,8 @@ class TaskBase(nn.Module):
     def token_losses(self, batch: dict[str, torch.Tensor], roll: bool = False) -> torch.Tensor:
         """Summed target-token loss per sample (B,); `roll`: with another sample's page instead (the
         batch's 'rolled' pixels where the eval loader paired samples, else the next sample's)."""
-        if roll and "rolled" in batch:
-            batch, roll = batch["rolled"], False
+        if roll and ROLLED_KEY in batch:
+            batch, roll = batch[ROLLED_KEY], False
         logits = self.model(self.pixels(batch, roll), batch["input_ids"], batch["attention_mask"],
                             **self.text_inputs(batch))
         losses, _ = token_cross_entropy(logits, batch["labels"], reduction="none")
