@@ -25,6 +25,18 @@ on it (plain loop: the task moved there, autocast on cuda; phases: synchronized 
 run from its step callbacks) runs in one process with a plain loop on a copy of the same task,
 steps alternated (the order flipped every pair); the result is the median of per-pair ratios.
 --phases: ms per phase (forward, backward, step) of each.
+
+--world_size N: where users run, N ranks (torch.distributed.run, gloo on CPU, NCCL on GPUs), each
+rank its own batch of --batch_size, every variant in a fresh launch, interleaved rounds, also at
+1 rank for scaling (samples/s at N ranks over samples/s at 1). Variants: ddp (the plain loop under
+DistributedDataParallel), fsdp (the plain loop under FSDP2, torch.distributed.fsdp.fully_shard on
+every block of a ModuleList, then the whole task), zero2 / zero3 (the engine's micro-step with
+ds_configs/zero{2,3}_fp32.json), zero2-unpatched / zero3-unpatched (the same with
+--train.patch_deepspeed false: DeepSpeed's own ZeRO methods). A run's step time is the slowest
+rank's mean over the timed window. Last line: zero2_vs_ddp, zero3_vs_fsdp, scaling_zero2,
+scaling_ddp (and the others measured).
+
+    python benchmarks/bench_train.py --world_size 2 --model cruller_tiny --batch_size 8 --threads 1
 """
 import argparse
 import datetime
@@ -70,21 +82,23 @@ def _task_and_batch(args):
     return task, to_device(batch, _device())
 
 
-def plain_loop(task, dtype: str):
-    """One step of the plain loop on `task` as a function of the batch."""
+def plain_loop(model, dtype: str, task=None):
+    """One step of the plain loop on `model` (the task, or its DDP/FSDP wrapper; `task`: the task
+    inside, whose parameter groups the optimizer takes) as a function of the batch."""
     import torch
 
     from pixparse.engine.optim import create_optimizer
     from pixparse.tasks.config import OptimConfig
 
-    task.train()
+    task = task or model
+    model.train()
     opt = create_optimizer(task, OptimConfig())
     params = [p for p in task.parameters() if p.requires_grad]
     device_type = _device().type
 
     def step(batch) -> None:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            loss = task(batch)["loss"]
+            loss = model(batch)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -183,7 +197,7 @@ def _bench_flags(args, stage: int, dtype: str, *extra: str) -> list[str]:
     """`pixparse bench` flags: the engine with ds_configs/zero{stage}_{dtype}.json on args' model,
     batch and tokenizer, synthetic data."""
     flags = ["--synthetic_data", "true", "--deepspeed_config", f"{REPO}/ds_configs/zero{stage}_{dtype}.json",
-             "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size),
+             "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size * 64),
              "--data.train.batch_size", str(args.batch_size), "--task.model_name", args.model,
              "--train.output_dir", tempfile.mkdtemp(), "--train.progress_bar", "false", *extra]
     if args.tokenizer:
@@ -331,7 +345,139 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
     return _pair_record(engine_t, plain_t, trainer.engine.device)
 
 
+# ----------------------------------------------------------------- N ranks (one launch per run)
+DIST_VARIANTS = ("ddp", "fsdp", "zero2", "zero3", "zero2-unpatched", "zero3-unpatched")
+
+
+def _shard_blocks(task) -> None:
+    """FSDP2 as a user applies it: each block of every ModuleList (bottom-up), then the root."""
+    import torch
+    from torch.distributed.fsdp import fully_shard
+
+    for module in reversed(list(task.modules())):
+        if isinstance(module, torch.nn.ModuleList):
+            for block in module:
+                fully_shard(block)
+    fully_shard(task)
+
+
+def dist_step(args, kind: str, dtype: str):
+    """(step function of a batch, this rank's batch) for one rank of an N-rank run."""
+    import torch
+    import torch.distributed as tdist
+
+    from pixparse.engine.dist import to_device
+
+    if kind in ("ddp", "fsdp"):
+        tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        task, _ = _task_and_batch(args)
+        if kind == "ddp":
+            model = torch.nn.parallel.DistributedDataParallel(task)
+        else:
+            _shard_blocks(task)
+            model = task
+        step = plain_loop(model, dtype, task)
+    else:
+        stage = int(kind[4])
+        extra = ("--train.patch_deepspeed", "false") if kind.endswith("unpatched") else ()
+        cfg, setup = _engine_setup(args, stage, dtype, *extra)
+        trainer = _trainer(cfg, setup)
+        trainer.engine.train()
+        task = setup.task
+
+        def step(batch) -> None:
+            trainer.micro_step(batch)[0].item()
+    batch = task.synthetic_batch(args.batch_size, torch.Generator().manual_seed(tdist.get_rank()))
+    return step, (batch if kind.startswith("zero") else to_device(batch, _device()))
+
+
+def worker_dist(args, kind: str, dtype: str) -> None:
+    """One rank: warm-up, then the timed window; rank 0 prints the slowest rank's mean step time."""
+    import torch
+    import torch.distributed as tdist
+
+    step, batch = dist_step(args, kind, dtype)
+    for _ in range(args.warmup):
+        step(batch)
+    _sync()
+    tdist.barrier()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step(batch)
+    _sync()
+    mean = torch.tensor((time.perf_counter() - start) / args.steps, dtype=torch.float64)
+    tdist.all_reduce(mean, op=tdist.ReduceOp.MAX)
+    if tdist.get_rank() == 0:
+        print(json.dumps({"variant": args.worker, "step_s": mean.item(), "steps": args.steps,
+                          "world_size": tdist.get_world_size()}))
+
+
+def spawn_dist(args, variant: str, ranks: int) -> dict:
+    """One launch of `variant` on `ranks` ranks; rank 0's JSON line."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+           str(port), __file__, "--worker", f"dist:{variant}", "--model", args.model, "--batch_size",
+           str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if args.tokenizer:
+        cmd += ["--tokenizer", args.tokenizer]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or max(1, (os.cpu_count() or 1) // ranks)),
+           "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{variant} on {ranks} rank(s) failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+    return json.loads(next(line for line in reversed(proc.stdout.strip().splitlines()) if line.startswith("{")))
+
+
+def run_world(args) -> None:
+    """Every variant at 1 and N ranks, interleaved over rounds; the table, then the summary."""
+    variants = args.variants.split(",") if args.variants != DEFAULT_VARIANTS else \
+        ["ddp_fp32", "zero2_fp32", "fsdp_fp32", "zero3_fp32", "zero2-unpatched_fp32", "zero3-unpatched_fp32"]
+    for v in variants:
+        if v.rsplit("_", 1)[0] not in DIST_VARIANTS:
+            sys.exit(f"--variants {v}: with --world_size the variants are {', '.join(DIST_VARIANTS)} (+ _fp32/_bf16)")
+    counts = sorted({1, args.world_size})
+    results: dict[str, list[float]] = {f"{v}@{n}": [] for n in counts for v in variants}
+    for r in range(args.rounds):
+        for n in counts:
+            for v in variants:
+                step = spawn_dist(args, v, n)["step_s"]
+                results[f"{v}@{n}"].append(step)
+                print(f"round {r + 1}/{args.rounds} {v} on {n} rank(s): {step:.4f} s/step", file=sys.stderr, flush=True)
+    median = {k: statistics.median(t) for k, t in results.items()}
+    sps = {k: int(k.rsplit("@", 1)[1]) * args.batch_size / s for k, s in median.items()}
+    n = args.world_size
+    print(f"model {args.model}, batch {args.batch_size} per rank, {args.steps} timed steps ({args.warmup} warm-up), "
+          f"{args.rounds} round(s), median of rounds; slowest rank's mean step")
+    print(f"| variant | step s @1 | step s @{n} | samples/s @{n} | scaling |\n|---|---|---|---|---|")
+    for v in variants:
+        print(f"| {v} | {median[f'{v}@1']:.4f} | {median[f'{v}@{n}']:.4f} | {sps[f'{v}@{n}']:.1f} | "
+              f"{sps[f'{v}@{n}'] / sps[f'{v}@1']:.3f} |")
+    summary = {}
+    for engine, ref in (("zero2", "ddp"), ("zero3", "fsdp"), ("zero3", "ddp"), ("zero2", "zero2-unpatched"),
+                        ("zero3", "zero3-unpatched")):
+        a, b = f"{engine}_fp32@{n}", f"{ref}_fp32@{n}"
+        if a in median and b in median:
+            summary[f"{engine}_vs_{ref.replace('-', '_')}"] = round(median[a] / median[b], 4)
+    for v in variants:
+        kind = v.rsplit("_", 1)[0].replace("-", "_")
+        summary[f"scaling_{kind}"] = round(sps[f"{v}@{n}"] / sps[f"{v}@1"], 4)
+    record = {"summary": summary, "median_step_s": median, "samples_per_s": sps, "rounds": results,
+              "args": vars(args), "command": " ".join(["python", *sys.argv]),
+              "when": datetime.datetime.now().isoformat(timespec="seconds"), **_env_info()}
+    save_result(args.out, f"bench_train_{n}ranks_{args.model}_b{args.batch_size}", record)
+
+
 def run_worker(args) -> None:
+    if args.worker.startswith("dist:"):
+        kind, dtype = args.worker[len("dist:"):].rsplit("_", 1)
+        worker_dist(args, kind, dtype)
+        return
     kind, dtype = args.worker.rsplit("_", 1)
     if args.paired:
         pair = paired_trainer(args, dtype) if kind == "trainer" else paired_engine(args, int(kind[-1]), dtype)
@@ -423,6 +569,9 @@ def run_paired(args) -> None:
     save_result(args.out, f"bench_train_paired_{args.model}_b{args.batch_size}", record)
 
 
+DEFAULT_VARIANTS = "plain_fp32,zero2_fp32,zero3_fp32,trainer_fp32"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cruller_tiny")
@@ -431,7 +580,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per run (>= 20 for the engine's bench)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--variants", default="plain_fp32,zero2_fp32,zero3_fp32,trainer_fp32")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS)
+    p.add_argument("--world_size", type=int, default=None,
+                   help="instead: the engine against DDP and FSDP2 on this many ranks (and 1, for scaling)")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every variant (default: all cores)")
     p.add_argument("--omp_wait_policy", choices=["active", "passive"], default=None,
                    help="OMP_WAIT_POLICY of every variant (default: the environment's). Before the engine "
@@ -457,6 +608,9 @@ def main() -> None:
         return
     if args.paired:
         run_paired(args)
+        return
+    if args.world_size:
+        run_world(args)
         return
     variants = args.variants.split(",")
     results: dict[str, list[float]] = {v: [] for v in variants}

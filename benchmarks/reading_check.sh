@@ -14,7 +14,8 @@
 # Curriculum: KIND=blocks (3-5 lines at 96x256, no real lines) with INIT_FROM=<a lines reader's
 # checkpoint> and IMAGE_SIZE="[96, 256]" goes on from lines to blocks (the check's next stage).
 # Env: SAMPLES (default 102400), INTERVALS (evaluations, 10), CTC (auxiliary CTC weight; default 1 on
-# cruller presets, else 0), REAL_SHARE (share of real lines in training, 0.1), LR (1e-3), SCHEDULE
+# cruller presets, else 0), REAL_SHARE (share of real lines in training, 0.1), LONG_SHARE (share of
+# lines of up to 40 characters rendered 512 wide, seen at half scale as long receipt lines are, 0), LR (1e-3), SCHEDULE
 # (constant after the warmup; cosine: decay to 0 by the last sample), DATA (the shared data, ../shared/data).
 set -euo pipefail
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -27,6 +28,7 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions
 DATA=${DATA:-${PIXPARSE_TEST_DATA:-../shared/data}}
 SAMPLES=${SAMPLES:-102400}
 REAL_SHARE=${REAL_SHARE:-0.1}
+LONG_SHARE=${LONG_SHARE:-0}
 LR=${LR:-1e-3}
 SCHEDULE=${SCHEDULE:-constant}
 INTERVALS=${INTERVALS:-10}
@@ -58,8 +60,9 @@ if [ "$KIND" = lines ]; then
   REAL_PATTERN="$DATA_DIR/train_lines-{000000..$(printf %06d $((NUM_TRAIN_REAL - 1)))}.tar"
   NUM_REAL=$(ls "$DATA_DIR"/real_lines-*.tar | wc -l)
   HELDOUT="$HELDOUT::$DATA_DIR/real_lines-{000000..$(printf %06d $((NUM_REAL - 1)))}.tar"
-  TRAIN=(--data.train.source "render:lines::$REAL_PATTERN"
-         --data.train.source_weights "[$(python -c "print(1 - $REAL_SHARE)"), $REAL_SHARE]")
+  # long lines drawn at twice the width, so the model sees them at the scale of receipt lines
+  TRAIN=(--data.train.source "render:lines::render:lines?width=512&chars=40::$REAL_PATTERN"
+         --data.train.source_weights "[$(python -c "print(round(1 - $REAL_SHARE - $LONG_SHARE, 6))"), $LONG_SHARE, $REAL_SHARE]")
 else
   TRAIN=(--data.train.source "render:$KIND")
 fi
@@ -84,7 +87,7 @@ CKPT="$OUT/runs/reader/checkpoints/$(cat "$OUT/runs/reader/checkpoints/latest")"
 python -m pixparse.app.eval --task.name cruller_pretrain --data.eval.source "$HELDOUT" \
   --data.eval.batch-size 100 --data.eval.num-workers 0 --eval.checkpoint-path "$CKPT" \
   --output-dir "$OUT/eval" > "$OUT/eval.out"
-READING_CHECK_COMMAND="$(env | grep -E '^(SAMPLES|INTERVALS|CTC|REAL_SHARE|LR|SCHEDULE|KIND|INIT_FROM|IMAGE_SIZE)=' | tr '\n' ' ')bash benchmarks/reading_check.sh OUT_DIR $PRESET $*" \
+READING_CHECK_COMMAND="$(env | grep -E '^(SAMPLES|INTERVALS|CTC|REAL_SHARE|LONG_SHARE|LR|SCHEDULE|KIND|INIT_FROM|IMAGE_SIZE)=' | tr '\n' ' ')bash benchmarks/reading_check.sh OUT_DIR $PRESET $*" \
   python - "$OUT" "$LABEL" "$CKPT" "$TRAIN_S" <<'PY'
 import json, os, platform, subprocess, sys
 from importlib.metadata import version

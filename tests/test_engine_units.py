@@ -134,3 +134,25 @@ def test_flat_gradient_norm_in_chunks_equals_the_per_tensor_norm(monkeypatch):
         assert flat_sum.dtype == torch.float64
         assert flat_sum.item() == pytest.approx(per_tensor.item(), rel=1e-14)
         assert torch.equal(flat_sum.float(), per_tensor.float())
+
+
+def test_deepspeed_patches_fall_back_on_another_version_or_a_missing_attribute(monkeypatch, caplog):
+    """On a DeepSpeed the patches were not tested on, or one lacking an attribute they replace,
+    DeepSpeed's own methods stay, with one log line naming why and the flag."""
+    import deepspeed
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    from pixparse.engine import zero_fast
+
+    bare = object.__new__(DeepSpeedZeroOptimizer)  # no attributes: every one the patch needs is missing
+    with caplog.at_level("WARNING", logger="pixparse.engine.zero_fast"):
+        assert zero_fast.install(bare) == []
+    assert "DeepSpeedZeroOptimizer has no dp_process_group" in caplog.text
+    assert "--train.patch_deepspeed" in caplog.text and not hasattr(bare, "_pixparse_original_get_grad_norm_direct")
+    monkeypatch.setattr(deepspeed, "__version__", "0.21.0")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pixparse.engine.zero_fast"):
+        assert zero_fast.install(object.__new__(DeepSpeedZeroOptimizer_Stage3)) == []
+    assert "DeepSpeed 0.21.0 is not 0.19.x" in caplog.text
+    assert zero_fast.install(object()) == []  # not a ZeRO optimizer: nothing to patch, nothing logged

@@ -110,19 +110,13 @@ def test_zero_init_builds_partitioned_with_the_plain_init(tmp_path):
 
 @pytest.mark.parametrize("ranks", [1, 2])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
+def test_deepspeed_patches_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
     """ZeRO-1, 2 and 3 in fp32 and bf16 (and ZeRO-2 bf16 with fp32 gradient accumulation), each
-    rank its own batches, gradient accumulation: DeepSpeed with pixparse's zero_fast methods gives
-    the same losses and weights, bit for bit, as DeepSpeed alone (one-rank ZeRO-3, whose module
-    hooks are gone: to within rounding, far below what training moved); every clipping norm is the
-    fused one and equals DeepSpeed's own on the same gradients (dtype included; ZeRO-3's, kept in
-    float64 and taken over the flat partition buffer: to float64 rounding). On one rank: ZeRO-2
-    keeps no per-gradient hook, ZeRO-1/2 take the norm over the flattened gradients and reduce
-    nothing unless gradients accumulate in a separate fp32 buffer (then DeepSpeed's bucket runs
-    and the norm is DeepSpeed's per-tensor one), ZeRO-3 skips the reduce-scatter, keeps its
-    parameters resident and reduces gradients after backward instead of hooking each, and no
-    tensor collective reaches the process group (local_collectives). On two ranks DeepSpeed's own
-    hooks, reductions and collectives all run."""
+    rank its own batches, gradient accumulation: DeepSpeed with pixparse's patches gives the same
+    losses and weights, bit for bit, as DeepSpeed alone; every clipping norm is the fused one and
+    equals DeepSpeed's own on the same gradients (dtype included; ZeRO-3's, kept in float64 and
+    taken over the flat partition buffer: to float64 rounding). On one rank no tensor collective
+    reaches the process group (local_collectives); on two all of DeepSpeed's do."""
     import json
     import math
     import sys
@@ -134,7 +128,7 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
     assert sorted(result) == sorted(["1", "2", "3"] + (["2-fp32-accumulation"] if dtype == "bf16" else []))
     for name, entry in result.items():
         stage = name[0]
-        assert any("gradient norm fused" in x for x in entry["installed"]), (name, entry["installed"])
+        assert len(entry["installed"]) == 1 and "gradient norm fused" in entry["installed"][0], (name, entry)
         norms = entry["norms"]
         assert len(norms) >= 3 and all(n["same_dtype"] for n in norms), (name, norms)  # >= 1 per step
         if stage == "3":  # a float64 norm over the flat partitions, DeepSpeed's summed tensor by tensor
@@ -143,49 +137,8 @@ def test_zero_fast_methods_train_exactly_as_deepspeed(tmp_path, ranks, dtype):
         else:  # summed in float64 either way, then rounded to float32
             assert all(n["equal"] for n in norms), (name, norms)
         assert len({n["fused"] for n in norms}) > 1, (name, norms)  # real, changing gradients
-        if stage == "3" and ranks == 1:
-            # resident parameters, no module hooks: autograd's graph lacks DeepSpeed's per-module
-            # functions, so gradients of tensors used twice sum in another order. The first step's
-            # forwards are bit-equal; after it, equal to rounding: fp32 masters within 1e-6 (seen
-            # 1.2e-7) of DeepSpeed's, 1/1000 of what training moved them; losses within 1e-6 in
-            # fp32 (seen: equal) and 5e-5 in bf16 (seen 7e-6; one step moves them ~4e-3), where a
-            # one-ulp bf16 gradient difference can flip Adam's step on a near-zero gradient
-            assert ("one rank: parameters resident (no module fetch/release hooks), no per-gradient hooks"
-                    in entry["installed"]), entry
-            ds_losses, fast_losses = entry["losses"]
-            assert ds_losses[:2] == fast_losses[:2], (name, entry["losses"])
-            rel = 5e-5 if dtype == "bf16" else 1e-6
-            assert all(abs(a - b) <= rel * abs(a) for a, b in zip(ds_losses, fast_losses)), (name, entry["losses"])
-            if dtype == "fp32":
-                assert entry["max_master_diff"] <= min(1e-6, entry["max_master_update"] / 1000), (name, entry)
-        else:
-            assert entry["same_losses"] and entry["same_weights"], (name, entry["losses"])
+        assert entry["same_losses"] and entry["same_weights"], (name, entry["losses"])
         sent_ds, sent_fast = entry["collectives_sent"]
         assert sent_ds > 0 and (sent_fast == 0) == (ranks == 1), (name, sent_ds, sent_fast)
-        calls = set(entry["reduce_calls"])
-        if stage == "3":
-            for one_rank in ("one rank: no gradient reduce-scatter", "one rank: parameters resident",
-                             "one rank: no parameter fetch-on-access in forward"):
-                assert any(x.startswith(one_rank) for x in entry["installed"]) == (ranks == 1), entry
-            if ranks == 1:
-                assert calls == {"_one_rank_zero3_scatter"}, (name, calls)
-            else:  # DeepSpeed's own reduce-scatter ran, not the replacement
-                assert calls and "_one_rank_zero3_scatter" not in calls, (name, calls)
-            # ZeRO-3's per-gradient hooks: gone on one rank (reduced after backward), kept on two
-            assert entry["grad_hooks"] == ([88, 0] if ranks == 1 else [88, 88]), (name, entry["grad_hooks"])
-            continue
-        hooks_ds, hooks_fast = entry["grad_hooks"]
-        one_rank = ["one rank: no gradient all-reduce",
-                    "one rank: no per-gradient hooks, no bucket, parameters not re-pointed every step"]
-        assert all((x in entry["installed"]) == (ranks == 1) for x in one_rank), (name, entry["installed"])
-        if ranks == 1:
-            # DeepSpeed's ZeRO-2 hooks every gradient even on one rank (ZeRO-1 there: none)
-            assert hooks_fast == 0 and hooks_ds == (88 if stage == "2" else 0), (name, hooks_ds, hooks_fast)
-            # only gradients kept in an fp32 buffer still pass through DeepSpeed's bucket
-            assert calls == ({"bucket"} if name.endswith("accumulation") else set()), (name, calls)
-            # the clipping norm read the flattened gradients (DeepSpeed's own fp32 buffer: per tensor)
-            assert all(n["flat"] != name.endswith("accumulation") for n in norms), (name, norms)
-        else:  # DeepSpeed's own hooks and reductions (with overlap_comm through average_tensor instead)
-            assert hooks_fast == hooks_ds == 88, (name, hooks_ds, hooks_fast)
-            assert not any(n["flat"] for n in norms), (name, norms)
-            assert "bucket" in calls and "_one_rank_allreduce_and_copy" not in calls, (name, calls)
+
+

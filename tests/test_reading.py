@@ -27,6 +27,20 @@ def test_render_sources_parse_and_refuse_typos():
         DataLoaderConfig(source="render:lines", num_samples=8)
 
 
+def test_fonts_are_the_same_on_every_machine_unless_a_folder_adds_some(tmp_path):
+    """The default faces are matplotlib's 12 (a seed renders the same held-out set anywhere);
+    fonts=DIR adds a folder's fonts and a missing folder is refused by name."""
+    default = TextRenderer(parse_render_source("render:lines")).fonts
+    assert len(default) == 12 and all("/mpl-data/fonts/ttf/DejaVu" in f for f in default)
+    (tmp_path / "sub").mkdir()
+    extra = tmp_path / "sub" / "Extra.ttf"
+    extra.write_bytes(open(default[0], "rb").read())
+    with_dir = TextRenderer(parse_render_source(f"render:lines?fonts={tmp_path}")).fonts
+    assert with_dir == default + [str(extra)]
+    with pytest.raises(ValueError, match="is not a folder"):
+        parse_render_source(f"render:lines?fonts={tmp_path}/missing")
+
+
 @pytest.mark.parametrize("kind", ["lines", "blocks", "pages"])
 def test_rendering_is_fixed_by_seed_and_new_each_sample(kind):
     renderer = TextRenderer(parse_render_source(f"render:{kind}"))

@@ -183,7 +183,7 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     threads = pdist.share_cpu_threads()
     if threads is not None:
         logger.info("OMP_NUM_THREADS unset: %d torch thread(s) per rank", threads)
-    pdist.init_distributed()
+    pdist.init_distributed(cfg.train.patch_deepspeed)
     paths = _make_run_folder(cfg, rank, ds_config, model_cfg.to_dict())
     logger.info("run %s: %d rank(s), %d steps/interval x %d intervals, global batch %d",
                 paths.run_dir, world_size, plan.steps_per_interval, cfg.task.num_intervals,

@@ -9,10 +9,11 @@ A source is `render:<kind>[?key=value&...]`:
     random   share of lines made of random characters, which no language model can guess (0.5)
     chars    most characters in a line (lines 16, blocks 24; fewer where the width runs out)
     n        samples per draw of the source (256): the unit the loader mixes with real shards
+    fonts    a folder whose .ttf/.otf fonts (searched recursively) join the default faces
 
 Each sample is seeded by (seed, interval, rank, worker, draw, index), so a resumed run renders
-the same samples. Fonts are the DejaVu faces matplotlib ships (no download), plus any TrueType
-fonts installed on the machine. Augmentations: ink/paper contrast, slight rotation, blur, noise.
+the same samples. Fonts are the 12 DejaVu faces matplotlib ships (no download; the same on every
+machine, so a seed renders the same held-out set anywhere), plus those of `fonts`. Augmentations: ink/paper contrast, slight rotation, blur, noise.
 """
 import glob
 import importlib.util
@@ -43,6 +44,7 @@ class RenderSpec:
     random_share: float = 0.5
     samples_per_draw: int = 256
     max_chars: int = 16
+    font_dir: str = ""
 
 
 def is_render_source(url: str) -> bool:
@@ -55,33 +57,41 @@ def parse_render_source(url: str) -> RenderSpec:
     if kind not in KINDS:
         raise ValueError(f"{url!r}: the kind must be one of {', '.join(KINDS)} (render:lines, ...)")
     height, width = _DEFAULT_SIZE[kind]
-    args = {"height": height, "width": width, "random": 0.5, "n": 256, "chars": _DEFAULT_CHARS[kind]}
+    args = {"height": height, "width": width, "random": 0.5, "n": 256, "chars": _DEFAULT_CHARS[kind], "fonts": ""}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
         if key not in args:
             raise ValueError(f"{url!r}: unknown setting {key!r}; known: {', '.join(args)}")
         try:
-            args[key] = float(value) if key == "random" else int(value)
+            args[key] = value if key == "fonts" else float(value) if key == "random" else int(value)
         except ValueError:
             raise ValueError(f"{url!r}: {key}={value!r} is not a number") from None
     if args["height"] < 8 or args["width"] < 8 or args["n"] < 1 or not 0 <= args["random"] <= 1 \
             or (kind != "pages" and args["chars"] < 4):
         raise ValueError(f"{url!r}: height and width must be >= 8, n >= 1, chars >= 4 and random in [0, 1]")
-    return RenderSpec(kind, args["height"], args["width"], args["random"], args["n"], args["chars"])
+    if args["fonts"] and not os.path.isdir(args["fonts"]):
+        raise ValueError(f"{url!r}: fonts={args['fonts']!r} is not a folder (give a folder of .ttf/.otf fonts)")
+    return RenderSpec(kind, args["height"], args["width"], args["random"], args["n"], args["chars"], args["fonts"])
 
 
-def render_fonts() -> list[str]:
-    """DejaVu faces shipped by matplotlib (Sans, Serif, Mono; regular, bold, italic), then any
-    TrueType fonts installed in the system's font folders."""
+# matplotlib's DejaVu text faces: Sans, Sans Mono and Serif in regular, bold, italic and bold italic
+_MPL_FACES = tuple(f"DejaVu{family}{face}.ttf" for family in ("Sans", "SansMono", "Serif")
+                   for face in ("", "-Bold", "-Oblique" if family != "Serif" else "-Italic",
+                                "-BoldOblique" if family != "Serif" else "-BoldItalic"))
+
+
+def render_fonts(font_dir: str = "") -> list[str]:
+    """The 12 DejaVu text faces matplotlib ships, then the .ttf/.otf fonts under `font_dir`."""
     fonts = []
     spec = importlib.util.find_spec("matplotlib")
     if spec is not None and spec.submodule_search_locations:
         ttf = os.path.join(spec.submodule_search_locations[0], "mpl-data", "fonts", "ttf")
-        fonts += sorted(p for p in glob.glob(os.path.join(ttf, "DejaVu*.ttf")) if "Display" not in p)
-    for pattern in ("/usr/share/fonts/**/DejaVu*.ttf", "/usr/share/fonts/**/Liberation*.ttf"):
-        fonts += sorted(glob.glob(pattern, recursive=True))
+        fonts += [os.path.join(ttf, face) for face in _MPL_FACES if os.path.isfile(os.path.join(ttf, face))]
+    if font_dir:
+        fonts += sorted(p for ext in ("ttf", "otf") for p in glob.glob(os.path.join(font_dir, "**", f"*.{ext}"),
+                                                                        recursive=True))
     if not fonts:
         raise ValueError("no fonts to render with: pip install matplotlib (it ships the DejaVu fonts) "
-                         "or install a TrueType font package (apt install fonts-dejavu-core)")
+                         "or give a folder of fonts: render:lines?fonts=/usr/share/fonts")
     return fonts
 
 
@@ -109,7 +119,7 @@ class TextRenderer:
 
     def __init__(self, spec: RenderSpec, fonts: list[str] | None = None) -> None:
         self.spec = spec
-        self.fonts = fonts if fonts is not None else render_fonts()
+        self.fonts = fonts if fonts is not None else render_fonts(spec.font_dir)
         self._cache: dict[tuple[str, int], ImageFont.FreeTypeFont] = {}
 
     def __getstate__(self) -> dict:

@@ -115,8 +115,9 @@ def check_deepspeed_version() -> str:
     return found
 
 
-def init_distributed() -> None:
-    """Start the process group (a 1-process group when run without a launcher)."""
+def init_distributed(patch_deepspeed: bool = True) -> None:
+    """Start the process group (a 1-process group when run without a launcher; its collectives
+    done locally unless not `patch_deepspeed`)."""
     import deepspeed
 
     skip_absent_nvml_probe()
@@ -128,7 +129,7 @@ def init_distributed() -> None:
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not dist.is_initialized():
         deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
-    if dist.get_world_size() == 1:
+    if dist.get_world_size() == 1 and patch_deepspeed:
         local_collectives(True)
 
 

@@ -147,7 +147,7 @@ def single_rank_zero(ds: dict[str, Any], world_size: int) -> list[str]:
     its backward hook) only cost time there (cruller_tiny, batch 8, this CPU: 0.041 -> 0.030 s per
     step): turned off. ZeRO-3 without parameter offload: every parameter persistent (one rank's
     partition is the whole parameter, so a gathered parameter costs no memory beyond its
-    partition), which lets zero_fast drop the per-module fetch/release hooks; overlap_comm and
+    partition, and DeepSpeed then fetches and releases nothing per module); overlap_comm and
     contiguous_gradients off as well (no bucket buffer of reduce_bucket_size elements, no copy of
     every gradient into it). Returns the keys changed."""
     zero = ds.get("zero_optimization", {})

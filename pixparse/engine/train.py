@@ -149,7 +149,7 @@ class Trainer:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=task, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
-        installed = zero_fast.install(self.engine.optimizer, self.engine)
+        installed = zero_fast.install(self.engine.optimizer) if train_cfg.patch_deepspeed else []
         if installed and self.rank == 0:
             logger.info("DeepSpeed optimizer: %s", "; ".join(installed))
         if collectives_are_local():
