@@ -24,7 +24,8 @@ on it (plain loop: the task moved there, autocast on cuda; phases: synchronized 
 2-vCPU VM drifts 10-40% between processes), each engine variant (and Seq2SeqTrainer, a plain step
 run from its step callbacks) runs in one process with a plain loop on a copy of the same task,
 steps alternated (the order flipped every pair); the result is the median of per-pair ratios.
---phases: ms per phase (forward, backward, step) of each.
+--phases: ms per phase (forward, backward, step) of each; with --world_size N, the engine variants'
+phases on rank 0 at 1 and N ranks (what N ranks add to backward and step is communication).
 
 --world_size N: where users run, N ranks (torch.distributed.run, gloo on CPU, NCCL on GPUs), each
 rank its own batch of --batch_size, every variant in a fresh launch, interleaved rounds, also at
@@ -194,9 +195,9 @@ def _pair_record(variant_t: list[float], plain_t: list[float], variant_device) -
 
 
 def _bench_flags(args, stage: int, dtype: str, *extra: str) -> list[str]:
-    """`pixparse bench` flags: the engine with ds_configs/zero{stage}_{dtype}.json on args' model,
+    """`pixparse bench` flags: the engine with <--ds_configs>/zero{stage}_{dtype}.json on args' model,
     batch and tokenizer, synthetic data."""
-    flags = ["--synthetic_data", "true", "--deepspeed_config", f"{REPO}/ds_configs/zero{stage}_{dtype}.json",
+    flags = ["--synthetic_data", "true", "--deepspeed_config", f"{args.ds_configs}/zero{stage}_{dtype}.json",
              "--data.train.source", "unused.tar", "--data.train.num_samples", str(args.batch_size * 64),
              "--data.train.batch_size", str(args.batch_size), "--task.model_name", args.model,
              "--train.output_dir", tempfile.mkdtemp(), "--train.progress_bar", "false", *extra]
@@ -414,7 +415,7 @@ def worker_dist(args, kind: str, dtype: str) -> None:
                           "world_size": tdist.get_world_size()}))
 
 
-def spawn_dist(args, variant: str, ranks: int) -> dict:
+def spawn_dist(args, variant: str, ranks: int, worker: str = "dist") -> dict:
     """One launch of `variant` on `ranks` ranks; rank 0's JSON line."""
     import socket
 
@@ -422,8 +423,9 @@ def spawn_dist(args, variant: str, ranks: int) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-           str(port), __file__, "--worker", f"dist:{variant}", "--model", args.model, "--batch_size",
-           str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+           str(port), __file__, "--worker", f"{worker}:{variant}", "--model", args.model, "--batch_size",
+           str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup), "--ds_configs",
+           args.ds_configs]
     if args.tokenizer:
         cmd += ["--tokenizer", args.tokenizer]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or max(1, (os.cpu_count() or 1) // ranks)),
@@ -468,12 +470,20 @@ def run_world(args) -> None:
         kind = v.rsplit("_", 1)[0].replace("-", "_")
         summary[f"scaling_{kind}"] = round(sps[f"{v}@{n}"] / sps[f"{v}@1"], 4)
     record = {"summary": summary, "median_step_s": median, "samples_per_s": sps, "rounds": results,
-              "args": vars(args), "command": " ".join(["python", *sys.argv]),
+              "args": {**vars(args), "variants": ",".join(variants)}, "command": " ".join(["python", *sys.argv]),
               "when": datetime.datetime.now().isoformat(timespec="seconds"), **_env_info()}
     save_result(args.out, f"bench_train_{n}ranks_{args.model}_b{args.batch_size}", record)
 
 
 def run_worker(args) -> None:
+    if args.worker.startswith("dist-phases:"):  # one rank of an N-rank engine run, phase by phase
+        import torch.distributed as tdist
+
+        kind, dtype = args.worker[len("dist-phases:"):].rsplit("_", 1)
+        table = phases_engine(args, int(kind[-1]), dtype)
+        if tdist.get_rank() == 0:
+            print(json.dumps({"variant": args.worker, "phases_ms": table, "world_size": tdist.get_world_size()}))
+        return
     if args.worker.startswith("dist:"):
         kind, dtype = args.worker[len("dist:"):].rsplit("_", 1)
         worker_dist(args, kind, dtype)
@@ -531,7 +541,8 @@ def save_result(out_dir: str, stem: str, record: dict) -> None:
 def spawn(args, variant: str, *extra: str) -> dict:
     """Run one variant in a fresh process; its last stdout line (JSON)."""
     cmd = [sys.executable, __file__, "--worker", variant, *extra, "--model", args.model, "--batch_size",
-           str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+           str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup), "--ds_configs",
+           args.ds_configs]
     if args.tokenizer:
         cmd += ["--tokenizer", args.tokenizer]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or os.cpu_count())}
@@ -544,9 +555,13 @@ def spawn(args, variant: str, *extra: str) -> dict:
 
 
 def run_phases(args) -> None:
-    tables = {v: spawn(args, v, "--phases")["phases_ms"] for v in args.variants.split(",")
-              if not v.startswith("trainer")}
-    print(f"ms per step, model {args.model}, batch {args.batch_size}, 1 rank, mean of {args.steps} steps")
+    if args.world_size:  # the engine's phases on 1 and N ranks: what N ranks add is communication
+        tables = {f"{v}@{n}": spawn_dist(args, v, n, "dist-phases")["phases_ms"]
+                  for v in args.variants.split(",") if v.startswith("zero") for n in sorted({1, args.world_size})}
+    else:
+        tables = {v: spawn(args, v, "--phases")["phases_ms"] for v in args.variants.split(",")
+                  if not v.startswith("trainer")}
+    print(f"ms per step, model {args.model}, batch {args.batch_size} per rank, rank 0, mean of {args.steps} steps")
     for v, t in tables.items():
         print(f"{v}: " + " | ".join(f"{k} {ms:.2f}" for k, ms in t.items()))
     print(json.dumps(tables))
@@ -591,6 +606,8 @@ def main() -> None:
                         "threads than cores libgomp stopped spinning at barriers and every multi-threaded op "
                         "in the process slowed (a plain cruller_tiny step 33 -> 64 ms). 'active' keeps "
                         "threads spinning: a check that no such waiting effect is left")
+    p.add_argument("--ds_configs", default=os.path.join(REPO, "ds_configs"),
+                   help="folder of the engine variants' zero{2,3}_{fp32,bf16}.json (to measure other settings)")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     p.add_argument("--phases", action="store_true",
                    help="instead: ms per step of each phase (forward, backward, reduction/optimizer step, "

@@ -19,7 +19,7 @@ if [ ! -f "$HELDOUT/heldout-000001.tar" ]; then
 fi
 EXPERIMENT="demo-$(date +%Y%m%d-%H%M%S)"
 PORT=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-# A conv-stem reader of 0.8M parameters (cruller_reader_tiny) with an auxiliary CTC loss on its
+# A conv-stem reader of 1.1M parameters (cruller_reader_tiny) with an auxiliary CTC loss on its
 # image tokens; constant LR after a short warmup.
 deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --deepspeed_config ds_configs/zero2_fp32.json \

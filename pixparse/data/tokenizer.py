@@ -38,7 +38,7 @@ class SentencePieceTokenizer(SentencePieceBackend):
 
     def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]:
         """Pieces -> ids through one dict of the model's pieces: transformers looks each piece up
-        through two Python calls (0.45 of the 3.4 ms a receipt costs in a loader worker)."""
+        through two Python calls per piece, a loader worker's hot path."""
         if isinstance(tokens, str) or not self._added_tokens_encoder.keys().isdisjoint(tokens):
             return super().convert_tokens_to_ids(tokens)
         if getattr(self, "_piece_ids", None) is None:

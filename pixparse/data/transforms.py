@@ -24,8 +24,7 @@ def as_tensor(image: Image.Image) -> torch.Tensor:
 
 def resize_bicubic(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """PIL image -> (C, h, w) uint8 at `size` (w, h): antialiased bicubic, torchvision's uint8
-    kernel (Pillow's filter, 1.5-1.9x faster than Pillow's resize on one core: 7.9 vs 11.5 ms for
-    a 1700x2200 page to 576x448, 1.8 vs 3.1 ms for a FUNSD form)."""
+    kernel (Pillow's filter, faster than Pillow's own resize; docs/performance.md#loader)."""
     x = as_tensor(image)
     if (x.shape[2], x.shape[1]) == tuple(size):
         return x
@@ -147,7 +146,7 @@ class TextTargets:
         same characters still). A SentencePiece model that splits on whitespace (every common
         one: its pieces never cross a space) first gets a prefix ending with a word that a space
         follows, ~4 characters per needed id, growing 4x until it gives `n` ids: the same ids as
-        the whole text's (a DocBank page of 1300 tokens truncated to 512: 0.5 instead of 1.1 ms)."""
+        the whole text's, without tokenizing the rest of a long page."""
         limit = 64 * self.max_length
         cut = 4 * n if self._whitespace_split else limit
         while cut < min(len(text), limit):

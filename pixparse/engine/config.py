@@ -48,9 +48,10 @@ class TrainConfig:
     they are skipped: each is a range push and pop plus two compile checks, ~1700 a cruller_tiny
     ZeRO-3 step."""
     patch_deepspeed: bool = True
-    """Replace the DeepSpeed ZeRO methods listed in pixparse/engine/zero_fast.py with faster
-    equivalents (checked for the DeepSpeed version and every replaced attribute first; on any
-    other version DeepSpeed's own are kept, logged). false: DeepSpeed's own methods throughout."""
+    """Install the DeepSpeed patches listed in pixparse/engine/zero_fast.py (the fused clipping
+    norm; local collectives on a one-process world), each checked for the DeepSpeed version and
+    every attribute it replaces first (otherwise DeepSpeed's own is kept, logged). false:
+    DeepSpeed's own methods throughout."""
     zero_init: bool = True
     """Under ZeRO-3, build the model already partitioned over the ranks (deepspeed.zero.Init, init
     redone per module gathered) instead of a full copy per rank first. Where the build cannot

@@ -144,8 +144,7 @@ def compute_dtype_name(ds: dict[str, Any]) -> str:
 def single_rank_zero(ds: dict[str, Any], world_size: int) -> list[str]:
     """On one rank ZeRO exchanges nothing. ZeRO-1/2: overlap_comm (a side stream and buffers for
     overlapping the exchange) and contiguous_gradients (a copy of every gradient into a bucket in
-    its backward hook) only cost time there (cruller_tiny, batch 8, this CPU: 0.041 -> 0.030 s per
-    step): turned off. ZeRO-3 without parameter offload: every parameter persistent (one rank's
+    its backward hook) only cost time there: turned off. ZeRO-3 without parameter offload: every parameter persistent (one rank's
     partition is the whole parameter, so a gathered parameter costs no memory beyond its
     partition, and DeepSpeed then fetches and releases nothing per module); overlap_comm and
     contiguous_gradients off as well (no bucket buffer of reduce_bucket_size elements, no copy of

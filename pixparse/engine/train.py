@@ -24,14 +24,15 @@ from tqdm import tqdm
 from pixparse.data.config import DataEvalConfig, DataLoaderConfig
 from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY, create_eval_loader, create_loader
 from pixparse.engine import checkpoint, zero_fast
-from pixparse.engine.dist import LauncherWatch, collectives_are_local, to_device
-from pixparse.engine.evaluate import evaluate_source
 from pixparse.engine.config import TrainConfig
+from pixparse.engine.dist import LauncherWatch, to_device
 from pixparse.engine.ds_config import compute_dtype_name
-from pixparse.engine.metrics import mfu, peak_tflops
+from pixparse.engine.evaluate import evaluate_source
 from pixparse.engine.logging import JsonlSink, MetricSink, MultiSink, TensorBoardSink, WandbSink
+from pixparse.engine.metrics import mfu, peak_tflops
 from pixparse.engine.optim import create_optimizer
 from pixparse.engine.schedule import lr_multiplier
+from pixparse.engine.zero_fast import collectives_are_local
 from pixparse.tasks.config import OptimConfig
 
 logger = logging.getLogger(__name__)

@@ -17,14 +17,23 @@ The patches (replaced on the optimizer instance; DeepSpeed's own kept as
   parallelism, optimizer state not offloaded. Measured on 2 ranks against DeepSpeed's own
   methods (`python benchmarks/bench_train.py --world_size 2`, docs/performance.md).
 
+- DeepSpeed's tensor collectives on a one-process world (`local_collectives`, installed by
+  `engine.dist.init_distributed`): a reduction over one rank is an identity, a gather or
+  reduce-scatter a copy, a broadcast or barrier nothing, yet DeepSpeed runs them through the
+  process group (a ZeRO-3 build: ~230 broadcasts and ~100 all-gathers). On CPU gloo copies on its
+  own threads, which start OpenMP teams of their own, and the process's OpenMP ops slow for the
+  rest of the run. Any reduce op that is not an identity on one rank still goes to the backend.
+
 tests/helpers/zero_fast_check.py trains ZeRO-1, 2 and 3 with and without them on 1 and 2 ranks:
 the same norms, losses and weights.
 """
 import logging
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
@@ -161,3 +170,118 @@ def install(optimizer: Any) -> list[str]:
         return []
     _replace(optimizer, "get_grad_norm_direct", _zero12_grad_norm)
     return ["ZeRO-1/2 gradient norm fused (torch._foreach_norm)"]
+
+
+# ----------------------------------------------------------------- one-process collectives
+class _Done:
+    """The handle of an `async_op` collective done locally: already complete."""
+
+    def wait(self, timeout: Any = None) -> bool:
+        return True
+
+    def is_completed(self) -> bool:
+        return True
+
+
+_REDUCE_OPS = ("SUM", "AVG", "MIN", "MAX", "PRODUCT", "BAND", "BOR", "BXOR")  # identities on one rank
+
+
+def _identity_op(op: Any) -> bool:
+    from deepspeed.comm.reduce_op import ReduceOp
+
+    if isinstance(op, ReduceOp):
+        return op.name in _REDUCE_OPS
+    return any(op == getattr(dist.ReduceOp, name) for name in _REDUCE_OPS)
+
+
+def _done(async_op: bool) -> _Done | None:
+    return _Done() if async_op else None
+
+
+def _copy(out: torch.Tensor, src: torch.Tensor) -> None:
+    if out.data_ptr() != src.data_ptr():  # the same address: one rank's chunk is the whole output
+        out.copy_(src.reshape(out.shape))
+
+
+def _local_methods(backend: Any) -> dict[str, Callable[..., Any]]:
+    """DeepSpeed's tensor collectives as they are on a one-process world: a reduction over one
+    rank leaves the tensor as it is, a gather or reduce-scatter copies it, a broadcast or barrier
+    does nothing. Any other reduce op (e.g. a pre-multiplied sum) goes to the backend."""
+    cls = type(backend)
+
+    def all_reduce(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        if not _identity_op(op):
+            return cls.all_reduce(backend, tensor, op, group, async_op)
+        return _done(async_op)
+
+    def all_reduce_coalesced(tensors, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        if not _identity_op(op):
+            return cls.all_reduce_coalesced(backend, tensors, op, group, async_op)
+        return _done(async_op)
+
+    def inference_all_reduce(tensor, op, group=None):
+        return tensor
+
+    def reduce(tensor, dst, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        if not _identity_op(op):
+            return cls.reduce(backend, tensor, dst, op, group, async_op)
+        return _done(async_op)
+
+    def broadcast(tensor, src, group=None, async_op=False):
+        return _done(async_op)
+
+    def all_gather(tensor_list, tensor, group=None, async_op=False):
+        _copy(tensor_list[0], tensor)
+        return _done(async_op)
+
+    def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=False):
+        _copy(output_tensor, input_tensor)
+        return _done(async_op)
+
+    def all_gather_coalesced(output_tensors, input_tensors, group=None, async_op=False):
+        for out, src in zip(output_tensors, input_tensors):
+            _copy(out, src)
+        return _done(async_op)
+
+    def reduce_scatter_tensor(output_tensor, input_tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        if not _identity_op(op):
+            return cls.reduce_scatter_tensor(backend, output_tensor, input_tensor, op, group, async_op)
+        _copy(output_tensor, input_tensor)
+        return _done(async_op)
+
+    def barrier(group=None, async_op=False, device_ids=None):
+        return _done(async_op)
+
+    return {fn.__name__: fn for fn in (all_reduce, all_reduce_coalesced, inference_all_reduce, reduce, broadcast,
+                                       all_gather, all_gather_into_tensor, all_gather_coalesced,
+                                       reduce_scatter_tensor, barrier)} | {"all_gather_base": all_gather_into_tensor}
+
+
+def collectives_are_local() -> bool:
+    """Whether DeepSpeed's tensor collectives are local now (see `local_collectives`)."""
+    import deepspeed.comm.comm as ds_comm
+
+    return ds_comm.cdb is not None and "all_reduce" in vars(ds_comm.cdb)
+
+
+def local_collectives(enable: bool) -> bool:
+    """On a one-process world, make DeepSpeed's tensor collectives local (`enable`), or give it
+    back its own (not `enable`); returns whether they are local now.
+
+    On one rank every collective is an identity or a copy, yet DeepSpeed still runs them through
+    the process group: a ZeRO-3 build does ~230 broadcasts and ~100 all-gathers of parameters. On
+    CPU, gloo does those copies with ATen on its own threads, which start OpenMP teams of their
+    own; with more OpenMP threads than cores libgomp stops spinning at barriers, and every
+    multi-threaded op of the process slows for the rest of the run. Done here, the copies run on
+    the caller's thread."""
+    import deepspeed.comm.comm as ds_comm
+
+    backend = ds_comm.cdb
+    if backend is None or dist.get_world_size() != 1:
+        return False
+    for name, fn in _local_methods(backend).items():
+        if enable:
+            setattr(backend, name, fn)
+        else:
+            backend.__dict__.pop(name, None)
+    return enable

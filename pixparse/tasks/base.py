@@ -60,8 +60,7 @@ class Example:
     # The prompt's content (a question, a text prefix) that a pixels-only model sees drawn above the
     # page and a PaLI model's text encoder reads; both give their decoder the task token only.
     # Task tokens stay out of the text encoder: a token that is the same in every sample becomes an
-    # attention sink the decoder learns to read instead of the image (measured: the image gap
-    # stayed 0 on the receipt check until the task token left the encoder's input).
+    # attention sink the decoder learns to read instead of the image (docs/tasks.md).
     header: str = ""
 
 

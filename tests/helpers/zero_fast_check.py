@@ -1,6 +1,6 @@
 """Run on 1 or 2 ranks: for ZeRO stages 1, 2 and 3, cruller_tiny trained 3 steps of 2
 accumulated micro-batches (each rank its own) by DeepSpeed as it is and by DeepSpeed with
-pixparse's patches (engine.zero_fast, and on one rank engine.dist.local_collectives), from the
+pixparse's patches (engine.zero_fast, on one rank its local_collectives too), from the
 same init, configured as pixparse configures that many ranks. In the second, every gradient
 norm is computed both ways on the same partitioned gradients (and whether ZeRO-3's fused one
 read them as one flat buffer). Rank 0 writes, per stage: what install() returned, each pair of
@@ -21,9 +21,10 @@ def main(out_path: str, bf16: bool = False) -> None:
     import torch.distributed as dist
 
     from pixparse.engine import zero_fast
-    from pixparse.engine.dist import init_distributed, local_collectives
+    from pixparse.engine.dist import init_distributed
     from pixparse.engine.ds_config import single_rank_zero
     from pixparse.engine.optim import create_optimizer
+    from pixparse.engine.zero_fast import local_collectives
     from pixparse.tasks.config import OptimConfig, TaskConfig
     from pixparse.tasks.registry import create_task
 
