@@ -206,6 +206,17 @@ def _bench_flags(args, stage: int, dtype: str, *extra: str) -> list[str]:
     return flags
 
 
+def _ds_env() -> dict[str, str]:
+    """The environment with DeepSpeed's accelerator: the caller's choice, else the GPU when there
+    is one, else the CPU."""
+    import torch
+
+    env = dict(os.environ)
+    if "DS_ACCELERATOR" not in env and not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
 def _engine_setup(args, stage: int, dtype: str, *extra: str):
     """(config, setup) of `pixparse bench` in this process: the task built as the CLI builds it."""
     from pixparse.app.run import _setup
@@ -229,7 +240,7 @@ def worker_engine(args, stage: int, dtype: str) -> list[float]:
     """The real CLI; the bench window gives the mean step time of --steps steps."""
     cmd = [sys.executable, "-m", "pixparse.cli", "bench", *_bench_flags(args, stage, dtype),
            "--warmup_steps", str(args.warmup), "--steps", str(args.steps)]
-    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    env = _ds_env()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
@@ -428,8 +439,7 @@ def spawn_dist(args, variant: str, ranks: int, worker: str = "dist") -> dict:
            args.ds_configs]
     if args.tokenizer:
         cmd += ["--tokenizer", args.tokenizer]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or max(1, (os.cpu_count() or 1) // ranks)),
-           "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    env = {**_ds_env(), "OMP_NUM_THREADS": str(args.threads or max(1, (os.cpu_count() or 1) // ranks))}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"{variant} on {ranks} rank(s) failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
@@ -458,17 +468,20 @@ def run_world(args) -> None:
           f"{args.rounds} round(s), median of rounds; slowest rank's mean step")
     print(f"| variant | step s @1 | step s @{n} | samples/s @{n} | scaling |\n|---|---|---|---|---|")
     for v in variants:
-        print(f"| {v} | {median[f'{v}@1']:.4f} | {median[f'{v}@{n}']:.4f} | {sps[f'{v}@{n}']:.1f} | "
+        print(f"| {v} | {median[f'{v}@1']:.4f} | {median[f'{v}@{n}']:.4f} | {sps[f'{v}@{n}']:.3g} | "
               f"{sps[f'{v}@{n}'] / sps[f'{v}@1']:.3f} |")
     summary = {}
-    for engine, ref in (("zero2", "ddp"), ("zero3", "fsdp"), ("zero3", "ddp"), ("zero2", "zero2-unpatched"),
-                        ("zero3", "zero3-unpatched")):
-        a, b = f"{engine}_fp32@{n}", f"{ref}_fp32@{n}"
-        if a in median and b in median:
-            summary[f"{engine}_vs_{ref.replace('-', '_')}"] = round(median[a] / median[b], 4)
+    for dtype in ("fp32", "bf16"):  # the keys of fp32 bare, bf16's with a suffix
+        suffix = "" if dtype == "fp32" else "_bf16"
+        for engine, ref in (("zero2", "ddp"), ("zero3", "fsdp"), ("zero3", "ddp"), ("zero2", "zero2-unpatched"),
+                            ("zero3", "zero3-unpatched")):
+            a, b = f"{engine}_{dtype}@{n}", f"{ref}_{dtype}@{n}"
+            if a in median and b in median:
+                summary[f"{engine}_vs_{ref.replace('-', '_')}{suffix}"] = round(median[a] / median[b], 4)
     for v in variants:
-        kind = v.rsplit("_", 1)[0].replace("-", "_")
-        summary[f"scaling_{kind}"] = round(sps[f"{v}@{n}"] / sps[f"{v}@1"], 4)
+        kind, dtype = v.rsplit("_", 1)
+        summary[f"scaling_{kind.replace('-', '_')}{'' if dtype == 'fp32' else '_bf16'}"] = \
+            round(sps[f"{v}@{n}"] / sps[f"{v}@1"], 4)
     record = {"summary": summary, "median_step_s": median, "samples_per_s": sps, "rounds": results,
               "args": {**vars(args), "variants": ",".join(variants)}, "command": " ".join(["python", *sys.argv]),
               "when": datetime.datetime.now().isoformat(timespec="seconds"), **_env_info()}

@@ -1,5 +1,5 @@
 """DeepSpeed ZeRO settings on N ranks against DDP and FSDP2: each setting a copy of
-ds_configs/zero{2,3}_fp32.json with some `zero_optimization` keys changed, launched as
+ds_configs/zero{2,3}_<dtype>.json with some `zero_optimization` keys changed, launched as
 `bench_train.py --world_size N` launches its variants (a fresh launch each, interleaved rounds,
 the slowest rank's mean step, median of rounds).
 
@@ -18,7 +18,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_train  # noqa: E402
 
-# name: (stage, zero_optimization keys changed from ds_configs/zero{stage}_fp32.json)
+# name: (stage, zero_optimization keys changed from ds_configs/zero{stage}_<dtype>.json)
 SETTINGS: dict[str, tuple[int, dict]] = {
     "zero2": (2, {}),
     "zero2 overlap_comm off": (2, {"overlap_comm": False}),
@@ -39,17 +39,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--out", default=os.path.join(bench_train.REPO, "benchmarks", "results"))
     args = p.parse_args()
 
     dirs = {}
     for name, (stage, changes) in SETTINGS.items():
-        with open(os.path.join(bench_train.REPO, "ds_configs", f"zero{stage}_fp32.json")) as f:
+        with open(os.path.join(bench_train.REPO, "ds_configs", f"zero{stage}_{args.dtype}.json")) as f:
             config = json.load(f)
         config["zero_optimization"].update(changes)
         dirs[name] = tempfile.mkdtemp(prefix="zero_settings_")
-        with open(os.path.join(dirs[name], f"zero{stage}_fp32.json"), "w") as f:
+        with open(os.path.join(dirs[name], f"zero{stage}_{args.dtype}.json"), "w") as f:
             json.dump(config, f)
     runs = ["ddp", "fsdp", *SETTINGS]
     results: dict[str, list[float]] = {r: [] for r in runs}
@@ -57,7 +58,7 @@ def main() -> None:
         for name in runs:
             variant = name if name in ("ddp", "fsdp") else f"zero{SETTINGS[name][0]}"
             launch = argparse.Namespace(**vars(args), ds_configs=dirs.get(name, ""))
-            step = bench_train.spawn_dist(launch, f"{variant}_fp32", args.world_size)["step_s"]
+            step = bench_train.spawn_dist(launch, f"{variant}_{args.dtype}", args.world_size)["step_s"]
             results[name].append(step)
             print(f"round {r + 1}/{args.rounds} {name}: {step:.4f} s/step", file=sys.stderr, flush=True)
     median = {n: statistics.median(t) for n, t in results.items()}

@@ -10,8 +10,9 @@ bash launch/setup_env.sh
 export PATH="$PWD/.venv/bin:$PATH"
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
-HELDOUT=${HELDOUT:-runs/demo_heldout}
-SAMPLES=${SAMPLES:-64000}
+OUT=${OUT:-runs}  # where the run folder goes
+HELDOUT=${HELDOUT:-$OUT/demo_heldout}
+SAMPLES=${SAMPLES:-57600}
 if [ ! -f "$HELDOUT/heldout-000001.tar" ]; then
   # Half the lines words, numbers, dates and amounts; half random characters.
   python -m pixparse.app.synth --output_dir "$HELDOUT" --render render:lines --prefix heldout \
@@ -28,12 +29,12 @@ deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --data.eval.source "$HELDOUT/heldout-{000000..000001}.tar" --data.eval.batch_size 50 --data.eval.num_workers 0 \
   --task.name cruller_pretrain --task.model_name cruller_reader_tiny --task.ctc_weight 1.0 \
   --task.opt.learning_rate 1e-3 --task.opt.schedule constant --task.num_warmup_intervals 0.3 \
-  --task.num_intervals 4 --train.output_dir runs --train.experiment "$EXPERIMENT" --train.tensorboard true \
+  --task.num_intervals 4 --train.output_dir "$OUT" --train.experiment "$EXPERIMENT" --train.tensorboard true \
   --train.log_every_n_steps 100 "$@"
 python -m pixparse.app.eval --task.name cruller_pretrain --data.eval.source "$HELDOUT/heldout-{000000..000001}.tar" \
-  --data.eval.batch-size 50 --data.eval.num-workers 0 --eval.checkpoint-path "runs/$EXPERIMENT/checkpoints" \
-  --output-dir "runs/$EXPERIMENT/eval" > "runs/$EXPERIMENT/eval.out"
-python - "runs/$EXPERIMENT/eval.out" <<'PY'
+  --data.eval.batch-size 50 --data.eval.num-workers 0 --eval.checkpoint-path "$OUT/$EXPERIMENT/checkpoints" \
+  --output-dir "$OUT/$EXPERIMENT/eval" > "$OUT/$EXPERIMENT/eval.out"
+python - "$OUT/$EXPERIMENT/eval.out" <<'PY'
 import json, sys
 
 metrics = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])

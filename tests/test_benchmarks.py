@@ -54,6 +54,28 @@ def test_bench_train_world_size_compares_the_engine_with_ddp_and_fsdp2(tmp_path)
                           "plain_fp32"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--variants plain_fp32" in bad.stderr
 
+    # --phases on 1 and 2 ranks: the engine's phases on rank 0 of each
+    proc = subprocess.run(
+        [sys.executable, f"{REPO}/benchmarks/bench_train.py", "--phases", "--world_size", "2", "--model",
+         "cruller_tiny", "--batch_size", "2", "--steps", "2", "--warmup", "1", "--threads", "1",
+         "--variants", "zero2_fp32"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tables = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(tables) == {"zero2_fp32@1", "zero2_fp32@2"}
+    assert all(t["backward"] > 0 and t["total"] >= t["forward"] + t["backward"] for t in tables.values())
+
+
+def test_profile_reading_times_each_stage_of_a_loader_worker():
+    """The reading profile's loader part: render, preprocess and collate of render:lines for the
+    reader preset, each timed per sample."""
+    sys.path.insert(0, f"{REPO}/benchmarks")
+    from profile_reading import worker_cost
+
+    cost = worker_cost("cruller_reader_tiny", "render:lines", 40, 16)
+    assert {"render", "preprocess", "collate", "total", "samples_per_s"} == set(cost)
+    assert all(cost[k] > 0 for k in ("render", "preprocess", "collate"))
+    assert cost["total"] == pytest.approx(cost["render"] + cost["preprocess"] + cost["collate"])
+
 
 @pytest.mark.slow
 def test_bench_train_paired_alternates_engine_and_plain_and_plots(tmp_path):

@@ -48,7 +48,7 @@ class DataLoaderConfig:
     reference pipeline's quality). 'fast': JPEGs (and scanned PDF pages) decode at a reduced DCT
     scale near the model's size, then the same resize: about 1.5x exact's pages/s on JPEG and
     scanned PDF (the same on TIFF/PNG), 11 dB lower PSNR on full pages at 576x448; for loader-bound
-    runs. exact is the default by the receipt learning check (README, Data)."""
+    runs. exact is the default by the receipt learning check (docs/data.md)."""
     max_image_pixels: int = 50_000_000
     """A page image of more pixels (width x height, read from its header before decoding) is
     skipped ('image_too_large'); a 600 dpi letter page has 34M. Bounds a worker's memory per sample."""
@@ -126,7 +126,7 @@ class DataEvalConfig:
     reference pipeline's quality). 'fast': JPEGs (and scanned PDF pages) decode at a reduced DCT
     scale near the model's size, then the same resize: about 1.5x exact's pages/s on JPEG and
     scanned PDF (the same on TIFF/PNG), 11 dB lower PSNR on full pages at 576x448; for loader-bound
-    runs. exact is the default by the receipt learning check (README, Data)."""
+    runs. exact is the default by the receipt learning check (docs/data.md)."""
     max_image_pixels: int = 50_000_000
     """A page image of more pixels (width x height, read from its header before decoding) is
     skipped ('image_too_large'); a 600 dpi letter page has 34M. Bounds a worker's memory per sample."""
