@@ -41,18 +41,24 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--settings", default=",".join(SETTINGS), help="which, by name (default: all)")
     p.add_argument("--out", default=os.path.join(bench_train.REPO, "benchmarks", "results"))
     args = p.parse_args()
+    chosen = args.settings.split(",")
+    unknown = [n for n in chosen if n not in SETTINGS]
+    if unknown:
+        sys.exit(f"--settings {','.join(unknown)}: not a setting; the settings are: {', '.join(SETTINGS)}")
 
     dirs = {}
-    for name, (stage, changes) in SETTINGS.items():
+    for name in chosen:
+        stage, changes = SETTINGS[name]
         with open(os.path.join(bench_train.REPO, "ds_configs", f"zero{stage}_{args.dtype}.json")) as f:
             config = json.load(f)
         config["zero_optimization"].update(changes)
         dirs[name] = tempfile.mkdtemp(prefix="zero_settings_")
         with open(os.path.join(dirs[name], f"zero{stage}_{args.dtype}.json"), "w") as f:
             json.dump(config, f)
-    runs = ["ddp", "fsdp", *SETTINGS]
+    runs = ["ddp", "fsdp", *chosen]
     results: dict[str, list[float]] = {r: [] for r in runs}
     for r in range(args.rounds):
         for name in runs:
@@ -69,7 +75,7 @@ def main() -> None:
         print(f"| {name} | {changed} | {median[name]:.4f} | {median[name] / median['ddp']:.3f}x | "
               f"{median[name] / median['fsdp']:.3f}x | {', '.join(f'{t:.4f}' for t in results[name])} |")
     record = {"summary": {n: round(s / median["ddp"], 4) for n, s in median.items()}, "median_step_s": median,
-              "rounds": results, "settings": {n: c for n, (_, c) in SETTINGS.items()}, "args": vars(args),
+              "rounds": results, "settings": {n: SETTINGS[n][1] for n in chosen}, "args": vars(args),
               "command": " ".join(["python", *sys.argv]), **bench_train._env_info()}
     bench_train.save_result(args.out, f"bench_zero_settings_{args.world_size}ranks_{args.model}_b{args.batch_size}",
                             record)

@@ -137,3 +137,21 @@ def test_bench_loader_compares_both_decodes_with_the_reference_and_saves(shared_
         assert all(r[f"{k}_ms_per_sample_one_process"] > 0 for k in ("plain", "fast", "exact"))
         assert abs(r["exact_psnr_db"] - r["plain_psnr_db"]) < 0.5 and r["exact_psnr_db"] > 35
     assert rows["sroie_jpg"]["fast_psnr_db"] < rows["sroie_jpg"]["exact_psnr_db"]  # drafted JPEGs
+
+
+@pytest.mark.slow
+def test_bench_zero_settings_launches_each_setting_beside_ddp_and_fsdp2(tmp_path):
+    """A chosen ZeRO setting runs from its own copy of the ds_config (the changed key recorded),
+    beside DDP and FSDP2; the summary is each against DDP; an unknown setting is refused by name."""
+    proc = subprocess.run(
+        [sys.executable, f"{REPO}/benchmarks/bench_zero_settings.py", "--model", "cruller_tiny", "--batch_size", "2",
+         "--steps", "2", "--warmup", "1", "--rounds", "1", "--settings", "zero2 overlap_comm off",
+         "--out", str(tmp_path)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"ddp", "fsdp", "zero2 overlap_comm off"} and summary["ddp"] == 1.0
+    (saved,) = tmp_path.glob("bench_zero_settings_2ranks_cruller_tiny_b2_*.json")
+    assert json.loads(saved.read_text())["settings"] == {"zero2 overlap_comm off": {"overlap_comm": False}}
+    bad = subprocess.run([sys.executable, f"{REPO}/benchmarks/bench_zero_settings.py", "--settings", "zero9"],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--settings zero9: not a setting" in bad.stderr
