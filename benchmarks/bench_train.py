@@ -428,17 +428,10 @@ def worker_dist(args, kind: str, dtype: str) -> None:
 
 def spawn_dist(args, variant: str, ranks: int, worker: str = "dist") -> dict:
     """One launch of `variant` on `ranks` ranks; rank 0's JSON line."""
-    import socket
+    from pixparse.engine.dist import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-           str(port), __file__, "--worker", f"{worker}:{variant}", "--model", args.model, "--batch_size",
-           str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup), "--ds_configs",
-           args.ds_configs]
-    if args.tokenizer:
-        cmd += ["--tokenizer", args.tokenizer]
+           str(free_port()), __file__, "--worker", f"{worker}:{variant}", *_worker_flags(args)]
     env = {**_ds_env(), "OMP_NUM_THREADS": str(args.threads or max(1, (os.cpu_count() or 1) // ranks))}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -449,7 +442,7 @@ def spawn_dist(args, variant: str, ranks: int, worker: str = "dist") -> dict:
 def run_world(args) -> None:
     """Every variant at 1 and N ranks, interleaved over rounds; the table, then the summary."""
     variants = args.variants.split(",") if args.variants != DEFAULT_VARIANTS else \
-        ["ddp_fp32", "zero2_fp32", "fsdp_fp32", "zero3_fp32", "zero2-unpatched_fp32", "zero3-unpatched_fp32"]
+        [f"{v}_fp32" for v in DIST_VARIANTS]
     for v in variants:
         if v.rsplit("_", 1)[0] not in DIST_VARIANTS:
             sys.exit(f"--variants {v}: with --world_size the variants are {', '.join(DIST_VARIANTS)} (+ _fp32/_bf16)")
@@ -551,13 +544,16 @@ def save_result(out_dir: str, stem: str, record: dict) -> None:
     print(json.dumps(record["summary"]))
 
 
+def _worker_flags(args) -> list[str]:
+    """The flags a worker process takes from the driver's arguments."""
+    flags = ["--model", args.model, "--batch_size", str(args.batch_size), "--steps", str(args.steps),
+             "--warmup", str(args.warmup), "--ds_configs", args.ds_configs]
+    return flags + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
+
+
 def spawn(args, variant: str, *extra: str) -> dict:
     """Run one variant in a fresh process; its last stdout line (JSON)."""
-    cmd = [sys.executable, __file__, "--worker", variant, *extra, "--model", args.model, "--batch_size",
-           str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup), "--ds_configs",
-           args.ds_configs]
-    if args.tokenizer:
-        cmd += ["--tokenizer", args.tokenizer]
+    cmd = [sys.executable, __file__, "--worker", variant, *extra, *_worker_flags(args)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or os.cpu_count())}
     if args.omp_wait_policy:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy

@@ -155,4 +155,8 @@ def test_deepspeed_patches_fall_back_on_another_version_or_a_missing_attribute(m
     with caplog.at_level("WARNING", logger="pixparse.engine.zero_fast"):
         assert zero_fast.install(object.__new__(DeepSpeedZeroOptimizer_Stage3)) == []
     assert "DeepSpeed 0.21.0 is not 0.19.x" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pixparse.engine.zero_fast"):
+        assert zero_fast.local_collectives(True) is False
+    assert "DeepSpeed 0.21.0 is not 0.19.x" in caplog.text and "own collectives kept" in caplog.text
     assert zero_fast.install(object()) == []  # not a ZeRO optimizer: nothing to patch, nothing logged

@@ -97,6 +97,13 @@ def skip_shm_inference_op() -> None:
 DEEPSPEED_TESTED = ((0, 19), (0, 20))  # [from, to): the versions whose ZeRO internals engine.zero_fast patches
 
 
+def deepspeed_tested(found: str) -> bool:
+    """Whether DeepSpeed version `found` is in DEEPSPEED_TESTED."""
+    parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
+    low, high = DEEPSPEED_TESTED
+    return len(parts) == 2 and low <= parts < high
+
+
 def check_deepspeed_version() -> str:
     """The installed DeepSpeed's version, if in the range the engine is tested on; else a one-line
     ValueError naming it and the fix (read from the package metadata: no import)."""
@@ -106,9 +113,8 @@ def check_deepspeed_version() -> str:
         found = version("deepspeed")
     except PackageNotFoundError:
         raise ValueError("DeepSpeed is not installed: pip install 'deepspeed>=0.19,<0.20'") from None
-    parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
     low, high = DEEPSPEED_TESTED
-    if len(parts) < 2 or not low <= parts < high:
+    if not deepspeed_tested(found):
         raise ValueError(f"DeepSpeed {found} is installed; pixparse's engine is tested on "
                          f"{'.'.join(map(str, low))}.x (it replaces some of its ZeRO internals): "
                          f"pip install 'deepspeed>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}'")

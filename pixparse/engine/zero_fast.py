@@ -132,15 +132,13 @@ def untested_deepspeed() -> str | None:
     """Why the installed DeepSpeed is not one the patches were tested on; None if it is."""
     import deepspeed
 
-    from pixparse.engine.dist import DEEPSPEED_TESTED
+    from pixparse.engine.dist import DEEPSPEED_TESTED, deepspeed_tested
 
     found = deepspeed.__version__
-    parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
-    low, high = DEEPSPEED_TESTED
-    if len(parts) == 2 and low <= parts < high:
+    if deepspeed_tested(found):
         return None
-    return (f"DeepSpeed {found} is not {'.'.join(map(str, low))}.x, the version pixparse's ZeRO patches "
-            f"were tested on")
+    return (f"DeepSpeed {found} is not {'.'.join(map(str, DEEPSPEED_TESTED[0]))}.x, the version pixparse's "
+            f"ZeRO patches were tested on")
 
 
 def install(optimizer: Any) -> list[str]:
@@ -276,6 +274,10 @@ def local_collectives(enable: bool) -> bool:
     the caller's thread."""
     import deepspeed.comm.comm as ds_comm
 
+    why = untested_deepspeed() if enable else None
+    if why:
+        logger.warning("%s: DeepSpeed's own collectives kept (--train.patch_deepspeed)", why)
+        return False
     backend = ds_comm.cdb
     if backend is None or dist.get_world_size() != 1:
         return False
