@@ -274,3 +274,38 @@ def test_pretrained_towers_load_from_local_files(tmp_path):
 
     loaded = TextEncoderDecoder(ModelConfig.from_dict(pali).text_decoder, 300, 0, 1, pretrained=True)
     assert torch.equal(loaded.model.shared.weight, t5.shared.weight)
+
+
+@pytest.mark.parametrize("name,family,keys", [
+    ("cruller_tiny", "cruller", {"image"}),
+    ("pali_tiny", "pali", {"image", "prompt_ids", "prompt_mask"}),
+    ("pix2struct_tiny", "pix2struct", {"patches", "patch_pos", "segment", "sample_row", "sample_segment"}),
+])
+def test_each_family_feeds_its_model_through_the_one_interface(name, family, keys):
+    """The task asks the preset's family, never a type string: the family's synthetic inputs are
+    what its collate makes, its pixels and text inputs are what its model encodes, and the page
+    images it gives back are the pages the model saw."""
+    from tests.test_generate import _pages
+
+    task = create_task(TaskConfig(model_name=name)).eval()
+    assert task.family.name == family == task.model_cfg.type
+    synthetic = task.synthetic_batch(2, torch.Generator().manual_seed(0))
+    real = _pages(task, 2, seed=1)
+    inputs = {"input_ids", "attention_mask", "labels"}
+    assert set(synthetic) == inputs | keys and keys <= set(real)
+    for batch in (synthetic, real):
+        with torch.no_grad():
+            memory, mask = task.model.encode(task.pixels(batch), **task.text_inputs(batch))
+        assert memory.shape[0] == 2 and (mask is None) == (family == "cruller")
+        assert task.page_image(batch, 1).dtype == torch.uint8
+    assert task.batch_stats(synthetic)["image_tokens"] > 0
+
+
+def test_a_model_type_without_a_family_is_refused_by_name():
+    import dataclasses
+
+    from pixparse.tasks.family import get_family
+
+    task = create_task(TaskConfig(model_name="cruller_tiny"))
+    with pytest.raises(ValueError, match=r"model type 'donut' has no family; known: \['cruller', 'pali', 'pix2struct'\]"):
+        get_family(dataclasses.replace(task.model_cfg, type="donut"), task.model)

@@ -37,14 +37,14 @@ def test_batch_stats_counts_each_shape_once(name, monkeypatch):
     """A step's FLOPs come from the formula once per batch shape (the walk over the model's
     blocks is Python the engine would pay on every step), the same numbers every time, and a new
     shape is counted anew."""
-    import pixparse.tasks.base as base
+    import pixparse.tasks.family as family
     from pixparse.tasks.config import TaskConfig
     from pixparse.tasks.registry import create_task
 
     task = create_task(TaskConfig(model_name=name))
     formula = "pix2struct_flops" if name.startswith("pix2struct") else "cruller_flops"
-    calls, real = [], getattr(base, formula)
-    monkeypatch.setattr(base, formula, lambda *a: calls.append(a) or real(*a))
+    calls, real = [], getattr(family, formula)
+    monkeypatch.setattr(family, formula, lambda *a: calls.append(a) or real(*a))
     batch = task.synthetic_batch(2, torch.Generator().manual_seed(0))
     first, again = task.batch_stats(batch), task.batch_stats(batch)
     assert first == again and first["flops"] > 0 and len(calls) == 1

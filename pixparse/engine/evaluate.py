@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from pixparse.data.loader import LAST_SKIPPED_KEY, ROLLED_KEY, SKIPPED_KEY
 from pixparse.engine.dist import to_device
+from pixparse.engine.task import EngineTask
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _lockstep(batches: Iterable[dict[str, Any]], device: torch.device) -> Iterat
 
 @torch.no_grad()
 def evaluate(
-    task: Any,
+    task: EngineTask,
     batches: Iterable[dict[str, Any]],
     device: torch.device,
     max_samples: int | None = None,
@@ -139,7 +140,7 @@ def gather(records: list[dict[str, Any]], sums: EvalSums) -> tuple[list[dict[str
     return [seen[k] for k in sorted(seen)], total
 
 
-def summarize(task: Any, records: list[dict[str, Any]], sums: EvalSums, max_skip_fraction: float) -> dict[str, Any]:
+def summarize(task: EngineTask, records: list[dict[str, Any]], sums: EvalSums, max_skip_fraction: float) -> dict[str, Any]:
     """Dataset metrics: the task's scores, token loss, image_gap, counts."""
     skipped = sum(sums.skipped.values())
     if not records:
@@ -161,7 +162,7 @@ def summarize(task: Any, records: list[dict[str, Any]], sums: EvalSums, max_skip
 
 
 def evaluate_source(
-    task: Any, batches: Iterable[dict[str, Any]], device: torch.device, cfg: Any, world_size: int,
+    task: EngineTask, batches: Iterable[dict[str, Any]], device: torch.device, cfg: Any, world_size: int,
     synced: bool = False, keep_images: int = 0,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One whole evaluation on `cfg` (a DataEvalConfig): each rank its share of
@@ -195,7 +196,7 @@ def source_part_names(source: str) -> list[tuple[str, list[str]]]:
     return parts
 
 
-def part_scores(task: Any, records: list[dict[str, Any]], source: str) -> dict[str, float]:
+def part_scores(task: EngineTask, records: list[dict[str, Any]], source: str) -> dict[str, float]:
     """With several '::'-separated eval sources, the task's metrics on each one as '<name>/<metric>'
     (a held-out rendered set and real crops, scored apart in one evaluation)."""
     parts = source_part_names(source)

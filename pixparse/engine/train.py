@@ -1,7 +1,8 @@
 """The train engine: deepspeed.initialize around a task, interval loop, logging, checkpoints.
 
-It knows nothing of the objective: a task is an nn.Module whose forward(batch) returns
-{"loss": ...}, with preprocess()/collate() for the loader.
+It knows nothing of the objective: a task is an nn.Module with the members of
+`pixparse.engine.task.EngineTask` (forward(batch) -> {"loss": ...}, preprocess()/collate() for the
+loader, eval and throughput hooks).
 """
 import hashlib
 import json
@@ -18,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from tqdm import tqdm
 
 from pixparse.data.config import DataEvalConfig, DataLoaderConfig
@@ -32,6 +32,7 @@ from pixparse.engine.logging import JsonlSink, MetricSink, MultiSink, TensorBoar
 from pixparse.engine.metrics import mfu, peak_tflops
 from pixparse.engine.optim import create_optimizer
 from pixparse.engine.schedule import lr_multiplier
+from pixparse.engine.task import EngineTask
 from pixparse.engine.zero_fast import collectives_are_local
 from pixparse.tasks.config import OptimConfig
 
@@ -114,7 +115,7 @@ def deepspeed_nvtx_ranges(enabled: bool) -> None:
 class Trainer:
     def __init__(
         self,
-        task: nn.Module,
+        task: EngineTask,
         data_cfg: DataLoaderConfig,
         train_cfg: TrainConfig,
         opt_cfg: OptimConfig,

@@ -7,7 +7,6 @@ the prompt and learns the target; eval generates from the prompt and scores the 
 against the reference.
 """
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -23,14 +22,14 @@ from torch import nn
 from pixparse.data.config import DataLoaderConfig
 from pixparse.data.decode import Page, SampleError, decode_document_pages
 from pixparse.data.loader import ROLLED_KEY
+from pixparse.data.patches import PatchPage
 from pixparse.data.tokenizer import add_task_tokens, create_tokenizer
-from pixparse.data.patches import PatchPage, collate_patches, page_image
-from pixparse.data.transforms import DocAugment, ResizePad, TextTargets, collate_text_image
+from pixparse.data.transforms import DocAugment, ResizePad, TextTargets
 from pixparse.models import Cruller, create_model, get_model_config
 from pixparse.models.config import ModelConfig
 from pixparse.models.export import load_weights, read_source
-from pixparse.models.flops import cruller_flops, pali_flops, pix2struct_flops
 from pixparse.tasks.config import TaskConfig
+from pixparse.tasks.family import Family, get_family
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +61,6 @@ class Example:
     # Task tokens stay out of the text encoder: a token that is the same in every sample becomes an
     # attention sink the decoder learns to read instead of the image (docs/tasks.md).
     header: str = ""
-
-
-# How each model family is shown the prompt: 'decoder' (all of it in the decoder's input),
-# 'pixels' (the header drawn on the page, the task token in the decoder), 'encoder' (a text
-# encoder reads the header after the image tokens, the task token starts the decoder).
-PROMPT_LAYOUT = {"cruller": "decoder", "pix2struct": "pixels", "pali": "encoder"}
 
 
 def with_image_size(model_cfg: ModelConfig, image_size: tuple[int, int] | None) -> ModelConfig:
@@ -103,15 +96,15 @@ def resample_pos_embed(weights: dict[str, torch.Tensor], model: nn.Module, sourc
 
 class _Preprocess:
     """Worker-side: sample -> [{'image' (or 'page', 'budget'), 'input_ids', 'prompt_length'
-    (, 'prompt_ids')(, 'meta')}] (picklable: holds the tokenizer and the task's example builder,
-    never the model)."""
+    (, 'prompt_ids')(, 'meta')}] (picklable: holds the tokenizer, the family and the task's
+    example builder, never the model)."""
 
-    def __init__(self, image_transform: ResizePad | PatchPage, text: TextTargets, page_sampling: str,
+    def __init__(self, family: Family, image_transform: ResizePad | PatchPage, text: TextTargets, page_sampling: str,
                  examples: Callable[[Page, random.Random], list[Example]], with_meta: bool, need_text: bool = True,
-                 max_target_chars: int = 100_000, layout: str = "decoder", max_pixels: int | None = None) -> None:
+                 max_target_chars: int = 100_000, max_pixels: int | None = None) -> None:
+        self.family = family
         self.image_transform = image_transform
         self.max_pixels = max_pixels
-        self.layout = layout
         self.max_target_chars = max_target_chars
         self.need_text = need_text
         self.text = text
@@ -137,20 +130,11 @@ class _Preprocess:
             if longest > self.max_target_chars:
                 raise SampleError("target_too_long", f"a target of {longest} characters, over "
                                                      f"--data.*.max_target_chars={self.max_target_chars}")
-            shared = self.image_transform(page.image, rng) if self.layout != "pixels" else None
-            for j, ex in enumerate(examples):
+            images = self.family.page_inputs(self.image_transform, page.image, [ex.header for ex in examples], rng)
+            for j, (ex, image) in enumerate(zip(examples, images)):
                 ids, prompt_length = self.text(ex.prompt, ex.target)
-                item = {"input_ids": ids, "prompt_length": prompt_length}
-                if self.layout == "pixels" and ex.header:  # the question drawn: this example's own page
-                    item.update(self.image_transform.prepare(page.image, rng, header=ex.header))
-                elif self.layout == "pixels":  # a prepared page, shared by the page's examples
-                    if shared is None:
-                        shared = self.image_transform.prepare(page.image, rng)
-                    item.update(shared)
-                else:
-                    item["image"] = shared
-                if self.layout == "encoder":
-                    item["prompt_ids"] = self.text.encoder_ids(ex.header)
+                item = {"input_ids": ids, "prompt_length": prompt_length, **image,
+                        **self.family.prompt_inputs(self.text, ex.header)}
                 if self.with_meta:  # a unique key per example: page and question index when several
                     key = f"{sample.get('__key__', '?')}" + (f"/p{page.page_index}" if page.page_index else "") \
                         + (f"/{j}" if len(examples) > 1 else "")
@@ -224,7 +208,7 @@ class TaskBase(nn.Module):
             )
         self.model.image_encoder.set_grad_checkpointing(cfg.encoder_grad_checkpointing)
         self.model.text_decoder.set_grad_checkpointing(cfg.decoder_grad_checkpointing)
-        self.layout = PROMPT_LAYOUT[self.model_cfg.type]
+        self.family = get_family(self.model_cfg, self.model)
         enc = self.model.image_encoder
         mean, std = enc.pretrained_cfg.get("mean", (0.5,)), enc.pretrained_cfg.get("std", (0.5,))
         if self.model_cfg.image_encoder.image_fmt == "L":
@@ -272,108 +256,62 @@ class TaskBase(nn.Module):
 
     # ----------------------------------------------------------------- data
     def preprocess(self, data_cfg: DataLoaderConfig, with_meta: bool = False) -> _Preprocess:
-        enc = self.model_cfg.image_encoder
         augment = DocAugment() if data_cfg.image_pipeline == "doc_aug" else None
-        if self.layout == "pixels":
-            min_patches = data_cfg.min_patches if isinstance(data_cfg, DataLoaderConfig) else None  # training only
-            image_transform: ResizePad | PatchPage = PatchPage(
-                self.model.image_encoder.patch_size, enc.max_patches, enc.image_fmt, augment=augment,
-                exact=data_cfg.decode == "exact", min_patches=min_patches)
-        else:
-            image_transform = ResizePad(enc.image_size, enc.image_fmt, augment=augment,
-                                        exact=data_cfg.decode == "exact")
+        min_patches = data_cfg.min_patches if isinstance(data_cfg, DataLoaderConfig) else None  # training only
         return _Preprocess(
-            image_transform,
-            TextTargets(self.tokenizer, self.max_length, decoder_prompt="all" if self.layout == "decoder" else "first"),
+            self.family,
+            self.family.image_transform(augment, exact=data_cfg.decode == "exact", min_patches=min_patches),
+            TextTargets(self.tokenizer, self.max_length, decoder_prompt=self.family.decoder_prompt),
             data_cfg.page_sampling,
             self.example_builder(),
             with_meta,
             self.needs_page_text,
             data_cfg.max_target_chars,
-            self.layout,
             data_cfg.max_image_pixels,
         )
 
-    def collate(self, data_cfg: DataLoaderConfig) -> functools.partial:
-        if self.layout == "pixels":
-            return functools.partial(
-                collate_patches, pad_id=self.tokenizer.pad_token_id, max_patches=self.model_cfg.image_encoder.max_patches,
-                patch_size=self.model.image_encoder.patch_size, pack=data_cfg.pack_patches,
-                pad_to_multiple_of=data_cfg.pad_to_multiple_of,
-            )
-        return functools.partial(
-            collate_text_image, pad_id=self.tokenizer.pad_token_id,
-            pad_to_multiple_of=data_cfg.pad_to_multiple_of,
-        )
+    def collate(self, data_cfg: DataLoaderConfig) -> Callable:
+        return self.family.collate(self.tokenizer.pad_token_id, data_cfg.pad_to_multiple_of,
+                                   pack=getattr(data_cfg, "pack_patches", False))
 
     def batch_stats(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Work in a (CPU) batch, for throughput: model FLOPs of one training step on it, image
         tokens and real text tokens."""
-        size, text_len = batch["input_ids"].shape
-        if self.layout == "pixels":  # packed rows: the rows' work, the real patches
-            num_rows, row_len = batch["segment"].shape
-            return {
-                "flops": self._flops_of_shape((num_rows, row_len, size, text_len)),
-                "image_tokens": float((batch["segment"] > 0).sum()),
-                "text_tokens": float(batch["attention_mask"].sum()),
-            }
-        # padded lengths: the kernels do that work
-        prompt_len = batch["prompt_ids"].shape[1] if "prompt_ids" in batch else 0
         return {
-            "flops": self._flops_of_shape((size, text_len, prompt_len)),
-            "image_tokens": float(size * self.model.image_encoder.num_tokens),
+            "flops": self._flops_of_shape(self.family.work_shape(batch)),
+            "image_tokens": self.family.image_tokens(batch, self.model),
             "text_tokens": float(batch["attention_mask"].sum()),
         }
 
     def _flops_of_shape(self, shape: tuple[int, ...]) -> float:
-        """Model FLOPs of one training step on a batch of `shape` (pixels layout: rows, row
-        length, samples, text length; else samples, text length, prompt length), by formula,
+        """Model FLOPs of one training step on a batch of the family's work `shape`, by formula,
         remembered per shape: walking the model's blocks costs ~0.3 ms of Python, paid on every
-        step otherwise, and batches repeat a few shapes. NaN: no formula for this trunk."""
+        step otherwise, and batches repeat a few shapes. NaN: no formula for this trunk (conv)."""
         cache = self.__dict__.setdefault("_step_flops_by_shape", {})
         if shape not in cache:
             if len(cache) >= 4096:  # packed rows and padded lengths vary: keep it bounded
                 cache.clear()
-            if self.layout == "pixels":
-                cache[shape] = float(pix2struct_flops(self.model, *shape)[1])
-            else:
-                size, text_len, prompt_len = shape
-                try:
-                    cache[shape] = float(self.step_flops(text_len, prompt_len) * size)
-                except NotImplementedError:  # no formula for this trunk (conv): TFLOP/s and MFU unknown
-                    cache[shape] = float("nan")
+            try:
+                cache[shape] = self.step_flops(shape)
+            except NotImplementedError:  # TFLOP/s and MFU unknown
+                cache[shape] = float("nan")
         return cache[shape]
 
-    def step_flops(self, text_len: int, prompt_len: int = 0) -> int:
-        """Model FLOPs of one training step per sample (NotImplementedError: no formula)."""
-        if self.layout == "encoder":
-            return pali_flops(self.model, text_len, prompt_len)[1]
-        return cruller_flops(self.model, text_len)[1]
+    def step_flops(self, shape: tuple[int, ...]) -> float:
+        """Model FLOPs of one training step on a batch of the family's work `shape`
+        (NotImplementedError: no formula for this trunk). An objective that runs part of the
+        model (a classifier head) counts that part."""
+        return self.family.step_flops(self.model, shape)
 
     def synthetic_batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Random pixels and full-length random text: the worst case the loader can send (for
         patches: every page a full row of max_patches)."""
-        enc = self.model_cfg.image_encoder
         ids = torch.randint(0, len(self.tokenizer), (batch_size, self.max_length), generator=generator)
         ids[:, 0] = self.tokenizer.convert_tokens_to_ids(self.prompt)
         labels = ids.clone()
         labels[:, 0] = -100
-        out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-        if self.layout == "pixels":
-            p, n = self.model.image_encoder.patch_size, enc.max_patches
-            side = int(n ** 0.5)
-            out["patches"] = torch.randint(0, 256, (batch_size, n, enc.in_chans * p * p), dtype=torch.uint8,
-                                           generator=generator)
-            out["patch_pos"] = torch.stack([torch.arange(n) // side, torch.arange(n) % side], -1).expand(batch_size, n, 2)
-            out["segment"] = torch.ones((batch_size, n), dtype=torch.long)
-            out["sample_row"] = torch.arange(batch_size)
-            out["sample_segment"] = torch.ones(batch_size, dtype=torch.long)
-            return out
-        h, w = enc.image_size
-        out["image"] = torch.randint(0, 256, (batch_size, enc.in_chans, h, w), dtype=torch.uint8, generator=generator)
-        if self.layout == "encoder":
-            out["prompt_ids"], out["prompt_mask"] = ids[:, :0].clone(), torch.ones_like(ids[:, :0])  # no header
-        return out
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+                **self.family.synthetic_inputs(batch_size, ids, generator)}
 
     # ----------------------------------------------------------------- export
     def export_info(self) -> dict[str, Any]:
@@ -406,30 +344,17 @@ class TaskBase(nn.Module):
         return ((image.float() - self.pixel_mean) / self.pixel_std).to(dtype)
 
     def pixels(self, batch: dict[str, torch.Tensor], roll: bool = False) -> Any:
-        """What the model's encoder takes, normalized: the image (B, C, H, W), or for patches the
-        packed rows and where each sample's page lies. `roll`: each sample gets the next one's page
-        (rolled by one), for the image-dependence check."""
-        if self.layout != "pixels":
-            return self.normalize(batch["image"].roll(1, dims=0) if roll else batch["image"])
-        patches = batch["patches"]  # (R, L, C*p*p) -> per-channel normalization over (C, p*p)
-        r, n, _ = patches.shape
-        c = self.pixel_mean.numel()
-        norm = self.normalize(patches.view(r * n, c, -1, 1)).view(r, n, -1)
-        pick = (lambda t: t.roll(1, dims=0)) if roll else (lambda t: t)
-        return {"patches": norm, "patch_pos": batch["patch_pos"], "segment": batch["segment"],
-                "sample_row": pick(batch["sample_row"]), "sample_segment": pick(batch["sample_segment"])}
+        """What the model's encoder takes, normalized (see Family.pixels). `roll`: each sample gets
+        the next one's page (rolled by one), for the image-dependence check."""
+        return self.family.pixels(batch, self.normalize, roll)
 
     def page_image(self, batch: dict[str, Any], index: int) -> torch.Tensor:
         """Sample `index`'s page as the model saw it, (C, H, W) uint8 (for galleries)."""
-        if self.layout == "pixels":
-            return page_image(batch, index, self.model.image_encoder.patch_size)
-        return batch["image"][index].clone()
+        return self.family.page_image(batch, index)
 
     def text_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Text the encoder side reads besides the pixels (pali: the prompt)."""
-        if self.layout == "encoder":
-            return {"prompt_ids": batch["prompt_ids"], "prompt_mask": batch["prompt_mask"]}
-        return {}
+        return self.family.text_inputs(batch)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.model(self.pixels(batch), batch["input_ids"], batch["attention_mask"],

@@ -49,7 +49,7 @@ class TaskCrullerPretrain(TaskBase):
         super().__init__(cfg, *args, **kwargs)
         self.ctc_head: nn.Linear | None = None
         if cfg.ctc_weight:
-            if self.layout != "decoder":
+            if not self.family.tokens_in_a_row:
                 raise ValueError(f"--task.ctc_weight needs a cruller preset (image tokens in a left-to-right "
                                  f"row), not a {self.model_cfg.type} one")
             # one class per token id plus the CTC blank (the last class)

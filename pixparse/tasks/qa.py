@@ -182,8 +182,8 @@ class TaskCrullerFinetuneXent(TaskCrullerFinetuneRvlcdip):
         return (F.cross_entropy(logits, target, reduction="none"), F.cross_entropy(rolled, target, reduction="none"),
                 torch.ones_like(target), texts)
 
-    def step_flops(self, text_len: int, prompt_len: int = 0) -> int:
-        return classifier_flops(self.model)[1]
+    def step_flops(self, shape: tuple[int, ...]) -> float:
+        return float(classifier_flops(self.model)[1] * shape[0])  # shape[0]: the samples
 
     def batch_stats(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         return {**super().batch_stats(batch), "text_tokens": 0.0}  # the decoder is not run
