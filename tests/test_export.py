@@ -88,3 +88,57 @@ def test_damaged_export_is_refused(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="does not match the checksum"):
         load_exported(str(tmp_path))
+
+
+def test_the_hf_folder_reads_a_page_in_transformers_alone_as_pixparse_does(tmp_path):
+    """The export's folder is a complete transformers model: AutoProcessor (its image processor
+    and tokenizer), the model and generate(), and pipeline('image-text-to-text'), in a process
+    where pixparse cannot be imported, give the pixels and texts of pixparse's own eval pipeline
+    (resize and white padding, greedy decoding up to the trained length)."""
+    import subprocess
+    import sys
+
+    from PIL import Image, ImageDraw
+
+    from pixparse.data.transforms import ResizePad
+    from pixparse.models.export import save_hf_folder
+    from tests.conftest import REPO
+
+    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny", max_length=40))
+    paths, texts = [], ["TOTAL 02.50 RM", "CASH 7.00"]
+    for i, (mode, size) in enumerate([("RGB", (600, 850)), ("L", (400, 60))]):  # a page, a line
+        page = Image.new(mode, size, "white")
+        ImageDraw.Draw(page).text((10, 10), texts[i], fill="black")
+        page.save(tmp_path / f"page{i}.png")
+        paths.append(str(tmp_path / f"page{i}.png"))
+    resize = ResizePad(task.model_cfg.image_encoder.image_size, task.model_cfg.image_encoder.image_fmt)
+    batch = {"image": torch.stack([resize(Image.open(p)) for p in paths])}
+    # a few steps on the two pages, so that greedy decoding writes varied text, not one token
+    start = task.tokenizer.convert_tokens_to_ids(task.prompt)
+    rows = [[start] + task.tokenizer(t, add_special_tokens=False).input_ids + [task.tokenizer.eos_token_id]
+            for t in texts]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [task.tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    labels = ids.masked_fill(ids == task.tokenizer.pad_token_id, -100)
+    labels[:, 0] = -100
+    train = {**batch, "input_ids": ids, "attention_mask": (labels != -100).long().index_fill(1, torch.tensor([0]), 1),
+             "labels": labels}
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(task.parameters(), lr=3e-3)
+    for _ in range(80):
+        opt.zero_grad()
+        task(train)["loss"].backward()
+        opt.step()
+    task.eval()
+    save_hf_folder(task.model, task.tokenizer, task.export_info(), str(tmp_path / "hf"))
+    proc = subprocess.run([sys.executable, f"{REPO}/tests/helpers/hf_alone.py", str(tmp_path / "hf"),
+                           str(tmp_path / "out.pt"), *paths], cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = torch.load(tmp_path / "out.pt")
+
+    assert torch.equal(theirs["pixel_values"], task.normalize(batch["image"]))
+    prompt = [task.tokenizer.convert_tokens_to_ids(task.prompt)]
+    ours = [task.decode(ids) for ids in task.generate(batch, [prompt] * 2, task.max_length - 1)]
+    assert theirs["texts"] == ours and len(set("".join(ours))) > 5, (theirs["texts"], ours)
+    assert theirs["pipeline"] == ours, theirs["pipeline"]

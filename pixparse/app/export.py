@@ -9,7 +9,7 @@ import torch
 
 from pixparse.engine.checkpoint import MARKER
 from pixparse.models.export import (
-    hf_unsupported, load_weights, model_from_info, read_source, resolve_checkpoint_path, save_exported, to_hf_vision_encoder_decoder,
+    hf_unsupported, load_weights, model_from_info, read_source, resolve_checkpoint_path, save_exported, save_hf_folder,
 )
 from pixparse.app.tool import run_tool
 
@@ -21,7 +21,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def export(
     checkpoint: str,
     output_dir: str,
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16",
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None,
     hf: bool = True,
 ) -> str:
     """Export a pixparse checkpoint.
@@ -30,7 +30,7 @@ def export(
         checkpoint: A checkpoint tag folder, e.g. runs/x/checkpoints/step_00000320, or the
             checkpoint folder above it (its `latest` tag is exported).
         output_dir: Folder to write model.safetensors, model_config.json, tokenizer/ (and hf/).
-        dtype: Precision of the exported weights.
+        dtype: Precision of the exported weights (default: the precision the run trained in).
         hf: Also write a transformers VisionEncoderDecoderModel folder (<output_dir>/hf).
     """
     checkpoint = resolve_checkpoint_path(checkpoint)
@@ -39,6 +39,7 @@ def export(
     model_cfg, tokenizer, info, weights = read_source(checkpoint)
     model = model_from_info(model_cfg, info)
     load_weights(model, weights())
+    dtype = dtype or info.get("train_dtype", "float32")
     model = model.to(_DTYPES[dtype]).eval()
     save_exported(model, model_cfg, tokenizer, output_dir, info)
     reason = hf_unsupported(model)
@@ -46,9 +47,7 @@ def export(
         logger.warning("%s: no hf/ folder, since %s (model.safetensors has every weight)", checkpoint, reason)
         hf = False
     if hf:
-        hf_model = to_hf_vision_encoder_decoder(model, info["decoder_start_token_id"])
-        hf_model.save_pretrained(os.path.join(output_dir, "hf"))
-        tokenizer.save_pretrained(os.path.join(output_dir, "hf"))
+        save_hf_folder(model, tokenizer, info, os.path.join(output_dir, "hf"))
     print(f"exported {checkpoint} -> {output_dir} ({dtype}{', + hf/' if hf else ''})")
     return output_dir
 

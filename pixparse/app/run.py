@@ -205,6 +205,7 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     seed_everything(cfg.train.seed)
     with _model_build(cfg, model_cfg, ds_config, world_size):
         task = create_task(cfg.task, model_cfg, cfg.data.train.source)
+    task.train_dtype = compute_dtype_name(ds_config)
     num_params = sum(getattr(p, "ds_numel", p.numel()) for p in task.parameters())
     logger.info("task %s, model %s: %.2fM parameters, tokenizer vocab %d", cfg.task.name,
                 cfg.task.model_name, num_params / 1e6, len(task.tokenizer))

@@ -246,3 +246,30 @@ def to_hf_vision_encoder_decoder(model: Cruller, decoder_start_token_id: int) ->
         raise RuntimeError(f"HF export key mismatch: missing {missing}, unexpected {unexpected}")
     hf.decoder.tie_weights()
     return hf.eval()
+
+
+def save_hf_folder(model: Cruller, tokenizer: Any, info: dict[str, Any], out_dir: str) -> None:
+    """A complete transformers folder: the VisionEncoderDecoderModel, the tokenizer, a generation
+    config with the trained target length and the task's start token, and an image processor and
+    processor that reproduce pixparse's preprocessing (code shipped in the folder:
+    `AutoProcessor.from_pretrained(out_dir, trust_remote_code=True)`; it never imports pixparse)."""
+    from transformers import GenerationConfig
+
+    from pixparse.models.hf_code.image_processing_pixparse import PixparseImageProcessor
+    from pixparse.models.hf_code.processing_pixparse import PixparseProcessor
+
+    hf_model = to_hf_vision_encoder_decoder(model, info["decoder_start_token_id"])
+    # greedy, up to the length the model trained with (prompt included), no decoder defaults
+    # (BART's forced eos and the like): what pixparse's own generate does
+    hf_model.generation_config = GenerationConfig(
+        max_length=info["max_length"], decoder_start_token_id=info["decoder_start_token_id"],
+        eos_token_id=info["eos_token_id"], pad_token_id=info["pad_token_id"], num_beams=1, do_sample=False)
+    hf_model.save_pretrained(out_dir)
+    h, w = model.cfg.image_encoder.image_size
+    scale = 255.0  # pixparse keeps mean/std in the 0..255 scale; transformers in 0..1
+    image_processor = PixparseImageProcessor(
+        size={"height": h, "width": w}, image_mode=model.cfg.image_encoder.image_fmt,
+        image_mean=[m / scale for m in info["pixel_mean"]], image_std=[s / scale for s in info["pixel_std"]])
+    PixparseImageProcessor.register_for_auto_class("AutoImageProcessor")
+    PixparseProcessor.register_for_auto_class("AutoProcessor")
+    PixparseProcessor(image_processor, tokenizer, prompt=info["prompt"]).save_pretrained(out_dir)

@@ -151,6 +151,7 @@ class TaskBase(nn.Module):
     prompt: ClassVar[str]
     needs_page_text: ClassVar[bool] = False  # only pages with text lines are samples (reading targets)
     families: ClassVar[tuple[str, ...] | None] = None  # model families it trains (None: every one)
+    train_dtype: str = "float32"  # the run's compute precision (set by the run): an export's default
 
     @classmethod
     def check_model(cls, model_cfg: ModelConfig, model_name: str) -> None:
@@ -326,6 +327,7 @@ class TaskBase(nn.Module):
             "eos_token_id": tok.eos_token_id,
             "decoder_start_token_id": tok.convert_tokens_to_ids(self.prompt),
             "max_length": self.max_length,
+            "train_dtype": self.train_dtype,
             "pixel_mean": self.pixel_mean.flatten().tolist(),
             "pixel_std": self.pixel_std.flatten().tolist(),
         }

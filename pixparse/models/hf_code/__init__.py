@@ -1,0 +1,1 @@
+"""Code shipped inside Hugging Face exports (the image processor and processor): it never imports pixparse."""
