@@ -1,7 +1,7 @@
 """Root configs, one per subcommand. Imports only the stdlib and other config modules."""
 from dataclasses import dataclass, field
 
-from pixparse.data.config import DataConfig, EvalDataConfig
+from pixparse.data.config import DataConfig, EvalAppData
 from pixparse.engine.config import TrainConfig
 from pixparse.tasks.config import TaskConfig
 
@@ -42,7 +42,7 @@ class BenchConfig(PretrainConfig):
 
 
 @dataclass(kw_only=True)
-class EvalSettings:
+class EvalCheckpoint:
     checkpoint_path: str
     """What to evaluate: a checkpoint tag (any ZeRO stage, written on any number of ranks), a
     checkpoint folder (its `latest` tag is used) or an export folder; local, s3://BUCKET/KEY, or
@@ -55,12 +55,12 @@ class EvalSettings:
 class EvalConfig:
     """Evaluate a checkpoint: token loss, image_gap and the task's metrics on eval shards."""
 
-    data: EvalDataConfig
+    data: EvalAppData
     """Eval data (--data.eval.*)."""
     task: TaskConfig = field(default_factory=TaskConfig)
     """The objective (--task.name must be the one the checkpoint was trained for) and the
     generation settings (--task.max_new_tokens, --task.num_beams)."""
-    eval: EvalSettings
+    eval: EvalCheckpoint
     """The checkpoint."""
     output_dir: str = "eval"
     """Folder for <checkpoint>-<dataset>-metrics.json and <checkpoint>-<dataset>-predictions.jsonl."""

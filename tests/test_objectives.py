@@ -19,10 +19,23 @@ BOXES = [[0.1, 0.10, 0.6, 0.14], [0.1, 0.15, 0.7, 0.19], [0.1, 0.20, 0.5, 0.24],
          [0.1, 0.40, 0.6, 0.44], [0.1, 0.45, 0.4, 0.49]]
 
 
-def _page(size=(200, 300)):
+XYWH = [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in BOXES]
+SCORES = [0.99] * len(LINES)
+LAYOUTS = {
+    # pixparse's writers: lines with [x0, y0, x1, y1]
+    "pixparse": {"pages": [{"lines": {"text": LINES, "bbox": BOXES}}]},
+    # pixparse/pdfa-eng-wds: lines and words with [x, y, w, h], scores, image boxes
+    "pdfa": {"pages": [{"images_bbox": [], "images_bbox_no_text_overlap": [],
+                        "lines": {"text": LINES, "bbox": XYWH, "score": SCORES},
+                        "words": {"text": LINES[0].split(), "bbox": [XYWH[0], XYWH[0]], "score": [0.9, 0.9]}}]},
+    # pixparse/idl-wds: the page's lines at the page level, [x, y, w, h]
+    "idl": {"pages": [{"text": LINES, "bbox": XYWH, "score": SCORES}]},
+}
+
+
+def _page(size=(200, 300), layout="pixparse", box_format="auto"):
     image = Image.new("L", size, 255)
-    anno = {"pages": [{"lines": {"text": LINES, "bbox": BOXES}}]}
-    return Page(image=image, text="\n".join(LINES), page_index=0, anno=anno)
+    return Page(image=image, text="\n".join(LINES), page_index=0, anno=LAYOUTS[layout], box_format=box_format)
 
 
 def test_structure_markup_groups_lines_into_blocks():
@@ -34,9 +47,14 @@ def test_structure_markup_groups_lines_into_blocks():
     assert structure_markup(column).count(BLOCK[0]) == 2
 
 
-@pytest.mark.parametrize("share", [0.0, 0.4, 1.0])
-def test_masked_regions_match_the_line_boxes(share):
-    page = _page()
+@pytest.mark.parametrize("share,layout,box_format", [
+    (0.0, "pixparse", "auto"), (0.4, "pixparse", "auto"), (1.0, "pixparse", "xyxy"),
+    (0.4, "pdfa", "auto"), (1.0, "pdfa", "xywh"), (0.4, "idl", "auto"), (1.0, "idl", "xywh"),
+])
+def test_masked_regions_match_the_line_boxes(share, layout, box_format):
+    """The public pretraining layouts (pdfa-eng-wds, idl-wds: [x, y, w, h]) mask and group the
+    same regions as pixparse's own ([x0, y0, x1, y1]), told or detected."""
+    page = _page(layout=layout, box_format=box_format)
     examples = MaskedParse("<s_pretrain>", share)(page, random.Random(3))
     pixels = np.asarray(page.image)
     w, h = page.image.size
@@ -56,6 +74,14 @@ def test_masked_regions_match_the_line_boxes(share):
     # the target has every line, masked ones included, with the block markup
     target = examples[0].target
     assert all(line in target for line in LINES) and target.count(BLOCK[0]) == 2
+
+
+def test_boxes_in_another_format_than_the_flag_says_are_a_counted_skip_naming_it():
+    from pixparse.data.decode import SampleError
+
+    with pytest.raises(SampleError, match=r"ends before it starts as xyxy \(--data.\*.box_format xyxy\)") as e:
+        MaskedParse("<s_pretrain>", 0.4)(_page(layout="pdfa", box_format="xyxy"), random.Random(0))
+    assert e.value.reason == "bad_json"
 
 
 def test_masking_is_drawn_from_the_sample_rng():

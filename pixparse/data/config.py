@@ -3,15 +3,49 @@ from dataclasses import dataclass
 from typing import Literal
 
 
-def check_sample_caps(max_image_pixels: int, max_sample_bytes: int, scope: str) -> None:
-    if max_image_pixels <= 0:
-        raise ValueError(f"--data.{scope}.max_image_pixels must be > 0, got {max_image_pixels}")
-    if max_sample_bytes <= 0:
-        raise ValueError(f"--data.{scope}.max_sample_bytes must be > 0, got {max_sample_bytes}")
+@dataclass(kw_only=True)
+class _PageSettings:
+    """How a page becomes model input: the settings training and evaluation data share."""
+
+    pad_to_multiple_of: int = 8
+    """Pad text batches to a multiple of this length (1 pads to the longest only)."""
+    max_target_chars: int = 100_000
+    """A sample whose target (or reference) text is longer is skipped as corrupt ('target_too_long';
+    a dense page has ~10,000 characters). Longer targets that fit are cut to --task.max_length tokens."""
+    decode: Literal["fast", "exact"] = "exact"
+    """Image decode quality. 'exact': full decode, then the antialiased bicubic resize (the
+    reference pipeline's quality). 'fast': JPEGs (and scanned PDF pages) decode at a reduced DCT
+    scale near the model's size, then the same resize: about 1.5x exact's pages/s on JPEG and
+    scanned PDF (the same on TIFF/PNG), 11 dB lower PSNR on full pages at 576x448; for loader-bound
+    runs. exact is the default by the receipt learning check (docs/data.md)."""
+    max_image_pixels: int = 50_000_000
+    """A page image of more pixels (width x height, read from its header before decoding) is
+    skipped ('image_too_large'); a 600 dpi letter page has 34M. Bounds a worker's memory per sample."""
+    max_sample_bytes: int = 256 * 2**20
+    """A sample whose tar members hold more bytes (decompressed, read from the tar headers before
+    reading) is skipped ('sample_too_large'). Bounds a worker's memory per sample."""
+    pack_patches: bool = True
+    """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
+    max_patches (attention kept inside each page); false pads every page to its own row, as
+    Pix2Struct does (for comparison: more rows, more padding)."""
+    box_format: Literal["auto", "xyxy", "xywh"] = "auto"
+    """Line boxes of the shards' JSON (0..1 of the page; read by parse_pretrain): 'xyxy'
+    [x0, y0, x1, y1] (what pixparse's writers write), 'xywh' [x, y, width, height] (the public
+    pixparse/pdfa-eng-wds and pixparse/idl-wds shards). 'auto': xywh for a page where any box read
+    as xyxy would end before it starts, else xyxy (docs/data.md)."""
+
+    def check(self, scope: str) -> None:
+        """The shared checks; `scope` names the flags ('train', 'eval')."""
+        if self.pad_to_multiple_of < 1:
+            raise ValueError(f"--data.{scope}.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
+        if self.max_image_pixels <= 0:
+            raise ValueError(f"--data.{scope}.max_image_pixels must be > 0, got {self.max_image_pixels}")
+        if self.max_sample_bytes <= 0:
+            raise ValueError(f"--data.{scope}.max_sample_bytes must be > 0, got {self.max_sample_bytes}")
 
 
 @dataclass(kw_only=True)
-class DataLoaderConfig:
+class DataLoaderConfig(_PageSettings):
     source: str
     """Shards: a local path, brace pattern ('idl-{000000..000699}.tar'), 'pipe:<command>' or URL,
     or rendered text ('render:lines', 'render:blocks', 'render:pages'; see data.render); several
@@ -38,27 +72,6 @@ class DataLoaderConfig:
     """Samples held in the in-worker shuffle buffer (0 turns sample shuffling off)."""
     max_skip_fraction: float = 0.1
     """Stop the run once this fraction of read samples was skipped as unreadable."""
-    pad_to_multiple_of: int = 8
-    """Pad text batches to a multiple of this length (1 pads to the longest only)."""
-    max_target_chars: int = 100_000
-    """A sample whose target text is longer is skipped as corrupt ('target_too_long'; a dense
-    page has ~10,000 characters). Longer targets that fit are cut to --task.max_length tokens."""
-    decode: Literal["fast", "exact"] = "exact"
-    """Image decode quality. 'exact': full decode, then the antialiased bicubic resize (the
-    reference pipeline's quality). 'fast': JPEGs (and scanned PDF pages) decode at a reduced DCT
-    scale near the model's size, then the same resize: about 1.5x exact's pages/s on JPEG and
-    scanned PDF (the same on TIFF/PNG), 11 dB lower PSNR on full pages at 576x448; for loader-bound
-    runs. exact is the default by the receipt learning check (docs/data.md)."""
-    max_image_pixels: int = 50_000_000
-    """A page image of more pixels (width x height, read from its header before decoding) is
-    skipped ('image_too_large'); a 600 dpi letter page has 34M. Bounds a worker's memory per sample."""
-    max_sample_bytes: int = 256 * 2**20
-    """A sample whose tar members hold more bytes (decompressed, read from the tar headers before
-    reading) is skipped ('sample_too_large'). Bounds a worker's memory per sample."""
-    pack_patches: bool = True
-    """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
-    max_patches (attention kept inside each page); false pads every page to its own row, as
-    Pix2Struct does (for comparison: more rows, more padding)."""
     min_patches: int | None = None
     """Pixels-only presets, training: draw each page's patch budget from [min_patches, the preset's
     max_patches] (NaViT's resolution sampling: cheaper steps and robustness to scale; packing keeps
@@ -75,11 +88,7 @@ class DataLoaderConfig:
             raise ValueError(
                 f"--data.train.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}"
             )
-        if self.pad_to_multiple_of < 1:
-            raise ValueError(
-                f"--data.train.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}"
-            )
-        check_sample_caps(self.max_image_pixels, self.max_sample_bytes, "train")
+        self.check("train")
         if self.min_patches is not None and self.min_patches < 1:
             raise ValueError(f"--data.train.min_patches must be >= 1 (or unset), got {self.min_patches}")
         if not self.source.strip():
@@ -101,7 +110,7 @@ class DataLoaderConfig:
 
 
 @dataclass(kw_only=True)
-class DataEvalConfig:
+class DataEvalConfig(_PageSettings):
     source: str
     """Eval shards: a local path, brace pattern, 'pipe:<command>' or URL; '::' joins several.
     Read once, in order, each shard by one rank."""
@@ -115,28 +124,8 @@ class DataEvalConfig:
     """Which pages of a multi-page document are evaluated: the first with text, or all."""
     image_pipeline: Literal["resize_pad"] = "resize_pad"
     """Aspect-preserving resize and white pad, no randomness."""
-    pad_to_multiple_of: int = 8
-    """Pad text batches to a multiple of this length."""
     max_skip_fraction: float = 0.1
     """Fail the evaluation if more than this fraction of read samples was unusable."""
-    max_target_chars: int = 100_000
-    """A sample whose reference text is longer is skipped as corrupt ('target_too_long')."""
-    decode: Literal["fast", "exact"] = "exact"
-    """Image decode quality. 'exact': full decode, then the antialiased bicubic resize (the
-    reference pipeline's quality). 'fast': JPEGs (and scanned PDF pages) decode at a reduced DCT
-    scale near the model's size, then the same resize: about 1.5x exact's pages/s on JPEG and
-    scanned PDF (the same on TIFF/PNG), 11 dB lower PSNR on full pages at 576x448; for loader-bound
-    runs. exact is the default by the receipt learning check (docs/data.md)."""
-    max_image_pixels: int = 50_000_000
-    """A page image of more pixels (width x height, read from its header before decoding) is
-    skipped ('image_too_large'); a 600 dpi letter page has 34M. Bounds a worker's memory per sample."""
-    max_sample_bytes: int = 256 * 2**20
-    """A sample whose tar members hold more bytes (decompressed, read from the tar headers before
-    reading) is skipped ('sample_too_large'). Bounds a worker's memory per sample."""
-    pack_patches: bool = True
-    """Pixels-only presets (pix2struct): pack the patch sequences of several pages into each row of
-    max_patches (attention kept inside each page); false pads every page to its own row, as
-    Pix2Struct does (for comparison: more rows, more padding)."""
 
     def __post_init__(self) -> None:
         if not self.source.strip():
@@ -145,7 +134,7 @@ class DataEvalConfig:
             raise ValueError(f"--data.eval.num_samples must be > 0 (or unset), got {self.num_samples}")
         if self.batch_size <= 0:
             raise ValueError(f"--data.eval.batch_size must be > 0, got {self.batch_size}")
-        check_sample_caps(self.max_image_pixels, self.max_sample_bytes, "eval")
+        self.check("eval")
         if self.num_workers < 0:
             raise ValueError(f"--data.eval.num_workers must be >= 0, got {self.num_workers}")
         if not 0.0 <= self.max_skip_fraction <= 1.0:
@@ -162,6 +151,6 @@ class DataConfig:
 
 
 @dataclass(kw_only=True)
-class EvalDataConfig:
+class EvalAppData:
     eval: DataEvalConfig
     """The data to evaluate on."""

@@ -25,6 +25,7 @@ class Page:
     text: str
     page_index: int
     anno: dict[str, Any] | None = None  # the document's whole annotation (task fields live there)
+    box_format: str = "auto"  # how the annotation's line boxes are written (see page_line_boxes)
 
 
 def page_lines(page: dict[str, Any]) -> list[str]:
@@ -37,6 +38,32 @@ def page_lines(page: dict[str, Any]) -> list[str]:
     if isinstance(lines, str):
         lines = [lines]
     return [str(t) for t in lines]
+
+
+def page_line_boxes(page: dict[str, Any], box_format: str = "auto") -> list[list[float]] | None:
+    """The line boxes of one page, one per `page_lines(page)` entry, as [x0, y0, x1, y1] in 0..1;
+    None when the page has none (or not one per line). Layouts: {'lines': {'text', 'bbox'}}
+    (pixparse, pdfa-eng-wds) or {'text', 'bbox'} (idl-wds). `box_format` 'xyxy' or 'xywh'
+    ([x, y, width, height]: the public shards); 'auto': xywh where any box read as xyxy would end
+    before it starts (a line's width or height under its x or y), else xyxy."""
+    lines = page["lines"] if isinstance(page.get("lines"), dict) else page
+    boxes = lines.get("bbox")
+    if not isinstance(boxes, list) or not boxes or len(boxes) != len(page_lines(page)):
+        return None
+    try:
+        boxes = [[float(v) for v in box] for box in boxes]
+    except (TypeError, ValueError) as e:
+        raise SampleError("bad_json", f"a line box is not numbers: {e}") from None
+    if any(len(box) != 4 for box in boxes):
+        raise SampleError("bad_json", "a line box does not have 4 numbers")
+    if box_format == "auto":
+        box_format = "xywh" if any(b[2] < b[0] or b[3] < b[1] for b in boxes) else "xyxy"
+    if box_format == "xywh":
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in boxes]
+    if any(b[2] < b[0] or b[3] < b[1] for b in boxes):
+        raise SampleError("bad_json", f"a line box ends before it starts as {box_format} "
+                                      f"(--data.*.box_format {box_format})")
+    return boxes
 
 
 def find_image_key(sample: dict[str, Any]) -> str:
@@ -156,6 +183,7 @@ def decode_document_pages(
     need_text: bool = True,
     draft: bool = True,
     max_pixels: int | None = None,
+    box_format: str = "auto",
 ) -> list[Page]:
     """Decode the annotated page(s) of a document sample; pages without text are never chosen
     unless `need_text` is False (tasks whose target is not the page text: classes, answers).
@@ -170,6 +198,7 @@ def decode_document_pages(
         draft: JPEGs (and scanned PDF pages) decode at a reduced DCT scale near target_size;
             False: at full size (--data.*.decode exact).
         max_pixels: a page image of more pixels is skipped ('image_too_large'), from its header.
+        box_format: how the annotation's line boxes are written (page_line_boxes).
     """
     if "__image__" in sample:  # rendered in the worker (data.render): decoded already
         return [Page(image=sample["__image__"], text=sample["__text__"], page_index=0,
@@ -225,5 +254,5 @@ def decode_document_pages(
         except Exception as e:
             raise SampleError("bad_image", f"{image_key} page {index}: {e}") from e
         text = "\n".join(t for t in page_lines(pages[index]) if t.strip())
-        out.append(Page(image=page_image, text=text, page_index=index, anno=anno))
+        out.append(Page(image=page_image, text=text, page_index=index, anno=anno, box_format=box_format))
     return out

@@ -18,6 +18,8 @@ from typing import Any
 
 from PIL import Image
 
+from pixparse.data.decode import page_line_boxes, page_lines
+
 Sample = dict[str, Any]
 
 RVL_CDIP_LABELS = (
@@ -245,15 +247,15 @@ def read_folder(root: str) -> Iterator[Sample]:
             yield _sample(root, stem, image, [], unboxed_lines=text)
 
 
-def line_crops(sample: Sample, min_height_px: int = 8) -> Iterator[Sample]:
+def line_crops(sample: Sample, min_height_px: int = 8, box_format: str = "auto") -> Iterator[Sample]:
     """Each boxed, non-empty text line of a sample's first page as its own sample: the line's box
     (plus a quarter of its height above and below, and as much to the sides) cropped from the
-    page, gray, with the line's text. Lines under `min_height_px` high are left out."""
+    page, gray, with the line's text. Lines under `min_height_px` high are left out. Boxes as
+    `decode.page_line_boxes` reads them (pixparse's, pdfa-eng-wds' and idl-wds' layouts)."""
     anno = json.loads(sample["json"])
     page = anno["pages"][0]
-    lines = page.get("lines", {})
-    texts, boxes = lines.get("text", []), lines.get("bbox", [])
-    if len(boxes) != len(texts):
+    texts, boxes = page_lines(page), page_line_boxes(page, box_format)
+    if boxes is None:
         return
     ext = next(k for k in ("png", "jpg", "tif") if k in sample)
     image = Image.open(io.BytesIO(sample[ext])).convert("L")

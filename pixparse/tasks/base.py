@@ -101,8 +101,9 @@ class _Preprocess:
 
     def __init__(self, family: Family, image_transform: ResizePad | PatchPage, text: TextTargets, page_sampling: str,
                  examples: Callable[[Page, random.Random], list[Example]], with_meta: bool, need_text: bool = True,
-                 max_target_chars: int = 100_000, max_pixels: int | None = None) -> None:
+                 max_target_chars: int = 100_000, max_pixels: int | None = None, box_format: str = "auto") -> None:
         self.family = family
+        self.box_format = box_format
         self.image_transform = image_transform
         self.max_pixels = max_pixels
         self.max_target_chars = max_target_chars
@@ -120,6 +121,7 @@ class _Preprocess:
             need_text=self.need_text,
             draft=not self.image_transform.exact,
             max_pixels=self.max_pixels,
+            box_format=self.box_format,
         )
         out = []
         for page in pages:
@@ -269,11 +271,12 @@ class TaskBase(nn.Module):
             self.needs_page_text,
             data_cfg.max_target_chars,
             data_cfg.max_image_pixels,
+            data_cfg.box_format,
         )
 
     def collate(self, data_cfg: DataLoaderConfig) -> Callable:
         return self.family.collate(self.tokenizer.pad_token_id, data_cfg.pad_to_multiple_of,
-                                   pack=getattr(data_cfg, "pack_patches", False))
+                                   pack=data_cfg.pack_patches)
 
     def batch_stats(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Work in a (CPU) batch, for throughput: model FLOPs of one training step on it, image

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from pixparse.data.decode import Page, SampleError, page_lines
+from pixparse.data.decode import Page, SampleError, page_line_boxes, page_lines
 from pixparse.tasks.base import Example, TaskBase, token_cross_entropy
 
 PRETRAIN_PROMPT = "<s_pretrain>"
@@ -111,8 +111,7 @@ def boxed_lines(page: Page) -> list[tuple[str, list[float] | None]]:
     pages = (page.anno or {}).get("pages") or [{}]
     entry = pages[page.page_index] if page.page_index < len(pages) else {}
     lines = page_lines(entry)
-    boxes = entry.get("lines", {}).get("bbox", []) if isinstance(entry.get("lines"), dict) else []
-    boxes = boxes if len(boxes) == len(lines) else [None] * len(lines)
+    boxes = page_line_boxes(entry, page.box_format) or [None] * len(lines)
     return [(t, b) for t, b in zip(lines, boxes) if t.strip()]
 
 
