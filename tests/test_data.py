@@ -260,6 +260,27 @@ def test_pipe_sources(synth_shards):
     assert sorted(keys) == sorted(s["__key__"] for s in _raw_samples(pattern))
 
 
+def test_http_shards_stream_as_local_ones_do(synth_shards):
+    """Shards served over HTTP (as the Hub serves pixparse/pdfa-eng-wds and idl-wds, through
+    webdataset's curl) give the samples the local files give; here from a server on 127.0.0.1."""
+    import functools
+    import http.server
+    import os
+    import threading
+
+    folder = os.path.dirname(synth_shards)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=folder)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pattern = synth_shards.replace("synth-{000000..000003}.tar", "synth-{000000..000001}.tar")
+        url = f"http://127.0.0.1:{server.server_address[1]}/synth-{{000000..000001}}.tar"
+        keys = _keys(url, 0, 1, 1, num_batches=16)
+        assert sorted(keys) == sorted(s["__key__"] for s in _raw_samples(pattern))
+    finally:
+        server.shutdown()
+
+
 def test_vector_pdf_is_rendered_to_fit():
     """A born-digital page (vector content, no scan): PDFium renders it at the fitting scale."""
     content = b"0 0 0 rg 0 0 100 100 re f"
