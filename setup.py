@@ -37,10 +37,11 @@ setup(
         # --train.wandb; S3 checkpoints in the eval app (--s3-bucket, s3://)
         "wandb": ["wandb>=0.17"],
         "s3": ["boto3>=1.28"],
+        "hub": ["datasets>=3.0"],  # write hf_cord|hf_rvl_cdip|hf_docvqa: Hugging Face datasets to shards
         # the S3 tests start a local S3-compatible server (moto)
         "bench": ["matplotlib>=3.7"],  # benchmarks/plot.py
         "test": ["pytest>=8.0", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0",
-                 "matplotlib>=3.7"],
+                 "matplotlib>=3.7", "datasets>=3.0"],
         "dev": ["pytest>=8.0", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0", "ruff"],
     },
     entry_points={"console_scripts": ["pixparse=pixparse.cli:main"]},

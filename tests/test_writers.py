@@ -114,6 +114,68 @@ def test_cord_layout_from_sroie_receipts(shared_data, tmp_path):
     assert "TAN WOON YANN" in anno["pages"][0]["lines"]["text"]
 
 
+def _sroie_as_cord(src, stem):
+    """A real SROIE receipt as CORD's ground truth: its lines' quads and its key fields."""
+    lines = []
+    for r in open(os.path.join(src, "box", stem + ".csv")):
+        parts = r.rstrip("\n").split(",", 8)
+        if len(parts) == 9 and parts[8].strip():
+            quad = dict(zip(("x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4"), (int(v) for v in parts[:8])))
+            lines.append({"words": [{"text": parts[8], "quad": quad}], "category": "menu.nm"})
+    return {"gt_parse": json.load(open(os.path.join(src, "key", stem + ".json"))), "valid_line": lines}
+
+
+def test_hub_schemas_from_datasets_write_what_the_folder_formats_write(shared_data, tmp_path):
+    """Local datasets saved in the Hub's CORD-v2, RVL-CDIP and DocVQA schemas (a DatasetDict with
+    splits, a ClassLabel, a page's questions in consecutive rows) become the shards the folder
+    readers make of the same pages: the same JSON, the same image bytes."""
+    datasets = pytest.importorskip("datasets")
+    src = os.path.join(shared_data, "sroie")
+    stems = ["000", "001", "002"]
+    images = [os.path.join(src, "img", s + ".jpg") for s in stems]
+    gts = [_sroie_as_cord(src, s) for s in stems]
+    cord = datasets.Dataset.from_dict({"image": images, "ground_truth": [json.dumps(g) for g in gts]},
+                                      features=datasets.Features({"image": datasets.Image(),
+                                                                  "ground_truth": datasets.Value("string")}))
+    datasets.DatasetDict({"train": cord, "test": cord.select([0])}).save_to_disk(str(tmp_path / "hf_cord"))
+    root = tmp_path / "cord"
+    (root / "json").mkdir(parents=True)
+    (root / "image").mkdir()
+    for stem, path, gt in zip(stems, images, gts):
+        shutil.copy(path, root / "image" / (stem + ".jpg"))
+        (root / "json" / (stem + ".json")).write_text(json.dumps({"ground_truth": json.dumps(gt)}))
+    hub = _read_back(write("hf_cord", str(tmp_path / "hf_cord"), str(tmp_path / "out_hub"), split="train"))
+    folder = _read_back(write("cord", str(root), str(tmp_path / "out_folder")))
+    assert len(hub) == 3
+    for i, stem in enumerate(stems):
+        (a, sa), (b, sb) = hub[f"train_{i:06d}"], folder[stem]
+        assert a == b and sa["jpg"] == sb["jpg"], stem
+    with pytest.raises(ValueError, match=r"no split 'validation'; it has \['test', 'train'\] \(--split\)"):
+        write("hf_cord", str(tmp_path / "hf_cord"), str(tmp_path / "x"), split="validation")
+
+    names = list(RVL_CDIP_LABELS)
+    rvl = datasets.Dataset.from_dict({"image": images[:2], "label": [15, 11]}, features=datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=names)}))
+    rvl.save_to_disk(str(tmp_path / "hf_rvl"))
+    back = _read_back(write("hf_rvl_cdip", str(tmp_path / "hf_rvl"), str(tmp_path / "out_rvl"), split="test"))
+    assert [back[k][0]["label"] for k in sorted(back)] == ["memo", "invoice"]
+    assert {back[k][0]["split"] for k in back} == {"test"}
+
+    rows = {"image": [images[0], images[0], images[1]], "question": ["total?", "date?", "store?"],
+            "answers": [["9.00"], ["2018"], ["X"]], "questionId": [7, 8, 9], "docId": [1, 1, 2],
+            "ucsf_document_page_no": ["1", "1", "1"]}
+    datasets.Dataset.from_dict(rows, features=datasets.Features({
+        "image": datasets.Image(), "question": datasets.Value("string"),
+        "answers": datasets.Sequence(datasets.Value("string")), "questionId": datasets.Value("int64"),
+        "docId": datasets.Value("int64"), "ucsf_document_page_no": datasets.Value("string")}),
+    ).save_to_disk(str(tmp_path / "hf_docvqa"))
+    back = _read_back(write("hf_docvqa", str(tmp_path / "hf_docvqa"), str(tmp_path / "out_docvqa")))
+    pages = [back[k][0]["qa"] for k in sorted(back)]
+    assert pages == [[{"question_id": 7, "question": "total?", "answers": ["9.00"]},
+                      {"question_id": 8, "question": "date?", "answers": ["2018"]}],
+                     [{"question_id": 9, "question": "store?", "answers": ["X"]}]]
+
+
 def test_plain_folder_and_byte_limit(shared_data, tmp_path):
     folder = tmp_path / "plain"
     folder.mkdir()

@@ -1,16 +1,20 @@
 """`python -m pixparse.app.write <format> <input> <output_dir>`: convert a dataset folder
-(funsd, sroie, cord, docvqa, rvl_cdip, docbank, folder) into IDL-format WebDataset shards."""
+(funsd, sroie, cord, docvqa, rvl_cdip, docbank, folder) or a Hugging Face dataset in the Hub's
+schema (hf_cord, hf_rvl_cdip, hf_docvqa: a Hub name or a save_to_disk folder) into IDL-format
+WebDataset shards."""
 import itertools
 import os
 from typing import Literal
 
 from pixparse.app.tool import run_tool
 from pixparse.data.formats import READERS, line_crops
+from pixparse.data.hub import HUB_READERS
 from pixparse.data.write import verify_shards, write_shards
 
 
 def write(
-    format: Literal["funsd", "sroie", "cord", "docvqa", "rvl_cdip", "docbank", "folder"],
+    format: Literal["funsd", "sroie", "cord", "docvqa", "rvl_cdip", "docbank", "folder",
+                    "hf_cord", "hf_rvl_cdip", "hf_docvqa"],
     input: str,
     output_dir: str,
     prefix: str | None = None,
@@ -20,12 +24,14 @@ def write(
     max_samples: int | None = None,
     skip_samples: int = 0,
     crop_lines: bool = False,
+    split: str = "train",
 ) -> list[str]:
     """Convert a dataset folder to shards <output_dir>/<prefix>-000000.tar, ...
 
     Args:
-        format: The folder's layout.
-        input: The dataset folder (for FUNSD a split folder such as testing_data).
+        format: The folder's layout, or hf_*: a Hugging Face dataset in the Hub's schema.
+        input: The dataset folder (for FUNSD a split folder such as testing_data); for hf_*, a
+            Hub dataset name or a save_to_disk folder.
         output_dir: Where the shards go.
         prefix: Shard name prefix (default: the format name).
         samples_per_shard: Most samples in one shard.
@@ -36,6 +42,7 @@ def write(
             held-out split of documents 80-99).
         crop_lines: Write each boxed text line of each page as its own sample (the line's crop,
             its text as the page's one line): real lines for reading pretraining and evaluation.
+        split: The split of an hf_* dataset.
     """
     if max_samples is not None and max_samples <= 0:
         raise ValueError(f"--max_samples must be > 0, got {max_samples}")
@@ -43,7 +50,8 @@ def write(
         raise ValueError(f"--skip_samples must be >= 0, got {skip_samples}")
     pattern = os.path.join(output_dir, f"{prefix or format}-%06d.tar")
     end = None if max_samples is None else skip_samples + max_samples
-    samples = itertools.islice(READERS[format](input), skip_samples, end)
+    reader = HUB_READERS[format](input, split) if format in HUB_READERS else READERS[format](input)
+    samples = itertools.islice(reader, skip_samples, end)
     if crop_lines:
         samples = (line for sample in samples for line in line_crops(sample))
     paths = write_shards(samples, pattern, samples_per_shard, max_bytes_per_shard)

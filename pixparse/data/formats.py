@@ -82,7 +82,22 @@ def _sample(
     """Lines given in pixel boxes, put in reading order: top to bottom, left to right; with
     `columns`, lines starting right of the page middle come after those left of it. `root`: the
     input folder the image must lie in."""
-    data, (width, height) = _read_image(image_path, root)
+    data, size = _read_image(image_path, root)
+    return _page_sample(key, data, size, _ext_key(image_path), lines, columns, unboxed_lines, **fields)
+
+
+def _page_sample(
+    key: str,
+    data: bytes,
+    size: tuple[int, int],
+    ext: str,
+    lines: list[tuple[str, list[float]]],
+    columns: bool = False,
+    unboxed_lines: list[str] | None = None,
+    **fields: Any,
+) -> Sample:
+    """`_sample` of an image already read: its bytes, (width, height) and sample key ('png', ...)."""
+    width, height = size
     lines = [(t, b) for t, b in lines if t.strip()]
     lines.sort(key=lambda tb: (columns and tb[1][0] > 0.45 * width,
                                round(tb[1][1] / max(1, height) * 100), tb[1][0]))
@@ -95,7 +110,7 @@ def _sample(
         "height": height,
     }
     anno = {"pages": [page], **fields}
-    return {"__key__": key, "json": json.dumps(anno).encode(), _ext_key(image_path): data}
+    return {"__key__": key, "json": json.dumps(anno).encode(), ext: data}
 
 
 def _ext_key(image_path: str) -> str:
@@ -143,22 +158,28 @@ def read_cord(root: str) -> Iterator[Sample]:
     for name in sorted(os.listdir(os.path.join(root, "json"))):
         stem = os.path.splitext(name)[0]
         raw = json.loads(_read(os.path.join(root, "json", name), root))
-        gt = raw.get("ground_truth", raw)
-        gt = json.loads(gt) if isinstance(gt, str) else gt
-        lines = []
-        for line in gt.get("valid_line", []):
-            words = [w for w in line.get("words", []) if w.get("text", "").strip()]
-            if words:
-                boxes = [_quad_to_box([w["quad"][k] for k in ("x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4")])
-                         for w in words]
-                box = [min(b[0] for b in boxes), min(b[1] for b in boxes),
-                       max(b[2] for b in boxes), max(b[3] for b in boxes)]
-                lines.append((" ".join(w["text"] for w in words), box))
+        gt, lines = _cord_ground_truth(raw.get("ground_truth", raw))
         image = next((os.path.join(root, "image", stem + e) for e in IMAGE_EXTS
                       if os.path.isfile(os.path.join(root, "image", stem + e))), None)
         if image is None:
             raise ValueError(f"cord: no image for {stem} under {root}/image")
         yield _sample(root, stem, image, lines, fields=gt.get("gt_parse", {}))
+
+
+def _cord_ground_truth(gt: str | dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, list[float]]]]:
+    """CORD's ground truth (a JSON string or the object) -> it parsed, and its valid lines with
+    pixel boxes (each line's words' quads joined)."""
+    gt = json.loads(gt) if isinstance(gt, str) else gt
+    lines = []
+    for line in gt.get("valid_line", []):
+        words = [w for w in line.get("words", []) if w.get("text", "").strip()]
+        if words:
+            boxes = [_quad_to_box([w["quad"][k] for k in ("x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4")])
+                     for w in words]
+            box = [min(b[0] for b in boxes), min(b[1] for b in boxes),
+                   max(b[2] for b in boxes), max(b[3] for b in boxes)]
+            lines.append((" ".join(w["text"] for w in words), box))
+    return gt, lines
 
 
 def read_docvqa(root: str, split_file: str = "") -> Iterator[Sample]:
