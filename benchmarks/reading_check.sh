@@ -16,7 +16,8 @@
 # Env: SAMPLES (default 102400), INTERVALS (evaluations, 10), CTC (auxiliary CTC weight; default 1 on
 # cruller presets, else 0), REAL_SHARE (share of real lines in training, 0.1), LONG_SHARE (share of
 # lines of up to 40 characters rendered 512 wide, seen at half scale as long receipt lines are, 0), LR (1e-3), SCHEDULE
-# (constant after the warmup; cosine: decay to 0 by the last sample), DATA (the shared data, ../shared/data).
+# (constant after the warmup; cosine: decay to 0 by the last sample; wsd: constant, then a linear decay over the last
+# 20% of the samples), DATA (the shared data, ../shared/data).
 set -euo pipefail
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)
 PRESET=${2:-cruller_reader_tiny}

@@ -21,6 +21,15 @@ def test_warmup_then_cosine_to_min():
     assert lr_multiplier("constant", 2, 10)(7) == 1.0
 
 
+def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction():
+    f = lr_multiplier("wsd", warmup_steps=2, total_steps=20, min_lr_ratio=0.1, decay_fraction=0.25)
+    assert [f(s) for s in range(2)] == [0.5, 1.0]
+    assert all(f(s) == 1.0 for s in range(2, 15))  # stable until the last 5 of 20 steps
+    assert [round(f(s), 4) for s in range(15, 21)] == [1.0, 0.82, 0.64, 0.46, 0.28, 0.1]
+    with pytest.raises(ValueError, match="decay_fraction must be in"):
+        OptimConfig(schedule="wsd", decay_fraction=0.0)
+
+
 def test_no_decay_groups_cover_norms_biases_embeddings_tokens():
     model = create_model(get_model_config("cruller_tiny"), 300, 0, 1)
     skip = no_decay_names(model)

@@ -145,7 +145,7 @@ class Trainer:
             optimizer,
             lr_multiplier(
                 opt_cfg.schedule, plan.warmup_steps, plan.total_steps, opt_cfg.min_lr_ratio,
-                plan.steps_per_interval if opt_cfg.schedule_unit == "interval" else None,
+                plan.steps_per_interval if opt_cfg.schedule_unit == "interval" else None, opt_cfg.decay_fraction,
             ),
         )
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(

@@ -20,8 +20,12 @@ class OptimConfig:
     """Only global-norm clipping is supported (what DeepSpeed implements)."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    """LR decay after warmup."""
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    """LR decay after warmup: cosine or linear to --task.opt.min_lr_ratio at the end, none, or 'wsd'
+    (warmup-stable-decay): the peak LR until the last --task.opt.decay_fraction of the steps, then
+    linear to min_lr_ratio (a run can go on at the peak and decay only at its end)."""
+    decay_fraction: float = 0.2
+    """'wsd': the share of the run's steps the final decay takes."""
     schedule_unit: Literal["step", "interval"] = "step"
     """Update the LR every optimizer step, or once per interval (a staircase)."""
     layer_decay: float | None = None
@@ -45,6 +49,8 @@ class OptimConfig:
             raise ValueError(f"--task.opt.layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"--task.opt.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"--task.opt.decay_fraction must be in (0, 1], got {self.decay_fraction}")
 
 
 @dataclass(kw_only=True)
