@@ -81,9 +81,13 @@ def test_single_rank_cli_trains_saves_and_resumes(synth_shards, tmp_path):
 
 @pytest.mark.parametrize("ds_config", ["zero2_bf16", "zero3_bf16", "zero3_fp32"])
 def test_two_ranks_with_the_deepspeed_launcher_loss_falls(synth_shards, tmp_path, ds_config):
+    """The design card's command (the deepspeed launcher, ZeRO-2/3) on 2 ranks, in an environment
+    holding only what a plain `pip install .` installs (no extras): the loss falls, the optimizer
+    state is sharded, the checkpoint exports."""
     cmd = deepspeed_two_ranks() + _args(synth_shards, tmp_path, ds_config, "two", "--task.num_intervals", "2",
                  "--train.tensorboard", "true", "--train.checkpoint_dir", str(tmp_path / "ckpt"))
     shm = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
+    cmd[0] = plain_install_python(tmp_path / "plain")  # the launcher and its ranks: no extras installed
     proc = _run(cmd, env={"TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")})
     # DeepSpeed's shared-memory inference all-reduce is neither built (g++) nor mapped (/dev/shm).
     assert not (tmp_path / "ext" / "deepspeed_shm_comm").exists()
@@ -99,6 +103,53 @@ def test_two_ranks_with_the_deepspeed_launcher_loss_falls(synth_shards, tmp_path
     assert len(glob.glob(str(tag / "*optim_states.pt"))) == 2  # optimizer state sharded per rank
     assert glob.glob(str(tmp_path / "two" / "tensorboard" / "events.out.tfevents.*"))
     _check_export(str(tag), tmp_path / "export")
+
+
+def _install_closure(root: str = "pixparse") -> set[str]:
+    """The distributions `pip install <root>` installs: its requirements without extras (the
+    extras a requirement names, such as jsonargparse[signatures], included), and theirs."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [(root, frozenset())]
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        try:
+            reqs = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        for text in reqs:
+            req = Requirement(text)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in {"", *extras}):
+                todo.append((canonicalize_name(req.name), frozenset(req.extras)))
+    return {name for name, _ in seen}
+
+
+def plain_install_python(folder) -> str:
+    """A virtual environment holding what `pip install .` (no extras) installs: the installed
+    distributions of the closure linked in, nothing else; pixparse from the checkout. Returns
+    its python."""
+    import venv
+    from importlib.metadata import distribution
+
+    venv.create(folder, with_pip=False, symlinks=True)
+    lib = os.path.join(folder, "lib", f"python{sys.version_info.major}.{sys.version_info.minor}", "site-packages")
+    for name in _install_closure() - {"pixparse"}:
+        dist = distribution(name)
+        tops = {str(f).split("/")[0] for f in dist.files or [] if not str(f).startswith("..")}
+        for top in tops:
+            src = os.path.join(str(dist.locate_file("")), top)
+            if os.path.exists(src) and not os.path.exists(os.path.join(lib, top)):
+                os.symlink(src, os.path.join(lib, top))
+    with open(os.path.join(lib, "pixparse-checkout.pth"), "w") as f:
+        f.write(REPO + "\n")
+    return os.path.join(folder, "bin", "python")
 
 
 def _check_export(tag_dir: str, out) -> None:
