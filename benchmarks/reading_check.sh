@@ -14,7 +14,7 @@
 # Curriculum: KIND=blocks (3-5 lines at 96x256, no real lines) with INIT_FROM=<a lines reader's
 # checkpoint> and IMAGE_SIZE="[96, 256]" goes on from lines to blocks (the check's next stage).
 # Env: SAMPLES (default 102400), INTERVALS (evaluations, 10), CTC (auxiliary CTC weight; default 1 on
-# cruller presets, else 0), REAL_SHARE (share of real lines in training, 0.1), LONG_SHARE (share of
+# cruller and pali presets, else 0), REAL_SHARE (share of real lines in training, 0.1), LONG_SHARE (share of
 # lines of up to 40 characters rendered 512 wide, seen at half scale as long receipt lines are, 0), LR (1e-3), SCHEDULE
 # (constant after the warmup; cosine: decay to 0 by the last sample; wsd: constant, then a linear decay over the last
 # 20% of the samples), DATA (the shared data, ../shared/data).
@@ -38,7 +38,7 @@ LABEL=$PRESET  # what the result calls the model
 source benchmarks/model_flags.sh  # MODEL flags and FAMILY (PRESET, or INIT_FROM and IMAGE_SIZE)
 if [ -n "${INIT_FROM:-}" ]; then LABEL="$PRESET+$KIND"; fi
 # CTC reads the image tokens left to right: one line only
-CTC=${CTC:-$([ "$FAMILY" = cruller ] && [ "$KIND" = lines ] && echo 1.0 || echo 0.0)}
+CTC=${CTC:-$([ "$FAMILY" != pix2struct ] && [ "$KIND" = lines ] && echo 1.0 || echo 0.0)}
 DATA_DIR="$OUT/data_$KIND"
 HELD_PER_SHARD=$([ "$KIND" = lines ] && echo 100 || echo 25)  # x 2 shards x (words, random)
 

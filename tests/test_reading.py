@@ -94,8 +94,11 @@ def test_render_mixes_with_real_shards_by_weight(synth_shards):
     assert sum(b["image"].shape[0] for b in loader) == 16  # all from the render source (weight 0 on shards)
 
 
-def test_ctc_head_trains_with_the_reader_and_is_refused_elsewhere():
-    task = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny", ctc_weight=1.0))
+@pytest.mark.parametrize("preset", ["cruller_reader_tiny", "pali_reader_tiny"])
+def test_ctc_head_trains_with_the_reader_and_is_refused_elsewhere(preset):
+    """The CTC head reads each sample's image-encoder tokens, whatever the family puts after them
+    (cruller's decoder memory, pali's text encoder); it adds to the family's own loss."""
+    task = create_task(TaskConfig(name="cruller_pretrain", model_name=preset, ctc_weight=1.0))
     cfg = DataLoaderConfig(source="render:lines?n=8", num_samples=8, batch_size=8, num_workers=0, resampled=True,
                            shuffle_buffer=0)
     loader = create_loader(cfg, task.preprocess(cfg), task.collate(cfg), 1, 0, 1, 0)
@@ -103,10 +106,13 @@ def test_ctc_head_trains_with_the_reader_and_is_refused_elsewhere():
     batch = {k: v for k, v in next(iter(loader)).items() if torch.is_tensor(v)}
     out = task(batch)
     assert out["ctc_loss"] > 0 and out["loss"] > out["ctc_loss"]
+    plain = create_task(TaskConfig(name="cruller_pretrain", model_name=preset))
+    plain.model.load_state_dict(task.model.state_dict())
+    assert torch.allclose(out["loss"] - out["ctc_loss"], plain(batch)["loss"])  # the family's loss, plus CTC
     out["loss"].backward()
     assert task.ctc_head.weight.grad.abs().sum() > 0
     assert task.model.image_encoder.trunk.patch_embed.backbone[0].conv.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="needs a cruller preset"):
+    with pytest.raises(ValueError, match="needs a cruller or pali preset"):
         create_task(TaskConfig(name="cruller_pretrain", model_name="pix2struct_tiny", ctc_weight=1.0))
     with pytest.raises(ValueError, match="auxiliary loss of cruller_pretrain"):
         TaskConfig(name="cruller_finetune_sroie", model_name="cruller_tiny", ctc_weight=1.0)

@@ -32,7 +32,8 @@ class Family:
     name: ClassVar[str] = "cruller"
     # TextTargets' decoder_prompt: 'all' (the prompt's text in the decoder) or 'first' (the task token)
     decoder_prompt: ClassVar[str] = "all"
-    # image tokens in one left-to-right row (a CTC head can read them as a line)
+    # each sample's image-encoder tokens on their own (a CTC head can read them as a line where the
+    # encoder lays them left to right, as pixparse_conv_vit's columns)
     tokens_in_a_row: ClassVar[bool] = True
 
     def __init__(self, model_cfg: ModelConfig, patch_size: int | None = None) -> None:
@@ -100,7 +101,6 @@ class PaliFamily(Family):
 
     name = "pali"
     decoder_prompt = "first"
-    tokens_in_a_row = False  # the text encoder's states follow the image tokens
 
     def prompt_inputs(self, text: TextTargets, header: str) -> dict[str, Any]:
         return {"prompt_ids": text.encoder_ids(header)}
@@ -127,7 +127,7 @@ class Pix2StructFamily(Family):
 
     name = "pix2struct"
     decoder_prompt = "first"
-    tokens_in_a_row = False
+    tokens_in_a_row = False  # packed rows of several pages
 
     def image_transform(self, augment: DocAugment | None, exact: bool,
                         min_patches: int | None = None) -> PatchPage:

@@ -50,8 +50,8 @@ class TaskCrullerPretrain(TaskBase):
         self.ctc_head: nn.Linear | None = None
         if cfg.ctc_weight:
             if not self.family.tokens_in_a_row:
-                raise ValueError(f"--task.ctc_weight needs a cruller preset (image tokens in a left-to-right "
-                                 f"row), not a {self.model_cfg.type} one")
+                raise ValueError(f"--task.ctc_weight needs a cruller or pali preset (each sample's image tokens "
+                                 f"in a left-to-right row), not a {self.model_cfg.type} one (packed rows)")
             # one class per token id plus the CTC blank (the last class)
             self.ctc_head = nn.Linear(self.model.image_encoder.num_features, len(self.tokenizer) + 1)
 
@@ -61,13 +61,17 @@ class TaskCrullerPretrain(TaskBase):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.ctc_head is None:
             return super().forward(batch)
-        tokens = self.model.image_encoder(self.pixels(batch))  # (B, N_prefix + N_img, C_enc)
-        memory = self.model.enc_to_dec_proj(tokens)
-        logits = self.model.text_decoder(batch["input_ids"], batch["attention_mask"], memory)
-        loss, num_tokens = token_cross_entropy(logits, batch["labels"])
+        # the image encoder's tokens (B, N_prefix + N_img, C_enc), taken on their way to the
+        # family's encoder side (the decoder's memory, or pali's text encoder)
+        seen: list[torch.Tensor] = []
+        hook = self.model.image_encoder.register_forward_hook(lambda module, args, out: seen.append(out))
+        try:
+            out = super().forward(batch)
+        finally:
+            hook.remove()
         prefix = getattr(self.model.image_encoder.trunk, "num_prefix_tokens", 0)
-        ctc = ctc_loss(self.ctc_head(tokens[:, prefix:]), batch["labels"], self.tokenizer.eos_token_id)
-        return {"loss": loss + self.cfg.ctc_weight * ctc, "ctc_loss": ctc.detach(), "num_target_tokens": num_tokens}
+        ctc = ctc_loss(self.ctc_head(seen[0][:, prefix:]), batch["labels"], self.tokenizer.eos_token_id)
+        return {**out, "loss": out["loss"] + self.cfg.ctc_weight * ctc, "ctc_loss": ctc.detach()}
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         return reading_scores(predictions, references)
