@@ -15,9 +15,9 @@
 # checkpoint> and IMAGE_SIZE="[96, 256]" goes on from lines to blocks (the check's next stage).
 # Env: SAMPLES (default 102400), INTERVALS (evaluations, 10), CTC (auxiliary CTC weight; default 1 on
 # cruller and pali presets, else 0), REAL_SHARE (share of real lines in training, 0.1), LONG_SHARE (share of
-# lines of up to 40 characters rendered 512 wide, seen at half scale as long receipt lines are, 0), LR (1e-3), SCHEDULE
-# (constant after the warmup; cosine: decay to 0 by the last sample; wsd: constant, then a linear decay over the last
-# 20% of the samples), DATA (the shared data, ../shared/data).
+# lines of up to 40 characters rendered 512 wide, seen at half scale as long receipt lines are, 0), LR (2e-3), SCHEDULE
+# (wsd: constant after the warmup, then a linear decay to 0 over the last 20% of the samples; constant; cosine: decay
+# to 0 by the last sample), DATA (the shared data, ../shared/data).
 set -euo pipefail
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)
 PRESET=${2:-cruller_reader_tiny}
@@ -30,8 +30,8 @@ DATA=${DATA:-${PIXPARSE_TEST_DATA:-../shared/data}}
 SAMPLES=${SAMPLES:-102400}
 REAL_SHARE=${REAL_SHARE:-0.1}
 LONG_SHARE=${LONG_SHARE:-0}
-LR=${LR:-1e-3}
-SCHEDULE=${SCHEDULE:-constant}
+LR=${LR:-2e-3}
+SCHEDULE=${SCHEDULE:-wsd}
 INTERVALS=${INTERVALS:-10}
 KIND=${KIND:-lines}
 LABEL=$PRESET  # what the result calls the model
