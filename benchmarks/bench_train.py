@@ -219,11 +219,11 @@ def _ds_env() -> dict[str, str]:
 
 def _engine_setup(args, stage: int, dtype: str, *extra: str):
     """(config, setup) of `pixparse bench` in this process: the task built as the CLI builds it."""
-    from pixparse.app.run import _setup
+    from pixparse.app.run import setup_run
     from pixparse.cli import parse
 
     cfg = parse(["bench", *_bench_flags(args, stage, dtype, *extra)])[1]
-    return cfg, _setup(cfg, read_shards=False)
+    return cfg, setup_run(cfg, read_shards=False)
 
 
 def _trainer(cfg, setup):

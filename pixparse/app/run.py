@@ -72,7 +72,7 @@ def _run_info() -> dict:
     }
 
 
-def _make_run_folder(cfg: PretrainConfig, rank: int, ds_config: dict, model_config: dict) -> "RunPaths":
+def _make_run_folder(cfg: PretrainConfig, rank: int, ds_config: dict, model_config: dict) -> Any:
     """Rank 0 names the run (broadcast to all) and writes config.yaml, ds_config.json and
     model_config.json: with the git sha they reproduce the run."""
     from pixparse.engine import dist as pdist
@@ -100,7 +100,10 @@ def _make_run_folder(cfg: PretrainConfig, rank: int, ds_config: dict, model_conf
 
 
 @dataclasses.dataclass
-class _Setup:
+class RunSetup:
+    """What a run is built from: rank, world size, the resolved DeepSpeed config, the step plan,
+    the preset, the run folder's paths and the task (model built)."""
+
     rank: int
     world_size: int
     ds_config: dict
@@ -123,18 +126,28 @@ def check_patch_budget(min_patches: int | None, model_cfg: ModelConfig) -> None:
                          f"{model_cfg.image_encoder.max_patches}")
 
 
-def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
+def setup_run(cfg: PretrainConfig, read_shards: bool = True) -> RunSetup:
     """Validate everything a user can get wrong, then start the process group, name the run
-    folder and build the task (same for pretrain and bench)."""
-    from pixparse.data.loader import check_eval_shards, check_shards_cover, probe_pipe_sources
+    folder and build the task: what pretrain, bench and the benchmarks build a Trainer from.
+    `read_shards` False: the training shards are not checked (synthetic batches)."""
     from pixparse.engine import dist as pdist
-    from pixparse.engine import logging as plogging
-    from pixparse.engine.ds_config import resolve_ds_config, single_rank_zero
-    from pixparse.engine.train import make_plan, seed_everything
-    from pixparse.models import get_model_config
 
     pdist.check_deepspeed_version()
     rank, _, world_size = pdist.world_info()
+    ds_config, single_rank_changes, plan, model_cfg = _check_config(cfg, world_size, read_shards)
+    paths = _start(cfg, rank, world_size, ds_config, single_rank_changes, plan, model_cfg)
+    return RunSetup(rank, world_size, ds_config, plan, model_cfg, paths, _build_task(cfg, model_cfg, ds_config, world_size))
+
+
+def _check_config(cfg: PretrainConfig, world_size: int, read_shards: bool) -> tuple[dict, list[str], Any, ModelConfig]:
+    """Every check that needs no process group: the DeepSpeed config (resolved, and changed for
+    one rank), the step plan, the shards, the preset or init checkpoint, resume and run names.
+    Returns (ds_config, what one rank changed in it, plan, model config)."""
+    from pixparse.data.loader import check_eval_shards, check_shards_cover, probe_pipe_sources
+    from pixparse.engine.ds_config import resolve_ds_config, single_rank_zero
+    from pixparse.engine.train import make_plan
+    from pixparse.models import get_model_config
+
     ds_config = resolve_ds_config(
         cfg.deepspeed_config, cfg.data.train.batch_size, cfg.task.opt.grad_accum_steps,
         world_size, cfg.task.opt.clip_grad_value, cfg.task.dtype,
@@ -178,6 +191,16 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
         if cfg.train.resume == "latest" and not cfg.train.experiment:
             raise ValueError("--train.resume latest needs --train.experiment: the name of the run to continue")
         resolve_resume(cfg.train.resume, checkpoint_dir_for(cfg, cfg.train.experiment or ""))
+    return ds_config, changed, plan, model_cfg
+
+
+def _start(cfg: PretrainConfig, rank: int, world_size: int, ds_config: dict, changed: list[str], plan: Any,
+           model_cfg: ModelConfig) -> Any:
+    """Logging, threads, the process group and the run folder; logs the run's shape. Returns the
+    run folder's paths."""
+    from pixparse.engine import dist as pdist
+    from pixparse.engine import logging as plogging
+    from pixparse.engine.ds_config import compute_dtype_name, resolve_dtype
 
     plogging.setup(rank)
     threads = pdist.share_cpu_threads()
@@ -188,8 +211,6 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     logger.info("run %s: %d rank(s), %d steps/interval x %d intervals, global batch %d",
                 paths.run_dir, world_size, plan.steps_per_interval, cfg.task.num_intervals,
                 plan.global_batch_size)
-    from pixparse.engine.ds_config import compute_dtype_name, resolve_dtype
-
     if changed and ds_config["zero_optimization"]["stage"] == 3:
         logger.info("one rank: every parameter persistent (one rank's partition is the whole parameter); "
                     "changed: %s", ", ".join(changed))
@@ -199,7 +220,13 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     logger.info("precision %s (%s), ZeRO stage %d", compute_dtype_name(ds_config),
                 resolve_dtype(cfg.task.dtype)[1] if cfg.task.dtype else cfg.deepspeed_config or "built-in config",
                 ds_config.get("zero_optimization", {}).get("stage", 0))
+    return paths
 
+
+def _build_task(cfg: PretrainConfig, model_cfg: ModelConfig, ds_config: dict, world_size: int) -> Any:
+    """The task and its model (partitioned as built under ZeRO-3 with zero.Init), seeded."""
+    from pixparse.engine.ds_config import compute_dtype_name
+    from pixparse.engine.train import seed_everything
     from pixparse.tasks.registry import create_task
 
     seed_everything(cfg.train.seed)
@@ -209,7 +236,7 @@ def _setup(cfg: PretrainConfig, read_shards: bool = True) -> _Setup:
     num_params = sum(getattr(p, "ds_numel", p.numel()) for p in task.parameters())
     logger.info("task %s, model %s: %.2fM parameters, tokenizer vocab %d", cfg.task.name,
                 cfg.task.model_name, num_params / 1e6, len(task.tokenizer))
-    return _Setup(rank, world_size, ds_config, plan, model_cfg, paths, task)
+    return task
 
 
 def _model_build(cfg: PretrainConfig, model_cfg: Any, ds_config: dict[str, Any], world_size: int):
@@ -234,7 +261,7 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
     from pixparse.engine import checkpoint
     from pixparse.engine.train import Trainer
 
-    setup = _setup(cfg)
+    setup = setup_run(cfg)
     paths, ds_config = setup.paths, setup.ds_config
     if setup.rank == 0:
         checkpoint.clean_partial(paths.checkpoint_dir)  # saves a kill interrupted
@@ -262,7 +289,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     from pixparse.engine.bench import benchmark, format_report
     from pixparse.engine.train import Trainer
 
-    setup = _setup(cfg, read_shards=not cfg.synthetic_data)
+    setup = setup_run(cfg, read_shards=not cfg.synthetic_data)
     trainer = Trainer(
         setup.task, cfg.data.train, cfg.train, cfg.task.opt, setup.plan, cfg.task.num_intervals,
         setup.ds_config, setup.paths, dataclasses.asdict(cfg), build_loader=not cfg.synthetic_data,
