@@ -169,3 +169,25 @@ def test_deepspeed_patches_fall_back_on_another_version_or_a_missing_attribute(m
         assert zero_fast.local_collectives(True) is False
     assert "DeepSpeed 0.21.0 is not 0.19.x" in caplog.text and "own collectives kept" in caplog.text
     assert zero_fast.install(object()) == []  # not a ZeRO optimizer: nothing to patch, nothing logged
+
+
+def test_log_lines_go_above_a_shown_progress_bar_not_over_it(capsys):
+    """With the bar shown, a console log line is written through tqdm (which clears the bar,
+    writes the line, redraws the bar); without, the handlers stay as they are."""
+    import logging
+    import sys
+
+    from pixparse.engine.train import logs_above_bar
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stdout)
+    root.addHandler(handler)
+    try:
+        with logs_above_bar(False):
+            assert handler in root.handlers
+        with logs_above_bar(True):
+            assert handler not in root.handlers
+            assert any(type(h).__name__ == "_TqdmLoggingHandler" for h in root.handlers)
+        assert handler in root.handlers
+    finally:
+        root.removeHandler(handler)

@@ -4,6 +4,7 @@ It knows nothing of the objective: a task is an nn.Module with the members of
 `pixparse.engine.task.EngineTask` (forward(batch) -> {"loss": ...}, preprocess()/collate() for the
 loader, eval and throughput hooks).
 """
+import contextlib
 import hashlib
 import json
 import logging
@@ -110,6 +111,16 @@ def deepspeed_nvtx_ranges(enabled: bool) -> None:
     import deepspeed.utils.nvtx
 
     deepspeed.utils.nvtx.enable_nvtx = enabled
+
+
+def logs_above_bar(shown: bool) -> Any:
+    """While a progress bar is shown, console log lines are written above it (through tqdm), not
+    over it."""
+    if not shown:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 class Trainer:
@@ -322,13 +333,14 @@ class Trainer:
         every = self.train_cfg.checkpoint_every_n_steps
         if self.batches_done:
             logger.info("skipping %d batches already trained on in interval %d", self.batches_done, self.interval)
+        shown = self.train_cfg.progress_bar and self.rank == 0 and sys.stderr.isatty()
         bar = tqdm(
             total=self.plan.steps_per_interval, initial=self.batches_done // self.accum,
-            desc=f"interval {self.interval}", unit="step", mininterval=2.0, dynamic_ncols=True,
-            disable=not (self.train_cfg.progress_bar and self.rank == 0 and sys.stderr.isatty()),
+            desc=f"interval {self.interval}", unit="step", mininterval=2.0, dynamic_ncols=True, disable=not shown,
         )
         try:
-            return self._run_interval(window, last_step, every, bar)
+            with logs_above_bar(shown):
+                return self._run_interval(window, last_step, every, bar)
         finally:
             bar.close()
 
