@@ -1,6 +1,7 @@
 """Rank/world from the launcher's variables, process-group setup, small collectives."""
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -128,6 +129,10 @@ def init_distributed(patch_deepspeed: bool = True) -> None:
 
     skip_absent_nvml_probe()
     skip_shm_inference_op()
+    # DeepSpeed's ZeRO gathers call torch's all_gather_into_tensor, deprecated in this torch: a
+    # warning on every multi-rank run that the user can do nothing about.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+                            category=FutureWarning)
 
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
