@@ -142,3 +142,4 @@ def test_the_hf_folder_reads_a_page_in_transformers_alone_as_pixparse_does(tmp_p
     ours = [task.decode(ids) for ids in task.generate(batch, [prompt] * 2, task.max_length - 1)]
     assert theirs["texts"] == ours and len(set("".join(ours))) > 5, (theirs["texts"], ours)
     assert theirs["pipeline"] == ours, theirs["pipeline"]
+    assert theirs["fields"] == {"company": "ACME", "total": "9.00"}  # field tokens parsed as the eval app does

@@ -1,7 +1,7 @@
 """Key-field serialization and Donut's field F1 / TED accuracy against hand-computed values."""
 import pytest
 
-from pixparse.data.fields import field_keys, field_tokens, text_to_tree, tree_to_text
+from pixparse.models.hf_code.fields import field_keys, field_tokens, text_to_tree, tree_to_text
 from pixparse.tasks.metrics import field_f1, normalize_tree, ted_accuracy, ted_accuracy_one
 
 MENU = {"menu": [{"nm": "tea", "price": "3"}, {"nm": "cake", "price": "6"}], "total": "9"}

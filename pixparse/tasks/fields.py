@@ -1,5 +1,5 @@
 """Key-field parsing (SROIE, CORD): image -> the document's `fields` tree, written with field
-tokens (pixparse.data.fields), scored with Donut's field F1 and tree-edit-distance accuracy."""
+tokens (pixparse.models.hf_code.fields), scored with Donut's field F1 and tree-edit-distance accuracy."""
 import logging
 import random
 from collections.abc import Iterator
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pixparse.data.decode import Page, SampleError
-from pixparse.data.fields import field_keys, field_tokens, text_to_tree, tree_to_text
+from pixparse.models.hf_code.fields import field_keys, field_tokens, text_to_tree, tree_to_text
 from pixparse.tasks.base import DataVocabTask, Example
 from pixparse.tasks.metrics import field_f1, ted_accuracy, ted_accuracy_one
 

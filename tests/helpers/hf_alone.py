@@ -23,7 +23,8 @@ def main(folder: str, out: str, paths: list[str]) -> None:
     reader = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
     piped = [reader(images=Image.open(path), text=processor.prompt, return_full_text=False)[0]["generated_text"]
              for path in paths]
-    torch.save({"pixel_values": torch.cat(pixels), "texts": texts, "pipeline": piped}, out)
+    fields = processor.to_fields("<s_company>ACME</s_company><s_total>9.00</s_total>")
+    torch.save({"pixel_values": torch.cat(pixels), "texts": texts, "pipeline": piped, "fields": fields}, out)
 
 
 if __name__ == "__main__":

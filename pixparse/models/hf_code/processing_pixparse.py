@@ -5,12 +5,15 @@
     inputs = processor(images=page)       # pixel_values, decoder_input_ids (the task's prompt)
     ids = model.generate(**inputs)        # VisionEncoderDecoderModel
     text = processor.batch_decode(ids[:, inputs["decoder_input_ids"].shape[1]:])[0]
+    fields = processor.to_fields(text)    # key-field models (SROIE, CORD): the fields tree
 """
 from typing import Any
 
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+
+from .fields import text_to_tree
 
 
 class PixparseProcessor(ProcessorMixin):
@@ -35,3 +38,7 @@ class PixparseProcessor(ProcessorMixin):
             row = row[: row.index(eos)] if eos in row else row
             texts.append(self.tokenizer.decode([i for i in row if i != pad], skip_special_tokens=False))
         return texts
+
+    def to_fields(self, text: str) -> dict[str, Any]:
+        """A key-field model's text (field tokens) -> the fields tree, as pixparse's eval parses it."""
+        return text_to_tree(text)
