@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from pixparse.data.decode import Page, SampleError, page_line_boxes, page_lines
-from pixparse.tasks.base import Example, TaskBase, token_cross_entropy
+from pixparse.tasks.base import Example, TaskBase
 
 PRETRAIN_PROMPT = "<s_pretrain>"
 BLOCK = ("<s_block>", "</s_block>")
