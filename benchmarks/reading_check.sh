@@ -14,7 +14,7 @@
 # Curriculum: KIND=blocks (3-5 lines at 96x256, no real lines) with INIT_FROM=<a lines reader's
 # checkpoint> and IMAGE_SIZE="[96, 256]" goes on from lines to blocks (the check's next stage).
 # Env: SAMPLES (default 102400), INTERVALS (evaluations, 10), CTC (auxiliary CTC weight; default 1 on
-# cruller and pali presets, else 0), REAL_SHARE (share of real lines in training, 0.1), LONG_SHARE (share of
+# cruller and pali presets, else 0), REAL_SHARE (share of real lines in training, 0.2), LONG_SHARE (share of
 # lines of up to 40 characters rendered 512 wide, seen at half scale as long receipt lines are, 0), LR (2e-3), SCHEDULE
 # (wsd: constant after the warmup, then a linear decay to 0 over the last 20% of the samples; constant; cosine: decay
 # to 0 by the last sample), DATA (the shared data, ../shared/data).
@@ -28,7 +28,7 @@ export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
 DATA=${DATA:-${PIXPARSE_TEST_DATA:-../shared/data}}
 SAMPLES=${SAMPLES:-102400}
-REAL_SHARE=${REAL_SHARE:-0.1}
+REAL_SHARE=${REAL_SHARE:-0.2}
 LONG_SHARE=${LONG_SHARE:-0}
 LR=${LR:-2e-3}
 SCHEDULE=${SCHEDULE:-wsd}
