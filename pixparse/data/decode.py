@@ -56,11 +56,15 @@ def page_line_boxes(page: dict[str, Any], box_format: str = "auto") -> list[list
         raise SampleError("bad_json", f"a line box is not numbers: {e}") from None
     if any(len(box) != 4 for box in boxes):
         raise SampleError("bad_json", "a line box does not have 4 numbers")
+
+    def inverted(xyxy: list[list[float]]) -> bool:  # a box that ends before it starts
+        return any(b[2] < b[0] or b[3] < b[1] for b in xyxy)
+
     if box_format == "auto":
-        box_format = "xywh" if any(b[2] < b[0] or b[3] < b[1] for b in boxes) else "xyxy"
+        box_format = "xywh" if inverted(boxes) else "xyxy"
     if box_format == "xywh":
         boxes = [[x, y, x + w, y + h] for x, y, w, h in boxes]
-    if any(b[2] < b[0] or b[3] < b[1] for b in boxes):
+    if inverted(boxes):
         raise SampleError("bad_json", f"a line box ends before it starts as {box_format} "
                                       f"(--data.*.box_format {box_format})")
     return boxes

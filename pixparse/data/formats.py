@@ -50,14 +50,20 @@ def _text(path: str, root: str) -> str:
 def _read_image(path: str, root: str) -> tuple[bytes, tuple[int, int]]:
     """An image file's bytes and (width, height), decoded in full first: only images are packed."""
     data = _read(path, root)
+    return data, decoded_image(data, path).size
+
+
+def decoded_image(data: bytes, what: str) -> Image.Image:
+    """Image bytes opened and every frame decoded (only images are packed into shards); a
+    ValueError naming `what` when they are not a readable image."""
     try:
         image = Image.open(io.BytesIO(data))
         for frame in range(getattr(image, "n_frames", 1)):
             image.seek(frame)
             image.load()
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for files that are not images
-        raise ValueError(f"{path} is not a readable image ({type(e).__name__}: {e})") from None
-    return data, image.size
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bytes that are not images
+        raise ValueError(f"{what} is not a readable image ({type(e).__name__}: {e})") from None
+    return image
 
 
 def _norm_box(box: list[float], width: int, height: int) -> list[float]:

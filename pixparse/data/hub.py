@@ -14,9 +14,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from PIL import Image
-
-from pixparse.data.formats import RVL_CDIP_LABELS, Sample, _cord_ground_truth, _page_sample
+from pixparse.data.formats import RVL_CDIP_LABELS, Sample, _cord_ground_truth, _page_sample, decoded_image
 
 
 def load_split(source: str, split: str) -> Any:
@@ -46,11 +44,7 @@ def _image(row: dict[str, Any], source: str, index: int) -> tuple[bytes, tuple[i
     data = cell.get("bytes") or (open(cell["path"], "rb").read() if cell.get("path") else None)
     if not data:
         raise ValueError(f"{source} row {index}: the image has neither bytes nor a readable path")
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for bytes that are not an image
-        raise ValueError(f"{source} row {index}: not a readable image ({type(e).__name__}: {e})") from None
+    image = decoded_image(data, f"{source} row {index}")
     ext = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif"}.get(image.format or "")
     if ext is None:  # another format: kept as PNG, losslessly
         buf = io.BytesIO()
