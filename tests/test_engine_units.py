@@ -26,6 +26,9 @@ def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction():
     assert [f(s) for s in range(2)] == [0.5, 1.0]
     assert all(f(s) == 1.0 for s in range(2, 15))  # stable until the last 5 of 20 steps
     assert [round(f(s), 4) for s in range(15, 21)] == [1.0, 0.82, 0.64, 0.46, 0.28, 0.1]
+    # a decay longer than the steps after warmup starts where warmup ends, at the peak
+    whole = lr_multiplier("wsd", warmup_steps=4, total_steps=10, decay_fraction=1.0)
+    assert [round(whole(s), 4) for s in range(3, 11)] == [1.0, 1.0, 0.8333, 0.6667, 0.5, 0.3333, 0.1667, 0.0]
     with pytest.raises(ValueError, match="decay_fraction must be in"):
         OptimConfig(schedule="wsd", decay_fraction=0.0)
 

@@ -27,12 +27,13 @@ def lr_multiplier(
             return (step + 1) / warmup_steps
         if schedule == "constant" or total_steps <= warmup_steps:
             return 1.0
-        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        # where the decay starts: after warmup, or (wsd) at the last decay_fraction of the steps
+        decay_start = warmup_steps
         if schedule == "wsd":
-            decay_start = total_steps - max(1, round(decay_fraction * total_steps))
+            decay_start = max(warmup_steps, total_steps - max(1, round(decay_fraction * total_steps)))
             if step < decay_start:
                 return 1.0
-            progress = min(1.0, (step - decay_start) / (total_steps - decay_start))
+        progress = min(1.0, (step - decay_start) / (total_steps - decay_start))
         if schedule == "cosine":
             decay = 0.5 * (1.0 + math.cos(math.pi * progress))
         elif schedule in ("linear", "wsd"):
