@@ -34,17 +34,19 @@ LR=${LR:-2e-3}
 SCHEDULE=${SCHEDULE:-wsd}
 INTERVALS=${INTERVALS:-10}
 KIND=${KIND:-lines}
+# settings of every rendered source, training and held out alike (e.g. "chars=8&alphabet=digits")
+RENDER_ARGS=${RENDER_ARGS:-}
 LABEL=$PRESET  # what the result calls the model
 source benchmarks/model_flags.sh  # MODEL flags and FAMILY (PRESET, or INIT_FROM and IMAGE_SIZE)
 if [ -n "${INIT_FROM:-}" ]; then LABEL="$PRESET+$KIND"; fi
 # CTC reads the image tokens left to right: one line only
 CTC=${CTC:-$([ "$FAMILY" != pix2struct ] && [ "$KIND" = lines ] && echo 1.0 || echo 0.0)}
-DATA_DIR="$OUT/data_$KIND"
+DATA_DIR="$OUT/data_$KIND${RENDER_ARGS:+_$(echo "$RENDER_ARGS" | tr "=&" "-_")}"
 HELD_PER_SHARD=$([ "$KIND" = lines ] && echo 100 || echo 25)  # x 2 shards x (words, random)
 
 if [ ! -f "$DATA_DIR/heldout_random-000001.tar" ]; then
   rm -rf "$DATA_DIR"
-  python -m pixparse.app.synth --output_dir "$DATA_DIR" --render "render:$KIND?random=0" --prefix heldout_words \
+  python -m pixparse.app.synth --output_dir "$DATA_DIR" --render "render:$KIND?${RENDER_ARGS:+$RENDER_ARGS&}random=0" --prefix heldout_words \
     --num_shards 2 --samples_per_shard "$HELD_PER_SHARD" --seed 1234 > /dev/null
   if [ "$KIND" = lines ]; then
     python -m pixparse.app.write sroie "$DATA/sroie" "$DATA_DIR" --prefix train_lines --max_samples 80 \
@@ -52,7 +54,7 @@ if [ ! -f "$DATA_DIR/heldout_random-000001.tar" ]; then
     python -m pixparse.app.write sroie "$DATA/sroie" "$DATA_DIR" --prefix real_lines --skip_samples 90 \
       --max_samples 4 --crop_lines true --samples_per_shard 50 > /dev/null
   fi
-  python -m pixparse.app.synth --output_dir "$DATA_DIR" --render "render:$KIND?random=1" --prefix heldout_random \
+  python -m pixparse.app.synth --output_dir "$DATA_DIR" --render "render:$KIND?${RENDER_ARGS:+$RENDER_ARGS&}random=1" --prefix heldout_random \
     --num_shards 2 --samples_per_shard "$HELD_PER_SHARD" --seed 1234 > /dev/null
 fi
 HELDOUT="$DATA_DIR/heldout_words-{000000..000001}.tar::$DATA_DIR/heldout_random-{000000..000001}.tar"
@@ -62,10 +64,10 @@ if [ "$KIND" = lines ]; then
   NUM_REAL=$(ls "$DATA_DIR"/real_lines-*.tar | wc -l)
   HELDOUT="$HELDOUT::$DATA_DIR/real_lines-{000000..$(printf %06d $((NUM_REAL - 1)))}.tar"
   # long lines drawn at twice the width, so the model sees them at the scale of receipt lines
-  TRAIN=(--data.train.source "render:lines::render:lines?width=512&chars=40::$REAL_PATTERN"
+  TRAIN=(--data.train.source "render:lines${RENDER_ARGS:+?$RENDER_ARGS}::render:lines?width=512&chars=40::$REAL_PATTERN"
          --data.train.source_weights "[$(python -c "print(round(1 - $REAL_SHARE - $LONG_SHARE, 6))"), $LONG_SHARE, $REAL_SHARE]")
 else
-  TRAIN=(--data.train.source "render:$KIND")
+  TRAIN=(--data.train.source "render:$KIND${RENDER_ARGS:+?$RENDER_ARGS}")
 fi
 
 rm -rf "$OUT/runs" "$OUT/eval"
@@ -88,7 +90,7 @@ CKPT="$OUT/runs/reader/checkpoints/$(cat "$OUT/runs/reader/checkpoints/latest")"
 python -m pixparse.app.eval --task.name cruller_pretrain --data.eval.source "$HELDOUT" \
   --data.eval.batch-size 100 --data.eval.num-workers 0 --eval.checkpoint-path "$CKPT" \
   --output-dir "$OUT/eval" > "$OUT/eval.out"
-READING_CHECK_COMMAND="$(env | grep -E '^(SAMPLES|INTERVALS|CTC|REAL_SHARE|LONG_SHARE|LR|SCHEDULE|KIND|INIT_FROM|IMAGE_SIZE)=' | tr '\n' ' ')bash benchmarks/reading_check.sh OUT_DIR $PRESET $*" \
+READING_CHECK_COMMAND="$(env | grep -E '^(SAMPLES|INTERVALS|RENDER_ARGS|CTC|REAL_SHARE|LONG_SHARE|LR|SCHEDULE|KIND|INIT_FROM|IMAGE_SIZE)=' | tr '\n' ' ')bash benchmarks/reading_check.sh OUT_DIR $PRESET $*" \
   python - "$OUT" "$LABEL" "$CKPT" "$TRAIN_S" <<'PY'
 import json, os, platform, subprocess, sys
 from importlib.metadata import version

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, the multi-process DeepSpeed tests included (GPU-only tests are skipped).
+#   bash launch/test.sh           what CI runs: every behaviour, each long proof in its short version
+#   bash launch/test.sh --full    the long proofs too (full learning and reading checks, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -9,4 +11,6 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions
 if [ -z "${PIXPARSE_TEST_DATA:-}" ] && [ -d ../shared/data ]; then
   export PIXPARSE_TEST_DATA="$(cd ../shared/data && pwd)"
 fi
-python -m pytest -q --durations=15 -m "not gpu and not multigpu" "$@"
+MARKERS="not long and not gpu and not multigpu"
+if [ "${1:-}" = "--full" ]; then MARKERS="not gpu and not multigpu"; shift; fi
+python -m pytest -q --durations=15 -m "$MARKERS" "$@"

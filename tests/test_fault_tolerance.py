@@ -9,7 +9,7 @@ import pytest
 from pixparse.engine.dist import free_port
 
 from tests.conftest import REPO
-from tests.test_distributed import _args, _env, _metrics, _run, deepspeed_two_ranks
+from tests.test_distributed import _args, _env, _metrics, _run, deepspeed_two_ranks, two_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def small_disk(tmp_path):
 
 
 def test_full_disk_while_saving_is_a_clear_error_and_keeps_the_last_checkpoint(synth_shards, tmp_path, small_disk):
-    cmd = deepspeed_two_ranks() + _args(synth_shards, tmp_path, "zero2_fp32", "full", "--task.num_intervals", "3",
+    cmd = two_ranks() + _args(synth_shards, tmp_path, "zero2_fp32", "full", "--task.num_intervals", "3",
                  "--data.train.num_samples", "16", "--train.checkpoint_dir", str(small_disk),
                  "--train.keep_last_k", "1")
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
@@ -44,7 +44,7 @@ def test_full_disk_while_saving_is_a_clear_error_and_keeps_the_last_checkpoint(s
     assert state["step"] == 4
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("signame", ["SIGTERM", pytest.param("SIGUSR1", marks=pytest.mark.long)])
 def test_sigterm_to_the_deepspeed_launcher_checkpoints_instead_of_orphaning_the_ranks(synth_shards, tmp_path,
                                                                                        signame):
     """`deepspeed` itself dies at once on SIGTERM (no handler for local runs); the ranks notice
@@ -88,7 +88,7 @@ def _wait_for(predicate, timeout, what):
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("moment", ["partial_created", "rank_files_written"])
+@pytest.mark.parametrize("moment", ["rank_files_written", pytest.param("partial_created", marks=pytest.mark.long)])
 def test_kill_9_of_all_ranks_during_a_save_leaves_a_complete_latest(synth_shards, tmp_path, moment):
     """Checkpoint every step; kill -9 every process of the job the moment a save is under way
     (its .partial folder exists, or holds the ranks' files): 'latest' names a complete tag, the
@@ -100,7 +100,7 @@ def test_kill_9_of_all_ranks_during_a_save_leaves_a_complete_latest(synth_shards
     args = _args(synth_shards, tmp_path, "zero2_fp32", "kill", "--task.num_intervals", "2",
                  "--train.checkpoint_every_n_steps", "1", "--train.checkpoint_dir", str(tmp_path / "ckpt"),
                  "--train.keep_last_k", "2")
-    cmd = deepspeed_two_ranks(*args)
+    cmd = two_ranks(*args)
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -118,7 +118,7 @@ def test_kill_9_of_all_ranks_during_a_save_leaves_a_complete_latest(synth_shards
     tag = (ckpt / "latest").read_text().strip()
     assert (ckpt / tag / "pixparse_state.json").is_file()  # latest names a complete tag
 
-    resume = deepspeed_two_ranks(*args, "--train.resume", "latest", "--train.checkpoint_every_n_steps", "0")
+    resume = two_ranks(*args, "--train.resume", "latest", "--train.checkpoint_every_n_steps", "0")
     proc = subprocess.run(resume, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
@@ -128,10 +128,9 @@ def test_kill_9_of_all_ranks_during_a_save_leaves_a_complete_latest(synth_shards
 
 
 def _nan_run(tmp_path, synth_shards, experiment, nan_at, *extra):
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-           f"{REPO}/tests/helpers/nan_train.py",
-           *_args(synth_shards, tmp_path, "zero2_fp32", experiment, "--task.num_intervals", "1",
-                  "--train.log_every_n_steps", "1", "--train.max_nonfinite_steps", "3", *extra)]
+    cmd = two_ranks(*_args(synth_shards, tmp_path, "zero2_fp32", experiment, "--task.num_intervals", "1",
+                  "--train.log_every_n_steps", "1", "--train.max_nonfinite_steps", "3", *extra),
+                    script=f"{REPO}/tests/helpers/nan_train.py")
     env = {**_env(), "NAN_AT": nan_at, "NAN_RANK": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
@@ -163,8 +162,7 @@ def test_nan_loss_on_one_rank_is_skipped_on_all_and_too_many_stop_the_run(synth_
 def _launch(ranks, script, *args):
     if ranks == 1:
         return [sys.executable, script, *args]
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-            script, *args]
+    return two_ranks(*args, script=script)
 
 
 def _universal(tag_dir, out):
@@ -226,7 +224,7 @@ def test_kill_9_of_one_rank_mid_interval_then_resume_is_bit_exact(synth_shards, 
                      "--task.model_name", str(tmp_path / "tiny_dropout.json"), "--data.train.image_pipeline",
                      "doc_aug", "--train.checkpoint_every_n_steps", "8", "--train.log_every_n_steps", "1", *extra)
 
-    _run(deepspeed_two_ranks(*args("full")))
+    _run(two_ranks(*args("full")))
     log = open(tmp_path / "kill.log", "w")
     proc = subprocess.Popen(deepspeed_two_ranks(*args("kill")), cwd=REPO, env=_env(), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -246,7 +244,7 @@ def test_kill_9_of_one_rank_mid_interval_then_resume_is_bit_exact(synth_shards, 
     assert proc.returncode != 0 and took < 120
     ckpt = tmp_path / "kill" / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == "step_00000008"
-    proc = _run(deepspeed_two_ranks(*args("kill", "--train.resume", "latest")))
+    proc = _run(two_ranks(*args("kill", "--train.resume", "latest")))
     assert f"resumed from {ckpt / 'step_00000008'}/mp_rank_00_model_states.pt at step 8" in proc.stdout
     full, resumed = _weights(tmp_path / "full" / "checkpoints" / "step_00000032"), _weights(ckpt / "step_00000032")
     different = [k for k in full if not torch.equal(full[k], resumed[k])]

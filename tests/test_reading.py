@@ -20,7 +20,8 @@ def test_render_sources_parse_and_refuse_typos():
     spec = parse_render_source("render:lines?height=40&width=320&random=1")
     assert (spec.kind, spec.height, spec.width, spec.random_share) == ("lines", 40, 320, 1.0)
     for bad, message in (("render:line", "kind must be one of"), ("render:lines?hieght=3", "unknown setting"),
-                         ("render:lines?n=x", "not a number"), ("render:lines?height=2", ">= 8"), ("render:lines?chars=2", "chars >= 4")):
+                         ("render:lines?n=x", "not a number"), ("render:lines?height=2", ">= 8"), ("render:lines?chars=2", "chars >= 4"),
+                         ("render:lines?alphabet=greek", "known: all, upper, digits")):
         with pytest.raises(ValueError, match=message):
             parse_render_source(bad)
     with pytest.raises(ValueError, match="resampled true"):
@@ -62,6 +63,9 @@ def test_random_lines_are_random_characters():
     words = list(render_samples("render:lines?random=0&n=50", "0/0/0/0", 0))
     assert not any(s["__random__"] for s in words)
     assert len({s["__key__"] for s in samples}) == 50
+    digits = list(render_samples("render:lines?random=1&alphabet=digits&chars=8&n=50", "0/0/0/0", 0))
+    assert all(set(s["__text__"]) <= set("0123456789 ") and len(s["__text__"]) <= 8 for s in digits)
+    assert len({s["__text__"] for s in digits}) == 50
 
 
 def _reader():
@@ -214,20 +218,28 @@ def test_a_line_reader_goes_on_to_blocks_at_another_image_size(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_reader_trained_on_the_stream_reads_lines_it_never_saw(shared_data, tmp_path):
-    """The short version of benchmarks/reading_check.sh (the full one: 102k samples): 41k streamed
+@pytest.mark.parametrize("samples", [pytest.param(40960, marks=pytest.mark.long), 2048])
+def test_a_reader_trained_on_the_stream_reads_lines_it_never_saw(shared_data, tmp_path, samples):
+    """benchmarks/reading_check.sh at two lengths (the full check: 102k samples). 41k streamed
     samples on 2 ranks with the full run's LR and schedule (2e-3, wsd: its decay over the last 8k;
-    10% real lines, the setting these figures were measured with),
-    then the eval app on held-out lines of another seed (measured on the 2-core AMD EPYC:
-    held-out CER 0.355, random 0.511, image_gap 5.25). Random-character lines cannot be guessed
-    from language, and the loss must depend on the image: it reads."""
+    10% real lines, the setting these figures were measured with), then the eval app on held-out
+    lines of another seed (measured on the 2-core AMD EPYC: held-out CER 0.355, random 0.511,
+    image_gap 5.25). Random-character lines cannot be guessed from language, and the loss must
+    depend on the image: it reads. At 2k samples (too few to read) the check runs end to end: the
+    held-out parts scored apart, the curve, the plot and the result."""
     from tests.conftest import REPO
     from tests.test_distributed import _run
 
     proc = _run(["bash", f"{REPO}/benchmarks/reading_check.sh", str(tmp_path), "cruller_reader_tiny"], timeout=1500,
-                env={"SAMPLES": "40960", "INTERVALS": "4", "REAL_SHARE": "0.1", "DATA": shared_data})
+                env={"SAMPLES": str(samples), "INTERVALS": "4" if samples > 2048 else "2", "REAL_SHARE": "0.1",
+                     "DATA": shared_data})
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["samples"] == 40960 and result["preset"] == "cruller_reader_tiny"
+    assert result["samples"] == samples and result["preset"] == "cruller_reader_tiny"
+    assert len(result["curve"]) == (4 if samples > 2048 else 2)
+    assert {"heldout_cer_words", "heldout_exact_match", "real_lines_cer", "train_s"} <= set(result)
+    assert (tmp_path / "cer_vs_samples.png").is_file() and (tmp_path / "reading_check.json").is_file()
+    if samples < 40960:
+        return
     assert result["heldout_cer"] < 0.6 and result["heldout_cer_random"] < 0.85, result
     assert result["image_gap"] > 1.0, result
     assert result["curve"][0][1] > result["curve"][-1][1]  # held-out CER fell between the two evaluations

@@ -8,6 +8,8 @@ A source is `render:<kind>[?key=value&...]`:
     width    canvas width in pixels (lines 256, blocks 256, pages 288)
     random   share of lines made of random characters, which no language model can guess (0.5)
     chars    most characters in a line (lines 16, blocks 24; fewer where the width runs out)
+    alphabet what random lines are drawn from: all (letters, digits, receipt punctuation), upper
+             (upper case and digits) or digits
     n        samples per draw of the source (256): the unit the loader mixes with real shards
     fonts    a folder whose .ttf/.otf fonts (searched recursively) join the default faces
 
@@ -34,6 +36,7 @@ _DEFAULT_SIZE = {"lines": (32, 256), "blocks": (96, 256), "pages": (384, 288)}
 _DEFAULT_CHARS = {"lines": 16, "blocks": 24, "pages": 0}
 # What random lines draw from: the characters of receipts and forms (no lowercase/uppercase bias).
 RANDOM_CHARS = string.ascii_letters + string.digits + ".,:;-/$%()#&'+*@"
+ALPHABETS = {"all": RANDOM_CHARS, "upper": string.ascii_uppercase + string.digits, "digits": string.digits}
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class RenderSpec:
     samples_per_draw: int = 256
     max_chars: int = 16
     font_dir: str = ""
+    alphabet: str = "all"
 
 
 def is_render_source(url: str) -> bool:
@@ -57,12 +61,13 @@ def parse_render_source(url: str) -> RenderSpec:
     if kind not in KINDS:
         raise ValueError(f"{url!r}: the kind must be one of {', '.join(KINDS)} (render:lines, ...)")
     height, width = _DEFAULT_SIZE[kind]
-    args = {"height": height, "width": width, "random": 0.5, "n": 256, "chars": _DEFAULT_CHARS[kind], "fonts": ""}
+    args = {"height": height, "width": width, "random": 0.5, "n": 256, "chars": _DEFAULT_CHARS[kind], "fonts": "",
+            "alphabet": "all"}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
         if key not in args:
             raise ValueError(f"{url!r}: unknown setting {key!r}; known: {', '.join(args)}")
         try:
-            args[key] = value if key == "fonts" else float(value) if key == "random" else int(value)
+            args[key] = value if key in ("fonts", "alphabet") else float(value) if key == "random" else int(value)
         except ValueError:
             raise ValueError(f"{url!r}: {key}={value!r} is not a number") from None
     if args["height"] < 8 or args["width"] < 8 or args["n"] < 1 or not 0 <= args["random"] <= 1 \
@@ -70,7 +75,10 @@ def parse_render_source(url: str) -> RenderSpec:
         raise ValueError(f"{url!r}: height and width must be >= 8, n >= 1, chars >= 4 and random in [0, 1]")
     if args["fonts"] and not os.path.isdir(args["fonts"]):
         raise ValueError(f"{url!r}: fonts={args['fonts']!r} is not a folder (give a folder of .ttf/.otf fonts)")
-    return RenderSpec(kind, args["height"], args["width"], args["random"], args["n"], args["chars"], args["fonts"])
+    if args["alphabet"] not in ALPHABETS:
+        raise ValueError(f"{url!r}: alphabet={args['alphabet']!r}; known: {', '.join(ALPHABETS)}")
+    return RenderSpec(kind, args["height"], args["width"], args["random"], args["n"], args["chars"], args["fonts"],
+                      args["alphabet"])
 
 
 # matplotlib's DejaVu text faces: Sans, Sans Mono and Serif in regular, bold, italic and bold italic
@@ -95,11 +103,12 @@ def render_fonts(font_dir: str = "") -> list[str]:
     return fonts
 
 
-def random_text(rng: random.Random, max_chars: int, random_share: float) -> tuple[str, bool]:
-    """(text, is_random): random characters (in 1-3 groups), or words, numbers, dates, amounts."""
+def random_text(rng: random.Random, max_chars: int, random_share: float,
+                alphabet: str = RANDOM_CHARS) -> tuple[str, bool]:
+    """(text, is_random): characters of `alphabet` (in 1-3 groups), or words, numbers, dates, amounts."""
     if rng.random() < random_share:
         length = rng.randint(4, max(4, max_chars))
-        chars = [rng.choice(RANDOM_CHARS) for _ in range(length)]
+        chars = [rng.choice(alphabet) for _ in range(length)]
         for _ in range(rng.randint(0, 2)):  # word breaks inside, never at the ends
             if length > 4:
                 chars[rng.randint(1, length - 2)] = " "
@@ -149,7 +158,8 @@ class TextRenderer:
         lines, all_random = [], True
         y = rng.uniform(0.05, 0.3) * slot
         for _ in range(num_lines):
-            text, is_random = random_text(rng, min(max_chars, spec.max_chars), spec.random_share)
+            text, is_random = random_text(rng, min(max_chars, spec.max_chars), spec.random_share,
+                                          ALPHABETS[spec.alphabet])
             while len(text) > 1 and font.getlength(text) > spec.width - 2 * margin:
                 text = text[:-1].rstrip()
             x = rng.randint(margin, max(margin, int(spec.width - margin - font.getlength(text))))

@@ -6,8 +6,9 @@ norm is computed both ways on the same partitioned gradients (and whether ZeRO-3
 read them as one flat buffer). Rank 0 writes, per stage: what install() returned, each pair of
 norms (value, dtype, bit-equal, flat), whether the losses and the weights (this rank's partition
 under ZeRO-3) are equal, and how many tensor collectives reached torch.distributed in each run.
-A second argument `bf16` runs it in bf16 (`fp32` or none: fp32), and ZeRO-2 once more with fp32
-gradient accumulation (data_types.grad_accum_dtype)."""
+The arguments after the output path name the precisions, each its own entry of the output
+(`fp32`, `bf16`; none: fp32); bf16 runs ZeRO-2 once more with fp32 gradient accumulation
+(data_types.grad_accum_dtype)."""
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-def main(out_path: str, bf16: bool = False) -> None:
+def main(out_path: str, dtypes: list[str]) -> None:
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -39,7 +40,7 @@ def main(out_path: str, bf16: bool = False) -> None:
     init_distributed()
     world = dist.get_world_size()
 
-    def train(stage: int, fast: bool, grad_accum_fp32: bool = False):
+    def train(stage: int, fast: bool, bf16: bool, grad_accum_fp32: bool = False):
         local_collectives(fast)
         del sent[:]
         # ds_configs/zero2_*.json's zero_optimization, at each stage
@@ -82,20 +83,23 @@ def main(out_path: str, bf16: bool = False) -> None:
         return installed, pairs, len(sent), losses, weights
 
     result = {}
-    for name in ("1", "2", "3") + (("2-fp32-accumulation",) if bf16 else ()):
-        stage, acc32 = int(name[0]), name.endswith("accumulation")
-        _, _, sent_ds, losses, weights = train(stage, fast=False, grad_accum_fp32=acc32)
-        installed, pairs, sent_fast, fast_losses, fast_weights = train(stage, True, acc32)
-        same = all(torch.equal(a, b) for a, b in zip(weights, fast_weights))
-        same = torch.tensor([int(same)])
-        dist.all_reduce(same, op=dist.ReduceOp.MIN)  # every rank's partition
-        result[name] = {"installed": installed, "norms": pairs, "collectives_sent": [sent_ds, sent_fast],
-                        "losses": [losses, fast_losses], "same_losses": losses == fast_losses,
-                        "same_weights": bool(same.item())}
+    for dtype in dtypes:
+        bf16 = dtype == "bf16"
+        result[dtype] = {}
+        for name in ("1", "2", "3") + (("2-fp32-accumulation",) if bf16 else ()):
+            stage, acc32 = int(name[0]), name.endswith("accumulation")
+            _, _, sent_ds, losses, weights = train(stage, False, bf16, acc32)
+            installed, pairs, sent_fast, fast_losses, fast_weights = train(stage, True, bf16, acc32)
+            same = all(torch.equal(a, b) for a, b in zip(weights, fast_weights))
+            same = torch.tensor([int(same)])
+            dist.all_reduce(same, op=dist.ReduceOp.MIN)  # every rank's partition
+            result[dtype][name] = {"installed": installed, "norms": pairs, "collectives_sent": [sent_ds, sent_fast],
+                                   "losses": [losses, fast_losses], "same_losses": losses == fast_losses,
+                                   "same_weights": bool(same.item())}
     if dist.get_rank() == 0:
         with open(out_path, "w") as f:
             json.dump(result, f)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], bf16=sys.argv[2:] == ["bf16"])
+    main(sys.argv[1], sys.argv[2:] or ["fp32"])
