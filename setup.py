@@ -40,9 +40,10 @@ setup(
         "hub": ["datasets>=3.0"],  # write hf_cord|hf_rvl_cdip|hf_docvqa: Hugging Face datasets to shards
         # the S3 tests start a local S3-compatible server (moto)
         "bench": ["matplotlib>=3.7"],  # benchmarks/plot.py
-        "test": ["pytest>=8.0", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0",
+        # pytest-xdist: launch/test.sh runs the one-process tests on both cores
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0",
                  "matplotlib>=3.7", "datasets>=3.0"],
-        "dev": ["pytest>=8.0", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0", "ruff"],
+        "dev": ["pytest>=8.0", "pytest-xdist>=3.5", "wandb>=0.17", "boto3>=1.28", "moto[server]>=5.0", "ruff"],
     },
     entry_points={"console_scripts": ["pixparse=pixparse.cli:main"]},
 )

@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import pixparse, deepspeed, timm, transformers, webdataset, pytest, zss, rapidfuzz, jiwer, orjson, wandb, boto3, moto, matplotlib, datasets" 2>/dev/null; then
+if ! .venv/bin/python -c "import pixparse, deepspeed, timm, transformers, webdataset, pytest, xdist, zss, rapidfuzz, jiwer, orjson, wandb, boto3, moto, matplotlib, datasets" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 fi

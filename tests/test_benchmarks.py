@@ -55,7 +55,12 @@ def test_bench_train_world_size_compares_the_engine_with_ddp_and_fsdp2(tmp_path)
                           "plain_fp32"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--variants plain_fp32" in bad.stderr
 
-    # --phases on 1 and 2 ranks: the engine's phases on rank 0 of each
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_bench_train_phases_on_one_and_two_ranks(tmp_path):
+    """--phases on 1 and 2 ranks: the engine's phases on rank 0 of each."""
     proc = subprocess.run(
         [sys.executable, f"{REPO}/benchmarks/bench_train.py", "--phases", "--world_size", "2", "--model",
          "cruller_tiny", "--batch_size", "2", "--steps", "2", "--warmup", "1", "--threads", "1",
@@ -79,6 +84,7 @@ def test_profile_reading_times_each_stage_of_a_loader_worker():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_bench_train_paired_alternates_engine_and_plain_and_plots(tmp_path):
     proc = subprocess.run(
         [sys.executable, f"{REPO}/benchmarks/bench_train.py", "--model", "cruller_tiny", "--batch_size", "2",
@@ -141,6 +147,7 @@ def test_bench_loader_compares_both_decodes_with_the_reference_and_saves(shared_
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_bench_zero_settings_launches_each_setting_beside_ddp_and_fsdp2(tmp_path):
     """A chosen ZeRO setting runs from its own copy of the ds_config (the changed key recorded),
     beside DDP and FSDP2; the summary is each against DDP; an unknown setting is refused by name."""

@@ -57,34 +57,6 @@ def _metrics(out, experiment):
         return [json.loads(line) for line in f]
 
 
-def test_single_rank_cli_trains_saves_and_resumes(synth_shards, tmp_path):
-    train = [sys.executable, "-m", "pixparse.app.train"]
-    proc = _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "one", "--task.num_intervals", "1"))
-    assert "ZeRO-1/2 gradient norm fused" in proc.stdout and "collectives done locally" in proc.stdout
-    first = _metrics(tmp_path, "one")
-    ckpt = tmp_path / "one" / "checkpoints"
-    assert (ckpt / "latest").read_text().strip() == "step_00000032"
-    assert first[-1]["step"] == 32
-    for name in ("config.yaml", "ds_config.json", "model_config.json", "run_info.json", "out.log"):
-        assert (tmp_path / "one" / name).is_file()
-    info = json.loads((tmp_path / "one" / "run_info.json").read_text())
-    assert info["world_size"] == 1 and info["deepspeed"] and "git_sha" in info
-    ds = json.loads((tmp_path / "one" / "ds_config.json").read_text())
-    assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["train_batch_size"] == 2
-
-    # Reusing the name without --train.resume would mix two runs: refused before any training.
-    proc = subprocess.run(train + _args(synth_shards, tmp_path, "zero2_fp32", "one"), cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "already has checkpoints" in proc.stderr + proc.stdout
-
-    # Resume into a 2-interval run: continues at step 33 and checkpoints again.
-    _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "one", "--task.num_intervals", "2",
-                       "--train.resume", "latest"))
-    resumed = _metrics(tmp_path, "one")[len(first):]
-    assert resumed[0]["step"] > 32 and resumed[-1]["step"] == 64
-    assert (ckpt / "latest").read_text().strip() == "step_00000064"
-
-
 @pytest.mark.parametrize("ds_config", ["zero3_bf16", *(pytest.param(c, marks=pytest.mark.long)
                                                        for c in ("zero2_bf16", "zero3_fp32"))])
 def test_two_ranks_with_the_deepspeed_launcher_loss_falls(synth_shards, tmp_path, ds_config):
@@ -198,24 +170,37 @@ def _weights(tag_dir):
 @pytest.mark.parametrize("model", [
     [],
     ["--task.model_name", "pix2struct_tiny", "--data.train.min_patches", "48"],  # budgets from the sample RNG
-    ["--task.model_name", "pali_tiny"],
+    pytest.param(["--task.model_name", "pali_tiny"], marks=pytest.mark.long),
 ])
 def test_resume_mid_interval_reaches_the_same_parameters(synth_shards, tmp_path, model):
-    """fp32: a run saving every 8 steps and one resumed from its step-56 checkpoint (mid-way
-    through the second interval) end bit-identical (every model family)."""
+    """One process, fp32: a run saving every 8 steps (keeping 2) and one resumed from its step-56
+    checkpoint, mid-way through the second interval, end bit-identical (every model family). The
+    run leaves its record files; reusing its name without --train.resume is refused."""
     import torch
 
     train = [sys.executable, "-m", "pixparse.app.train"]
     common = ["--task.num_intervals", "2", *model]
-    _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "full", *common,
-                       "--train.checkpoint_every_n_steps", "8", "--train.keep_last_k", "2"))
-    kept = sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("step_*"))
-    assert kept == ["step_00000056", "step_00000064"]
-    mid = tmp_path / "full" / "checkpoints" / "step_00000056"
+    proc = _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "full", *common,
+                              "--train.checkpoint_every_n_steps", "8", "--train.keep_last_k", "2"))
+    ckpt = tmp_path / "full" / "checkpoints"
+    assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_00000056", "step_00000064"]
+    assert (ckpt / "latest").read_text().strip() == "step_00000064"
+    mid = ckpt / "step_00000056"
     state = json.loads((mid / "pixparse_state.json").read_text())
     assert (state["interval"], state["batches_done"]) == (1, 24)
+    if not model:  # what a run leaves, and a second run under its name
+        assert "ZeRO-1/2 gradient norm fused" in proc.stdout and "collectives done locally" in proc.stdout
+        for name in ("config.yaml", "ds_config.json", "model_config.json", "run_info.json", "out.log"):
+            assert (tmp_path / "full" / name).is_file()
+        info = json.loads((tmp_path / "full" / "run_info.json").read_text())
+        assert info["world_size"] == 1 and info["deepspeed"] and "git_sha" in info
+        ds = json.loads((tmp_path / "full" / "ds_config.json").read_text())
+        assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["train_batch_size"] == 2
+        again = subprocess.run(train + _args(synth_shards, tmp_path, "zero2_fp32", "full"), cwd=REPO, env=_env(),
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode != 0 and "already has checkpoints" in again.stderr + again.stdout
     _run(train + _args(synth_shards, tmp_path, "zero2_fp32", "resumed", *common, "--train.resume", str(mid)))
-    full = _weights(tmp_path / "full" / "checkpoints" / "step_00000064")
+    full = _weights(ckpt / "step_00000064")
     resumed = _weights(tmp_path / "resumed" / "checkpoints" / "step_00000064")
     assert full.keys() == resumed.keys()
     different = [k for k in full if not torch.equal(full[k], resumed[k])]
@@ -269,6 +254,7 @@ def _cpu_computes_fp16() -> bool:
     return proc.stdout.strip().endswith("True")
 
 
+@pytest.mark.long  # the suite's short version: test_config.py's fp16 test (in-process)
 def test_fp16_on_cpu_fails_before_training(synth_shards, tmp_path):
     if _cpu_computes_fp16():
         pytest.skip("this CPU computes fp16 natively (AVX512-FP16/AMX-FP16): DeepSpeed accepts fp16 here")
@@ -337,7 +323,7 @@ def test_run_stops_when_too_many_samples_are_bad(tmp_path):
     assert "bad-000000.tar:k0" in text and "(bad_json)" in text
 
 
-@pytest.mark.parametrize("synthetic", [True, False])
+@pytest.mark.parametrize("synthetic", [False, pytest.param(True, marks=pytest.mark.long)])
 def test_bench_reports_throughput(synth_shards, tmp_path, synthetic):
     cmd = [sys.executable, "-m", "pixparse.cli", "bench"] + _args(
         synth_shards, tmp_path, "zero2_bf16", f"bench{synthetic}",

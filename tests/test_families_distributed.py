@@ -108,7 +108,7 @@ def test_zero_init_builds_partitioned_with_the_plain_init(tmp_path):
 
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("ranks", [2, pytest.param(1, marks=pytest.mark.long)])
 def test_deepspeed_patches_train_exactly_as_deepspeed(tmp_path, ranks):
     """ZeRO-1, 2 and 3 in fp32 and bf16 (and ZeRO-2 bf16 with fp32 gradient accumulation), each
     rank its own batches, gradient accumulation: DeepSpeed with pixparse's patches gives the same
