@@ -8,6 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 if ! .venv/bin/python -c "import pixparse, deepspeed, timm, transformers, webdataset, pytest, xdist, zss, rapidfuzz, jiwer, orjson, wandb, boto3, moto, matplotlib, datasets" 2>/dev/null; then
-  .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  # --no-compile: modules compile to bytecode when first imported, not all of torch at install
+  .venv/bin/pip install -q --disable-pip-version-check --no-compile torch==2.14.1 torchvision==0.29.1
+  .venv/bin/pip install -q --disable-pip-version-check --no-compile -e '.[test]'
 fi

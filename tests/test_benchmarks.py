@@ -35,6 +35,7 @@ def test_bench_train_runs_the_variants_and_saves_results(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_bench_train_world_size_compares_the_engine_with_ddp_and_fsdp2(tmp_path):
     """--world_size 2: FSDP2 and the engine's ZeRO-3 each launched on 1 and 2 ranks; the summary
     compares them and gives each one's scaling (DDP: the ZeRO settings benchmark's test)."""

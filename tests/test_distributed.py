@@ -169,7 +169,8 @@ def _weights(tag_dir):
 
 @pytest.mark.parametrize("model", [
     [],
-    ["--task.model_name", "pix2struct_tiny", "--data.train.min_patches", "48"],  # budgets from the sample RNG
+    pytest.param(["--task.model_name", "pix2struct_tiny", "--data.train.min_patches", "48"],  # budgets: sample RNG
+                 marks=pytest.mark.long),
     pytest.param(["--task.model_name", "pali_tiny"], marks=pytest.mark.long),
 ])
 def test_resume_mid_interval_reaches_the_same_parameters(synth_shards, tmp_path, model):
