@@ -335,6 +335,19 @@ def test_huggingface_pixparse_train_and_eval_spellings(synth_shards):
     assert cfg.task.name == "cruller_finetune_sroie"
 
 
+def test_objective_names_of_the_tasks(synth_shards):
+    """read_pretrain and finetune_<set> name the objectives (every family trains them); runs,
+    checkpoints and logs keep the one name."""
+    base = ["pretrain", "--data.train.source", synth_shards, "--data.train.num-samples", "8"]
+    for alias, name in (("read_pretrain", "cruller_pretrain"), ("finetune_cord", "cruller_finetune_cord"),
+                        ("finetune_xent", "cruller_finetune_xent")):
+        _, cfg = parse(base + ["--task.name", alias])
+        assert cfg.task.name == name
+    _, cfg = parse(["eval", "--eval.task-name", "finetune_sroie", "--data.eval.source", synth_shards,
+                    "--eval.checkpoint-path", "x"])
+    assert cfg.task.name == "cruller_finetune_sroie"
+
+
 def test_a_mistyped_flag_is_answered_in_one_line_with_a_suggestion(capsys):
     from pixparse.cli import main
 

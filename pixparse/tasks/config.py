@@ -53,12 +53,20 @@ class OptimConfig:
             raise ValueError(f"--task.opt.decay_fraction must be in (0, 1], got {self.decay_fraction}")
 
 
+# Objective names for the tasks huggingface/pixparse named after its model (each trains every family)
+TASK_ALIASES = {"read_pretrain": "cruller_pretrain", "finetune_sroie": "cruller_finetune_sroie",
+                "finetune_cord": "cruller_finetune_cord", "finetune_docvqa": "cruller_finetune_docvqa",
+                "finetune_rvlcdip": "cruller_finetune_rvlcdip", "finetune_xent": "cruller_finetune_xent"}
+
+
 @dataclass(kw_only=True)
 class TaskConfig:
     name: Literal["cruller_pretrain", "cruller_finetune_sroie", "cruller_finetune_cord",
                   "cruller_finetune_docvqa", "cruller_finetune_rvlcdip", "cruller_finetune_xent",
-                  "parse_pretrain", "prefix_lm_pretrain", "span_pretrain"] = "cruller_pretrain"
-    """Objective. 'cruller_pretrain': read the page (write its text lines; CER/WER).
+                  "parse_pretrain", "prefix_lm_pretrain", "span_pretrain", "read_pretrain", "finetune_sroie",
+                  "finetune_cord", "finetune_docvqa", "finetune_rvlcdip", "finetune_xent"] = "cruller_pretrain"
+    """Objective (each trains every model family it fits; `read_pretrain` and `finetune_<set>` are
+    other names of `cruller_pretrain` and `cruller_finetune_<set>`). 'cruller_pretrain': read the page (write its text lines; CER/WER).
     'cruller_finetune_sroie' / 'cruller_finetune_cord': key-field parsing of receipts (the shards'
     `fields` written with field tokens read from the training shards; field F1 and tree-edit-distance
     accuracy). 'cruller_finetune_docvqa': answer the question in the prompt (the shards' `qa`; ANLS).
@@ -124,6 +132,7 @@ class TaskConfig:
         return self.num_warmup_intervals
 
     def __post_init__(self) -> None:
+        self.name = TASK_ALIASES.get(self.name, self.name)
         if self.num_intervals <= 0:
             raise ValueError(f"--task.num_intervals must be > 0, got {self.num_intervals}")
         if self.num_warmup_intervals is not None and not 0 <= self.num_warmup_intervals <= self.num_intervals:
