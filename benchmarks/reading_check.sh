@@ -17,7 +17,8 @@
 # cruller and pali presets, else 0), REAL_SHARE (share of real lines in training, 0.2), LONG_SHARE (share of
 # lines of up to 40 characters rendered 512 wide, seen at half scale as long receipt lines are, 0), LR (2e-3), SCHEDULE
 # (wsd: constant after the warmup, then a linear decay to 0 over the last 20% of the samples; constant; cosine: decay
-# to 0 by the last sample), DATA (the shared data, ../shared/data).
+# to 0 by the last sample), RENDER_ARGS (render settings of every rendered source, training and held out, e.g.
+# "chars=8&alphabet=digits"), DATA (the shared data, ../shared/data).
 set -euo pipefail
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)
 PRESET=${2:-cruller_reader_tiny}
@@ -34,7 +35,6 @@ LR=${LR:-2e-3}
 SCHEDULE=${SCHEDULE:-wsd}
 INTERVALS=${INTERVALS:-10}
 KIND=${KIND:-lines}
-# settings of every rendered source, training and held out alike (e.g. "chars=8&alphabet=digits")
 RENDER_ARGS=${RENDER_ARGS:-}
 LABEL=$PRESET  # what the result calls the model
 source benchmarks/model_flags.sh  # MODEL flags and FAMILY (PRESET, or INIT_FROM and IMAGE_SIZE)
