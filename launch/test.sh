@@ -16,9 +16,10 @@ if [ "${1:-}" = "--full" ]; then LONG=""; shift; fi
 # The one-process tests on both cores, then the multi-process ones one at a time (each of those
 # keeps both cores busy: two at once would oversubscribe them and slow every collective).
 # Exit status 5 is "no test selected" (arguments that pick only one kind).
-status=0
-python -m pytest -q -n 2 --durations=5 -m "not slow $LONG and not gpu and not multigpu" "$@" || status=$?
-if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then exit "$status"; fi
-status=0
-python -m pytest -q --durations=15 -m "slow $LONG and not gpu and not multigpu" "$@" || status=$?
-if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then exit "$status"; fi
+tier() {
+  local status=0
+  python -m pytest -q "$@" || status=$?
+  if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then exit "$status"; fi
+}
+tier -n 2 --durations=5 -m "not slow $LONG and not gpu and not multigpu" "$@"
+tier --durations=15 -m "slow $LONG and not gpu and not multigpu" "$@"

@@ -57,7 +57,6 @@ def test_bench_train_world_size_compares_the_engine_with_ddp_and_fsdp2(tmp_path)
     assert bad.returncode != 0 and "--variants plain_fp32" in bad.stderr
 
 
-
 @pytest.mark.slow
 @pytest.mark.long
 def test_bench_train_phases_on_one_and_two_ranks(tmp_path):

@@ -128,9 +128,9 @@ def test_kill_9_of_all_ranks_during_a_save_leaves_a_complete_latest(synth_shards
 
 
 def _nan_run(tmp_path, synth_shards, experiment, nan_at, *extra):
-    cmd = two_ranks(*_args(synth_shards, tmp_path, "zero2_fp32", experiment, "--task.num_intervals", "1",
-                  "--train.log_every_n_steps", "1", "--train.max_nonfinite_steps", "3", *extra),
-                    script=f"{REPO}/tests/helpers/nan_train.py")
+    args = _args(synth_shards, tmp_path, "zero2_fp32", experiment, "--task.num_intervals", "1",
+                 "--train.log_every_n_steps", "1", "--train.max_nonfinite_steps", "3", *extra)
+    cmd = two_ranks(*args, script=f"{REPO}/tests/helpers/nan_train.py")
     env = {**_env(), "NAN_AT": nan_at, "NAN_RANK": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
@@ -183,8 +183,9 @@ def _universal(tag_dir, out):
     (3, 2, 1), *(pytest.param(*c, marks=pytest.mark.long) for c in ((3, 1, 2), (2, 2, 1), (2, 1, 2)))])
 def test_elastic_resume_loads_exactly_the_saved_weights_and_optimizer(synth_shards, tmp_path, stage, saved_on,
                                                                       resumed_on):
-    """2 -> 1 and 1 -> 2 ranks: the fp32 master weights and both Adam moments loaded on the new
-    world size (written straight back after the resume) equal, element for element, those saved."""
+    """Saved on one world size, resumed on the other (2 -> 1, 1 -> 2): the fp32 master weights and
+    both Adam moments loaded (written straight back after the resume) equal, element for element,
+    those saved."""
     import torch
 
     name = f"z{stage}_{saved_on}to{resumed_on}"

@@ -20,7 +20,8 @@ def test_render_sources_parse_and_refuse_typos():
     spec = parse_render_source("render:lines?height=40&width=320&random=1")
     assert (spec.kind, spec.height, spec.width, spec.random_share) == ("lines", 40, 320, 1.0)
     for bad, message in (("render:line", "kind must be one of"), ("render:lines?hieght=3", "unknown setting"),
-                         ("render:lines?n=x", "not a number"), ("render:lines?height=2", ">= 8"), ("render:lines?chars=2", "chars >= 4"),
+                         ("render:lines?n=x", "not a number"), ("render:lines?height=2", ">= 8"),
+                         ("render:lines?chars=2", "chars >= 4"),
                          ("render:lines?alphabet=greek", "known: all, upper, digits")):
         with pytest.raises(ValueError, match=message):
             parse_render_source(bad)

@@ -66,7 +66,8 @@ class TaskConfig:
                   "parse_pretrain", "prefix_lm_pretrain", "span_pretrain", "read_pretrain", "finetune_sroie",
                   "finetune_cord", "finetune_docvqa", "finetune_rvlcdip", "finetune_xent"] = "cruller_pretrain"
     """Objective (each trains every model family it fits; `read_pretrain` and `finetune_<set>` are
-    other names of `cruller_pretrain` and `cruller_finetune_<set>`). 'cruller_pretrain': read the page (write its text lines; CER/WER).
+    other names of `cruller_pretrain` and `cruller_finetune_<set>`). 'cruller_pretrain': read the
+    page (write its text lines; CER/WER).
     'cruller_finetune_sroie' / 'cruller_finetune_cord': key-field parsing of receipts (the shards'
     `fields` written with field tokens read from the training shards; field F1 and tree-edit-distance
     accuracy). 'cruller_finetune_docvqa': answer the question in the prompt (the shards' `qa`; ANLS).
