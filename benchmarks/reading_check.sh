@@ -12,7 +12,9 @@
 # transcripts are upper case whatever the receipt prints), image_gap, samples, train_s, preset and
 # checkpoint (a tag the eval app reads with --task.name cruller_pretrain).
 # Curriculum: KIND=blocks (3-5 lines at 96x256, no real lines) with INIT_FROM=<a lines reader's
-# checkpoint> and IMAGE_SIZE="[96, 256]" goes on from lines to blocks (the check's next stage).
+# checkpoint> and IMAGE_SIZE="[96, 256]" goes on from lines to blocks (the check's next stage);
+# KIND=pages (384x288 synthetic pages, 40 held out) with a blocks reader and IMAGE_SIZE="[384, 288]"
+# from blocks to pages (add --task.max_length 512: a page holds up to ~500 characters).
 # Env: SAMPLES (default 102400), INTERVALS (evaluations, 10), CTC (auxiliary CTC weight; default 1 on
 # cruller and pali presets, else 0), REAL_SHARE (share of real lines in training, 0.2), LONG_SHARE (share of
 # lines of up to 40 characters rendered 512 wide, seen at half scale as long receipt lines are, 0), LR (2e-3), SCHEDULE
@@ -42,7 +44,7 @@ if [ -n "${INIT_FROM:-}" ]; then LABEL="$PRESET+$KIND"; fi
 # CTC reads the image tokens left to right: one line only
 CTC=${CTC:-$([ "$FAMILY" != pix2struct ] && [ "$KIND" = lines ] && echo 1.0 || echo 0.0)}
 DATA_DIR="$OUT/data_$KIND${RENDER_ARGS:+_$(echo "$RENDER_ARGS" | tr "=&" "-_")}"
-HELD_PER_SHARD=$([ "$KIND" = lines ] && echo 100 || echo 25)  # x 2 shards x (words, random)
+HELD_PER_SHARD=$(case $KIND in lines) echo 100;; blocks) echo 25;; *) echo 10;; esac)  # x 2 shards x (words, random)
 
 if [ ! -f "$DATA_DIR/heldout_random-000001.tar" ]; then
   rm -rf "$DATA_DIR"

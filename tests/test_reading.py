@@ -12,6 +12,7 @@ from PIL import Image
 from pixparse.data.config import DataEvalConfig, DataLoaderConfig
 from pixparse.data.loader import create_eval_loader, create_loader
 from pixparse.data.render import TextRenderer, parse_render_source, render_samples
+from pixparse.data.synth import _WORDS
 from pixparse.tasks.config import TaskConfig
 from pixparse.tasks.registry import create_task
 
@@ -67,6 +68,15 @@ def test_random_lines_are_random_characters():
     digits = list(render_samples("render:lines?random=1&alphabet=digits&chars=8&n=50", "0/0/0/0", 0))
     assert all(set(s["__text__"]) <= set("0123456789 ") and len(s["__text__"]) <= 8 for s in digits)
     assert len({s["__text__"] for s in digits}) == 50
+    # a page's lines follow the same share: all random characters, or none
+    def share_of_words(page):
+        tokens = page["__text__"].split()
+        return sum(t.strip(",.:;").lower() in _WORDS for t in tokens) / len(tokens)
+
+    pages = list(render_samples("render:pages?random=1&n=3", "0/0/0/0", 0))
+    assert all(s["__random__"] and share_of_words(s) < 0.1 for s in pages)
+    word_pages = list(render_samples("render:pages?random=0&n=3", "0/0/0/0", 0))
+    assert not any(s["__random__"] for s in word_pages) and all(share_of_words(s) > 0.6 for s in word_pages)
 
 
 def _reader():

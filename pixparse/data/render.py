@@ -6,7 +6,8 @@ A source is `render:<kind>[?key=value&...]`:
     kind     lines (one text line), blocks (3-5 lines), pages (a synthetic page, see data.synth)
     height   canvas height in pixels (lines 32, blocks 96, pages 384)
     width    canvas width in pixels (lines 256, blocks 256, pages 288)
-    random   share of lines made of random characters, which no language model can guess (0.5)
+    random   share of lines (of a page's lines too) made of random characters, which no language
+             model can guess (0.5)
     chars    most characters in a line (lines 16, blocks 24; fewer where the width runs out)
     alphabet what random lines are drawn from: all (letters, digits, receipt punctuation), upper
              (upper case and digits) or digits
@@ -144,8 +145,15 @@ class TextRenderer:
         spec = self.spec
         paper, ink = rng.randint(170, 255), rng.randint(0, 90)
         if spec.kind == "pages":
-            page = render_page(rng, (spec.width, spec.height), self.fonts, (0.03, 0.06))
-            return Rendered(page.image, "\n".join(page.lines), False)
+            kinds: list[bool] = []  # whether each line is random characters
+
+            def line_text(rng: random.Random, max_chars: int) -> str:
+                text, is_random = random_text(rng, max_chars, spec.random_share, ALPHABETS[spec.alphabet])
+                kinds.append(is_random)
+                return text
+
+            page = render_page(rng, (spec.width, spec.height), self.fonts, (0.03, 0.06), line_text)
+            return Rendered(page.image, "\n".join(page.lines), bool(kinds) and all(kinds))
         num_lines = 1 if spec.kind == "lines" else rng.randint(3, 5)
         slot = spec.height / (num_lines + 0.5)  # each line's share of the height, half a line of margin
         size = max(8, int(slot * rng.uniform(0.75, 1.05)))

@@ -8,6 +8,7 @@ import glob
 import io
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,9 +75,10 @@ class SynthPage:
 def render_page(
     rng: random.Random, size: tuple[int, int], fonts: list[str],
     font_size_range: tuple[float, float] = (1 / 70, 1 / 30),
+    line_text: Callable[[random.Random, int], str] = _vocab_line,
 ) -> SynthPage:
     """Render one page of size (width, height), fonts sized within `font_size_range` (fractions
-    of the page height)."""
+    of the page height); `line_text(rng, max_chars)` writes each line (words by default)."""
     width, height = size
     paper = rng.randint(225, 255)
     ink = rng.randint(0, 70)
@@ -103,7 +105,7 @@ def render_page(
             if rng.random() < 0.08:  # paragraph break
                 y += line_height
                 continue
-            text = _vocab_line(rng, rng.randint(max(3, max_chars // 3), max_chars))
+            text = line_text(rng, rng.randint(max(3, max_chars // 3), max_chars))
             while text and font.getlength(text) > column_width:
                 text = text[:-1].rstrip()
             if not text:
