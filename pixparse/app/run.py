@@ -235,7 +235,7 @@ def _build_task(cfg: PretrainConfig, model_cfg: ModelConfig, ds_config: dict, wo
     task.train_dtype = compute_dtype_name(ds_config)
     num_params = sum(getattr(p, "ds_numel", p.numel()) for p in task.parameters())
     logger.info("task %s, model %s: %.2fM parameters, tokenizer vocab %d", cfg.task.name,
-                cfg.task.model_name, num_params / 1e6, len(task.tokenizer))
+                task.preset_name, num_params / 1e6, len(task.tokenizer))
     return task
 
 
@@ -295,7 +295,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         setup.ds_config, setup.paths, dataclasses.asdict(cfg), build_loader=not cfg.synthetic_data,
     )
     report = benchmark(trainer, cfg.synthetic_data, cfg.warmup_steps, cfg.steps)
-    report["model"] = cfg.task.model_name
+    report["model"] = setup.task.preset_name
     if setup.rank == 0:
         print(format_report(report))
         print(json.dumps(report))
