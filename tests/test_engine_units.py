@@ -180,7 +180,7 @@ def test_log_lines_go_above_a_shown_progress_bar_not_over_it(capsys):
     import logging
     import sys
 
-    from pixparse.engine.train import logs_above_bar
+    from pixparse.engine.logging import logs_above_bar
 
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stdout)

@@ -195,6 +195,20 @@ def test_eval_scores_each_source_part_apart(tmp_path):
     assert {"heldout_words/cer", "heldout_random/cer", "cer", "cer_nocase", "exact_match"} <= set(metrics)
 
 
+def test_eval_shows_its_progress_only_when_asked(tmp_path, capsys):
+    """The eval app and the in-training eval ask for a bar on rank 0 when stderr is a terminal."""
+    from pixparse.engine.evaluate import evaluate_source
+
+    _held_out(tmp_path, "heldout", 5, 1, 0.5)
+    task = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny", max_new_tokens=1)).eval()
+    cfg = DataEvalConfig(source=f"{tmp_path}/heldout-000000.tar", batch_size=2, num_workers=0)
+    for progress in (False, True):
+        loader = create_eval_loader(cfg, task.preprocess(cfg, with_meta=True), task.collate(cfg), 0, 1)
+        evaluate_source(task, loader, torch.device("cpu"), cfg, 1, progress=progress)
+        err = capsys.readouterr().err
+        assert ("eval: " in err and "sample/s" in err) == progress, err
+
+
 def test_line_crops_of_real_receipts(shared_data, tmp_path):
     from pixparse.app.write import write
 

@@ -243,3 +243,37 @@ def test_a_shard_that_fails_verify_is_removed(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="1 damaged sample.* removed"):
         write("folder", str(tmp_path), str(tmp_path / "out"), verify=True)
     assert not list((tmp_path / "out").glob("*.tar"))
+
+
+def test_write_shows_its_progress_on_a_terminal_only(shared_data, tmp_path):
+    """A bar of the samples written when stderr is a terminal; nothing extra in a log or pipe."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    root = os.path.join(shared_data, "funsd", "testing_data")
+    cmd = [sys.executable, "-m", "pixparse.app.write", "funsd", root, str(tmp_path / "a"), "--max_samples", "3"]
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 wide
+    shown = b""
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=secondary)
+        os.close(secondary)
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # the child closed the terminal: all is read
+                break
+            if not chunk:
+                break
+            shown += chunk
+        proc.wait(timeout=120)
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0 and b"write funsd" in shown and b"/3 [" in shown, shown
+    piped = subprocess.run([*cmd[:-3], str(tmp_path / "b"), "--max_samples", "3"], capture_output=True, text=True,
+                           timeout=120)
+    assert piped.returncode == 0 and "write funsd" not in piped.stderr, piped.stderr

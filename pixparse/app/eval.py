@@ -96,7 +96,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     task = create_task(dataclasses.replace(cfg.task, init_from=checkpoint)).to(device, getattr(torch, dtype)).eval()
     data = cfg.data.eval
     loader = create_eval_loader(data, task.preprocess(data, with_meta=True), task.collate(data), rank, world_size)
-    records, metrics = evaluate_source(task, loader, device, data, world_size)
+    records, metrics = evaluate_source(task, loader, device, data, world_size,
+                                       progress=rank == 0 and sys.stderr.isatty())
     metrics.update(checkpoint=checkpoint, task=cfg.task.name, source=data.source, world_size=world_size,
                    dtype=dtype)
     if rank == 0:

@@ -4,7 +4,10 @@ schema (hf_cord, hf_rvl_cdip, hf_docvqa: a Hub name or a save_to_disk folder) in
 WebDataset shards."""
 import itertools
 import os
+import sys
 from typing import Literal
+
+from tqdm import tqdm
 
 from pixparse.app.tool import run_tool
 from pixparse.data.formats import READERS, line_crops
@@ -54,7 +57,10 @@ def write(
     samples = itertools.islice(reader, skip_samples, end)
     if crop_lines:
         samples = (line for sample in samples for line in line_crops(sample))
-    paths = write_shards(samples, pattern, samples_per_shard, max_bytes_per_shard)
+    # a bar of the samples written, on a terminal only (logs and CI stay clean)
+    with tqdm(samples, desc=f"write {format}", unit="sample", total=None if crop_lines else max_samples,
+              dynamic_ncols=True, leave=False, disable=not sys.stderr.isatty()) as bar:
+        paths = write_shards(bar, pattern, samples_per_shard, max_bytes_per_shard)
     if not paths:
         raise ValueError(f"{format}: no samples found in {input}")
     print(f"wrote {len(paths)} shard(s): {paths[0]} .. {paths[-1]}")

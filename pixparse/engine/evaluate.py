@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from pixparse.data.loader import LAST_SKIPPED_KEY, ROLLED_KEY, SKIPPED_KEY
 from pixparse.engine.dist import to_device
+from pixparse.engine.logging import logs_above_bar
 from pixparse.engine.task import EngineTask
 
 logger = logging.getLogger(__name__)
@@ -75,18 +77,21 @@ def evaluate(
     max_samples: int | None = None,
     synced: bool = False,
     keep_images: int = 0,
+    progress: bool = False,
 ) -> tuple[list[dict[str, Any]], EvalSums]:
     """Run the task's model over `batches` (with `meta`: key and reference per sample).
 
     Returns this rank's records (key, generated text, parsed prediction, reference, token loss,
     image_gap, per-sample scores) and additive sums. With `synced` (ZeRO-3: forwards are collective) every
     rank runs the same number of forwards and generation steps. The first `keep_images` records
-    also hold their page image ('image', (C, H, W) uint8, for a gallery).
+    also hold their page image ('image', (C, H, W) uint8, for a gallery). `progress` shows a bar of
+    the samples read.
     """
     records: list[dict[str, Any]] = []
     sums = EvalSums()
     max_new = task.cfg.max_new_tokens
     stream = _lockstep(batches, device) if synced else ((b, True) for b in batches)
+    bar = tqdm(total=max_samples, desc="eval", unit="sample", dynamic_ncols=True, leave=False, disable=not progress)
     for batch, real in stream:
         if real:
             sums.skipped.update(batch.get(SKIPPED_KEY, {}))
@@ -102,6 +107,7 @@ def evaluate(
         own, rolled, num_tokens, texts = task.eval_batch(b, max_new, synced=synced)
         if not real or full:
             continue
+        bar.update(len(meta))
         own_l, rolled_l, tok_l = own.tolist(), rolled.tolist(), num_tokens.tolist()
         for i, m in enumerate(meta):
             if max_samples is not None and len(records) >= max_samples:
@@ -122,6 +128,7 @@ def evaluate(
             })
             if len(records) <= keep_images:
                 records[-1]["image"] = task.page_image(batch, i)
+    bar.close()
     return records, sums
 
 
@@ -163,13 +170,15 @@ def summarize(task: EngineTask, records: list[dict[str, Any]], sums: EvalSums, m
 
 def evaluate_source(
     task: EngineTask, batches: Iterable[dict[str, Any]], device: torch.device, cfg: Any, world_size: int,
-    synced: bool = False, keep_images: int = 0,
+    synced: bool = False, keep_images: int = 0, progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One whole evaluation on `cfg` (a DataEvalConfig): each rank its share of
-    --data.eval.num_samples, records gathered on every rank, metrics. Returns (records, metrics)."""
+    --data.eval.num_samples, records gathered on every rank, metrics. Returns (records, metrics).
+    `progress`: a bar of this rank's samples, with log lines written above it."""
     share = math.ceil(cfg.num_samples / world_size) if cfg.num_samples else None
-    records, sums = gather(*evaluate(task, batches, device, max_samples=share, synced=synced,
-                                     keep_images=keep_images))
+    with logs_above_bar(progress):
+        records, sums = gather(*evaluate(task, batches, device, max_samples=share, synced=synced,
+                                         keep_images=keep_images, progress=progress))
     if cfg.num_samples:
         records = records[: cfg.num_samples]
     metrics = summarize(task, records, sums, cfg.max_skip_fraction)

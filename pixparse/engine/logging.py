@@ -1,4 +1,5 @@
 """Process-wide logging setup and rank-0 metric sinks."""
+import contextlib
 import json
 import logging
 import os
@@ -125,3 +126,13 @@ class WandbSink(MetricSink):
 
     def close(self) -> None:
         self.run.finish()
+
+
+def logs_above_bar(shown: bool) -> Any:
+    """While a progress bar is shown, console log lines are written above it (through tqdm), not
+    over it."""
+    if not shown:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()

@@ -4,7 +4,6 @@ It knows nothing of the objective: a task is an nn.Module with the members of
 `pixparse.engine.task.EngineTask` (forward(batch) -> {"loss": ...}, preprocess()/collate() for the
 loader, eval and throughput hooks).
 """
-import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +28,7 @@ from pixparse.engine.config import TrainConfig
 from pixparse.engine.dist import LauncherWatch, to_device
 from pixparse.engine.ds_config import compute_dtype_name
 from pixparse.engine.evaluate import evaluate_source
-from pixparse.engine.logging import JsonlSink, MetricSink, MultiSink, TensorBoardSink, WandbSink
+from pixparse.engine.logging import JsonlSink, MetricSink, MultiSink, TensorBoardSink, WandbSink, logs_above_bar
 from pixparse.engine.metrics import mfu, peak_tflops
 from pixparse.engine.optim import create_optimizer
 from pixparse.engine.schedule import lr_multiplier
@@ -111,16 +110,6 @@ def deepspeed_nvtx_ranges(enabled: bool) -> None:
     import deepspeed.utils.nvtx
 
     deepspeed.utils.nvtx.enable_nvtx = enabled
-
-
-def logs_above_bar(shown: bool) -> Any:
-    """While a progress bar is shown, console log lines are written above it (through tqdm), not
-    over it."""
-    if not shown:
-        return contextlib.nullcontext()
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    return logging_redirect_tqdm()
 
 
 class Trainer:
@@ -288,7 +277,9 @@ class Trainer:
         self.engine.eval()
         gallery = self.train_cfg.log_eval_samples if self.train_cfg.log_eval_data else 0
         records, metrics = evaluate_source(self.engine.module, self.eval_loader, self.engine.device, self.eval_cfg,
-                                           self.world_size, synced=self.zero3, keep_images=gallery)
+                                           self.world_size, synced=self.zero3, keep_images=gallery,
+                                           progress=self.train_cfg.progress_bar and self.rank == 0
+                                           and sys.stderr.isatty())
         if gallery:
             self.sink.gallery(self.step, [r for r in records if "image" in r][:gallery])
         logger.info("eval after interval %d (step %d): %s", self.interval - 1, self.step,
