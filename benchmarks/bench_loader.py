@@ -52,7 +52,7 @@ from pixparse.data.formats import read_docbank, read_funsd, read_sroie  # noqa: 
 from pixparse.data.loader import create_loader  # noqa: E402
 from pixparse.data.write import write_shards  # noqa: E402
 from pixparse.tasks.config import TaskConfig  # noqa: E402
-from pixparse.tasks.pretrain import PRETRAIN_PROMPT, TaskCrullerPretrain  # noqa: E402
+from pixparse.tasks.pretrain import PRETRAIN_PROMPT, TaskReadPretrain  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import _env_info, save_result  # noqa: E402
@@ -306,7 +306,7 @@ def main() -> None:
     if not os.path.isfile(tok_copy):
         with open(tok_path, "rb") as f, open(tok_copy, "wb") as g:
             g.write(f.read())
-    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_base", tokenizer=tok_copy, max_length=MAX_LENGTH))
+    task = TaskReadPretrain(TaskConfig(model_name="cruller_base", tokenizer=tok_copy, max_length=MAX_LENGTH))
     tokenizer = task.tokenizer
     shards = build_shards(args.data, args.shards, args.max_samples, args.copies)
     rows = []

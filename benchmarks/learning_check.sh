@@ -46,14 +46,14 @@ else
 fi
 deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --deepspeed_config ds_configs/zero2_fp32.json \
-  --task.name cruller_finetune_sroie "${MODEL[@]}" --task.max_length 256 \
+  --task.name finetune_sroie "${MODEL[@]}" --task.max_length 256 \
   --data.train.source "$SHARDS" --data.train.batch_size 4 --data.train.num_workers 1 \
   "${INTERVALS[@]}" --data.train.shuffle_buffer 0 \
   --task.opt.learning_rate "$LR" --task.opt.schedule constant --task.num_warmup_intervals 0 \
   --train.output_dir "$OUT/runs" --train.experiment sroie --train.keep_last_k 1 \
   --train.log_every_n_steps 100 ${DECODE:+--data.train.decode "$DECODE"} "$@"
 echo "fine-tuning took $(( $(date +%s) - START )) s"
-python -m pixparse.app.eval --task.name cruller_finetune_sroie \
+python -m pixparse.app.eval --task.name finetune_sroie \
   --data.eval.source "$SHARDS" --data.eval.batch-size 8 --data.eval.num-workers 1 \
   --eval.checkpoint-path "$OUT/runs/sroie/checkpoints" --output-dir "$OUT/eval" \
   ${DECODE:+--data.eval.decode "$DECODE"} > "$OUT/eval.out"

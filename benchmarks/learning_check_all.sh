@@ -71,18 +71,18 @@ for t in $TASKS; do
       rm -rf "$OUT/cord_data"
       python benchmarks/learning_data.py cord "$DATA/sroie" "$OUT/cord_data" > /dev/null
       write cord "$OUT/cord_data" cord
-      check cord cruller_finetune_cord 4800 2e-3 --task.max_length 256 ;;
+      check cord finetune_cord 4800 2e-3 --task.max_length 256 ;;
     docvqa)
       rm -rf "$OUT/docvqa_data"
       python benchmarks/learning_data.py docvqa "$DATA/funsd_kv_pairs" "$DATA/funsd" "$OUT/docvqa_data" > /dev/null
       write docvqa "$OUT/docvqa_data" docvqa
-      check docvqa cruller_finetune_docvqa 4800 2e-3 --task.max_length 64 ;;
+      check docvqa finetune_docvqa 4800 2e-3 --task.max_length 64 ;;
     rvlcdip)
       write rvl_cdip "$DATA/rvl_cdip_sample" rvlcdip
-      check rvlcdip cruller_finetune_rvlcdip 1600 2e-3 --task.max_length 16 ;;
+      check rvlcdip finetune_rvlcdip 1600 2e-3 --task.max_length 16 ;;
     xent)
       write rvl_cdip "$DATA/rvl_cdip_sample" xent
-      check xent cruller_finetune_xent 800 2e-3 --task.max_length 16 ;;
+      check xent finetune_xent 800 2e-3 --task.max_length 16 ;;
     *) echo "unknown task $t (cord docvqa rvlcdip xent)"; exit 2 ;;
   esac
 done

@@ -32,7 +32,7 @@ def worker_cost(model: str, source: str, samples: int, batch_size: int) -> dict[
     from pixparse.tasks.registry import create_task
 
     torch.set_num_threads(1)
-    task = create_task(TaskConfig(name="cruller_pretrain", model_name=model))
+    task = create_task(TaskConfig(name="read_pretrain", model_name=model))
     cfg = DataLoaderConfig(source=source, batch_size=batch_size, num_samples=samples, resampled=True)
     prep, collate = task.preprocess(cfg), task.collate(cfg)
     rng = random.Random(0)

@@ -10,7 +10,7 @@
 # receipts 90-93 (real_lines; training mixes in the lines of receipts 0-79 only). The last line
 # printed is one JSON object: heldout_cer, heldout_cer_random, real_lines_cer (case folded: SROIE's
 # transcripts are upper case whatever the receipt prints), image_gap, samples, train_s, preset and
-# checkpoint (a tag the eval app reads with --task.name cruller_pretrain).
+# checkpoint (a tag the eval app reads with --task.name read_pretrain).
 # Curriculum: KIND=blocks (3-5 lines at 96x256, no real lines) with INIT_FROM=<a lines reader's
 # checkpoint> and IMAGE_SIZE="[96, 256]" goes on from lines to blocks (the check's next stage);
 # KIND=pages (384x288 synthetic pages, 40 held out) with a blocks reader and IMAGE_SIZE="[384, 288]"
@@ -79,7 +79,7 @@ START=$(date +%s)
 # interval end.
 deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --deepspeed_config ds_configs/zero2_fp32.json \
-  --task.name cruller_pretrain "${MODEL[@]}" --task.ctc_weight "$CTC" \
+  --task.name read_pretrain "${MODEL[@]}" --task.ctc_weight "$CTC" \
   "${TRAIN[@]}" --data.train.resampled true \
   --data.train.batch_size 16 --data.train.num_workers 1 --data.train.shuffle_buffer 64 \
   --data.train.num_samples $((SAMPLES / INTERVALS)) --task.num_intervals "$INTERVALS" \
@@ -89,7 +89,7 @@ deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --train.log_every_n_steps 200 "$@"
 TRAIN_S=$(( $(date +%s) - START ))
 CKPT="$OUT/runs/reader/checkpoints/$(cat "$OUT/runs/reader/checkpoints/latest")"
-python -m pixparse.app.eval --task.name cruller_pretrain --data.eval.source "$HELDOUT" \
+python -m pixparse.app.eval --task.name read_pretrain --data.eval.source "$HELDOUT" \
   --data.eval.batch-size 100 --data.eval.num-workers 0 --eval.checkpoint-path "$CKPT" \
   --output-dir "$OUT/eval" > "$OUT/eval.out"
 READING_CHECK_COMMAND="$(env | grep -E '^(SAMPLES|INTERVALS|RENDER_ARGS|CTC|REAL_SHARE|LONG_SHARE|LR|SCHEDULE|KIND|INIT_FROM|IMAGE_SIZE)=' | tr '\n' ' ')bash benchmarks/reading_check.sh OUT_DIR $PRESET $*" \

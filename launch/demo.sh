@@ -27,11 +27,11 @@ deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --data.train.source render:lines --data.train.resampled true --data.train.shuffle_buffer 0 \
   --data.train.batch_size 16 --data.train.num_samples $((SAMPLES / 4)) --data.train.num_workers 1 \
   --data.eval.source "$HELDOUT/heldout-{000000..000001}.tar" --data.eval.batch_size 50 --data.eval.num_workers 0 \
-  --task.name cruller_pretrain --task.model_name cruller_reader_tiny --task.ctc_weight 1.0 \
+  --task.name read_pretrain --task.model_name cruller_reader_tiny --task.ctc_weight 1.0 \
   --task.opt.learning_rate 2e-3 --task.opt.schedule wsd --task.num_warmup_intervals 0.3 \
   --task.num_intervals 4 --train.output_dir "$OUT" --train.experiment "$EXPERIMENT" --train.tensorboard true \
   --train.log_every_n_steps 100 "$@"
-python -m pixparse.app.eval --task.name cruller_pretrain --data.eval.source "$HELDOUT/heldout-{000000..000001}.tar" \
+python -m pixparse.app.eval --task.name read_pretrain --data.eval.source "$HELDOUT/heldout-{000000..000001}.tar" \
   --data.eval.batch-size 50 --data.eval.num-workers 0 --eval.checkpoint-path "$OUT/$EXPERIMENT/checkpoints" \
   --output-dir "$OUT/$EXPERIMENT/eval" > "$OUT/$EXPERIMENT/eval.out"
 python - "$OUT/$EXPERIMENT/eval.out" <<'PY'

@@ -25,10 +25,10 @@ class _Payload:
 def _tag(root, world_size=1, step=4):
     """A tag with a real preset's assets, the marker file and plain-tensor model states."""
     from pixparse.tasks.config import TaskConfig
-    from pixparse.tasks.pretrain import TaskCrullerPretrain
+    from pixparse.tasks.pretrain import TaskReadPretrain
 
     tag = root / checkpoint.tag_for_step(step)
-    TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny")).save_assets(str(tag / "assets"))
+    TaskReadPretrain(TaskConfig(model_name="cruller_tiny")).save_assets(str(tag / "assets"))
     (tag / checkpoint.MARKER).write_text(json.dumps({"step": step, "world_size": world_size}))
     torch.save({"module": {"w": torch.zeros(2)}}, str(tag / "mp_rank_00_model_states.pt"))
     (root / checkpoint.LATEST).write_text(tag.name)

@@ -223,7 +223,7 @@ def _bad_config_cases(tmp_path, synth_shards):
                                r"--task.tokenizer: .*tokenizer.json is not a readable tokenizer.json"),
         "glob experiment": (["--train.experiment", "br[1]"], r"--train.experiment 'br\[1\]' contains a glob"),
         "unknown preset": (["--task.model_name", "cruller_huge"], r"unknown preset 'cruller_huge'; choose one of"),
-        "unknown task": (["--task.name", "cruller_finetune_nope"], r"task.name"),
+        "unknown task": (["--task.name", "finetune_nope"], r"task.name"),
         "image size vs patch": (["--task.model_name", str(tmp_path / "odd.json")],
                                 r"image_size \[130, 96\] is not a multiple of .* patch size \[16, 16\]"),
         "batch vs ds json": (["--deepspeed_config", ds_b4],
@@ -325,27 +325,27 @@ def test_huggingface_pixparse_train_and_eval_spellings(synth_shards):
             "--data.train.resampled", "true"]
     _, cfg = parse(base + ["--task-name", "cruller_pretrain", "--model-name", "cruller_tiny", "--resume", "True",
                            "--train.experiment", "x", "--data.train.source_weights", "0.8", "0.2"])
-    assert (cfg.task.name, cfg.task.model_name, cfg.train.resume) == ("cruller_pretrain", "cruller_tiny", "latest")
+    assert (cfg.task.name, cfg.task.model_name, cfg.train.resume) == ("read_pretrain", "cruller_tiny", "latest")
     assert cfg.data.train.source_weights == [0.8, 0.2]
     _, cfg = parse(base + ["--train.checkpoint-path", "runs/x/checkpoints/step_00000008", "--resume", "False",
                            "--data.train.source_weights", "[0.5, 0.5]"])
     assert cfg.train.resume == "runs/x/checkpoints/step_00000008" and cfg.data.train.source_weights == [0.5, 0.5]
     _, cfg = parse(["eval", "--eval.task-name", "cruller_finetune_sroie", "--data.eval.source", synth_shards,
                     "--eval.checkpoint-path", "x"])
-    assert cfg.task.name == "cruller_finetune_sroie"
+    assert cfg.task.name == "finetune_sroie"
 
 
 def test_objective_names_of_the_tasks(synth_shards):
-    """read_pretrain and finetune_<set> name the objectives (every family trains them); runs,
-    checkpoints and logs keep the one name."""
+    """read_pretrain and finetune_<set> name the objectives (every family trains them);
+    huggingface/pixparse's cruller_* names are aliases, and runs, checkpoints and logs keep the one name."""
     base = ["pretrain", "--data.train.source", synth_shards, "--data.train.num-samples", "8"]
-    for alias, name in (("read_pretrain", "cruller_pretrain"), ("finetune_cord", "cruller_finetune_cord"),
-                        ("finetune_xent", "cruller_finetune_xent")):
+    for alias, name in (("cruller_pretrain", "read_pretrain"), ("read_pretrain", "read_pretrain"),
+                        ("cruller_finetune_cord", "finetune_cord"), ("finetune_xent", "finetune_xent")):
         _, cfg = parse(base + ["--task.name", alias])
         assert cfg.task.name == name
     _, cfg = parse(["eval", "--eval.task-name", "finetune_sroie", "--data.eval.source", synth_shards,
                     "--eval.checkpoint-path", "x"])
-    assert cfg.task.name == "cruller_finetune_sroie"
+    assert cfg.task.name == "finetune_sroie"
 
 
 def test_a_mistyped_flag_is_answered_in_one_line_with_a_suggestion(capsys):

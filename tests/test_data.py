@@ -14,7 +14,7 @@ from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY, check_shards_cov
 from pixparse.data.formats import read_funsd
 from pixparse.data.write import write_shards
 from pixparse.tasks.config import TaskConfig
-from pixparse.tasks.pretrain import TaskCrullerPretrain
+from pixparse.tasks.pretrain import TaskReadPretrain
 
 
 def _raw_samples(pattern):
@@ -82,7 +82,7 @@ def test_too_few_shards_is_an_error_not_a_hang(synth_shards):
 
 @pytest.fixture(scope="module")
 def tiny_task():
-    return TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny"))
+    return TaskReadPretrain(TaskConfig(model_name="cruller_tiny"))
 
 
 def test_batches_pad_dynamically_and_mask_prompt_and_padding(synth_shards, tiny_task):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pixparse.app.eval import checkpoint_name, dataset_name, run_eval
+from pixparse.app.eval import _check, checkpoint_name, dataset_name, run_eval
 from pixparse.cli import parse
 from pixparse.config import EvalConfig
 from pixparse.models.export import resolve_checkpoint_path
@@ -12,21 +12,21 @@ from pixparse.models.export import resolve_checkpoint_path
 
 def test_seed_eval_spellings_parse():
     """huggingface/pixparse's eval flags, dashed."""
-    command, cfg = parse(["eval", "--task.name", "cruller_finetune_sroie", "--data.eval.source", "x-{0..3}.tar",
+    command, cfg = parse(["eval", "--task.name", "finetune_sroie", "--data.eval.source", "x-{0..3}.tar",
                           "--data.eval.num-samples", "40", "--data.eval.batch-size", "4",
                           "--data.eval.num-workers", "2", "--eval.checkpoint-path", "runs/x/checkpoints",
                           "--output-dir", "out", "--task.num-beams", "3"])
     assert command == "eval" and isinstance(cfg, EvalConfig)
     assert (cfg.data.eval.num_samples, cfg.data.eval.batch_size, cfg.data.eval.num_workers) == (40, 4, 2)
     assert cfg.eval.checkpoint_path == "runs/x/checkpoints" and cfg.output_dir == "out"
-    assert cfg.task.name == "cruller_finetune_sroie" and cfg.task.num_beams == 3
+    assert cfg.task.name == "finetune_sroie" and cfg.task.num_beams == 3
 
 
 def test_pretrain_takes_a_task_name_and_an_eval_source():
     _, cfg = parse(["pretrain", "--deepspeed_config", "d.json", "--data.train.source", "a.tar",
-                    "--data.train.num_samples", "8", "--task.name", "cruller_finetune_sroie",
+                    "--data.train.num_samples", "8", "--task.name", "finetune_sroie",
                     "--data.eval.source", "b.tar"])
-    assert cfg.task.name == "cruller_finetune_sroie" and cfg.data.eval.source == "b.tar"
+    assert cfg.task.name == "finetune_sroie" and cfg.data.eval.source == "b.tar"
     with pytest.raises(SystemExit):
         parse(["pretrain", "--deepspeed_config", "d.json", "--data.train.source", "a.tar",
                "--data.train.num_samples", "8", "--task.name", "no_such_task"])
@@ -59,9 +59,9 @@ def test_task_mismatch_is_refused_before_anything_runs(tmp_path):
 
     task = create_task(TaskConfig(model_name="cruller_tiny"))
     save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
-    _, cfg = parse(["eval", "--task.name", "cruller_finetune_sroie", "--data.eval.source", str(tmp_path / "x.tar"),
+    _, cfg = parse(["eval", "--task.name", "finetune_sroie", "--data.eval.source", str(tmp_path / "x.tar"),
                     "--eval.checkpoint-path", str(tmp_path / "exp")])
-    with pytest.raises(ValueError, match="trained for cruller_pretrain; pass --task.name cruller_pretrain"):
+    with pytest.raises(ValueError, match="trained for read_pretrain; pass --task.name read_pretrain"):
         run_eval(cfg)
 
 
@@ -87,7 +87,7 @@ def test_eval_app_on_an_export(synth_shards, tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt,folder", [("funsd", "funsd/testing_data"), ("docbank", "docbank_samples")])
 def test_ocr_eval_of_a_reader_on_real_pages(shared_data, tmp_path, fmt, folder):
-    """OCR evaluation (cruller_pretrain: CER/WER) of a reader on FUNSD forms and DocBank pages."""
+    """OCR evaluation (read_pretrain: CER/WER) of a reader on FUNSD forms and DocBank pages."""
     from pixparse.app.write import write
     from pixparse.models.export import save_exported
     from pixparse.tasks.config import TaskConfig
@@ -169,5 +169,22 @@ def test_the_eval_app_takes_the_task_from_the_checkpoint(synth_shards, tmp_path)
     _, cfg = parse(["eval", "--data.eval.source", synth_shards, "--eval.checkpoint-path", str(tmp_path / "exp")])
     assert cfg.task.name == "parse_pretrain"
     _, cfg = parse(["eval", "--data.eval.source", synth_shards, "--eval.checkpoint-path", str(tmp_path / "exp"),
-                    "--task.name", "cruller_pretrain"])
-    assert cfg.task.name == "cruller_pretrain"  # given: kept (and refused by the app as a mismatch)
+                    "--task.name", "read_pretrain"])
+    assert cfg.task.name == "read_pretrain"  # given: kept (and refused by the app as a mismatch)
+    with pytest.raises(ValueError, match="was trained for parse_pretrain; pass --task.name parse_pretrain"):
+        _check(cfg)
+
+
+def test_a_checkpoint_of_the_old_task_names_is_evaluated_under_the_new(synth_shards, tmp_path):
+    """Exports and checkpoints written before the rename record huggingface/pixparse's names."""
+    from pixparse.models.export import save_exported
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    task = create_task(TaskConfig(name="read_pretrain", model_name="cruller_tiny"))
+    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"),
+                  {**task.export_info(), "task": "cruller_pretrain"})
+    for given in ([], ["--task.name", "read_pretrain"], ["--task.name", "cruller_pretrain"]):
+        _, cfg = parse(["eval", "--data.eval.source", synth_shards, "--eval.checkpoint-path", str(tmp_path / "exp"),
+                        *given])
+        assert cfg.task.name == "read_pretrain" and _check(cfg)

@@ -2,7 +2,7 @@ import torch
 
 from pixparse.models.export import load_exported, save_exported, to_hf_vision_encoder_decoder
 from pixparse.tasks.config import TaskConfig
-from pixparse.tasks.pretrain import TaskCrullerPretrain
+from pixparse.tasks.pretrain import TaskReadPretrain
 
 
 def _inputs(task, n=2, t=9):
@@ -12,7 +12,7 @@ def _inputs(task, n=2, t=9):
 
 
 def test_plain_export_round_trip_keeps_ties_and_logits(tmp_path):
-    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny")).eval()
+    task = TaskReadPretrain(TaskConfig(model_name="cruller_tiny")).eval()
     save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path), task.export_info())
     model, tokenizer, info = load_exported(str(tmp_path))
     dec = model.text_decoder.model
@@ -27,7 +27,7 @@ def test_plain_export_round_trip_keeps_ties_and_logits(tmp_path):
 def test_hf_vision_encoder_decoder_matches_and_generates(tmp_path):
     from transformers import VisionEncoderDecoderModel
 
-    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny")).eval()
+    task = TaskReadPretrain(TaskConfig(model_name="cruller_tiny")).eval()
     start = task.export_info()["decoder_start_token_id"]
     hf = to_hf_vision_encoder_decoder(task.model, start)
     hf.save_pretrained(str(tmp_path))
@@ -47,7 +47,7 @@ def test_init_from_export_adds_tokens_and_keeps_weights(tmp_path):
     from pixparse.data.tokenizer import create_tokenizer
 
     # A "previous run" whose tokenizer lacks the pretrain token: it must be added, rows resized.
-    source = TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny")).eval()
+    source = TaskReadPretrain(TaskConfig(model_name="cruller_tiny")).eval()
     plain_tok = create_tokenizer("byte")
     vocab = len(plain_tok)
     source.model = __import__("pixparse.models", fromlist=["create_model"]).create_model(
@@ -55,7 +55,7 @@ def test_init_from_export_adds_tokens_and_keeps_weights(tmp_path):
     info = dict(source.export_info(), vocab_size=vocab)
     save_exported(source.model, source.model_cfg, plain_tok, str(tmp_path), info)
 
-    task = TaskCrullerPretrain(TaskConfig(model_name="ignored", init_from=str(tmp_path))).eval()
+    task = TaskReadPretrain(TaskConfig(model_name="ignored", init_from=str(tmp_path))).eval()
     assert len(task.tokenizer) == vocab + 1
     assert task.model.text_decoder.model.get_input_embeddings().weight.shape[0] == vocab + 1
     image, _ = _inputs(task)
@@ -69,17 +69,17 @@ def test_init_from_export_adds_tokens_and_keeps_weights(tmp_path):
 def test_init_from_keeps_the_trained_target_length(tmp_path):
     """A checkpoint trained with --task.max_length 256 is evaluated / fine-tuned at 256, not at the
     preset's 128 (which cut long receipts and their generated fields)."""
-    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny", max_length=256))
+    task = TaskReadPretrain(TaskConfig(model_name="cruller_tiny", max_length=256))
     save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path), task.export_info())
-    assert TaskCrullerPretrain(TaskConfig(init_from=str(tmp_path))).max_length == 256
-    assert TaskCrullerPretrain(TaskConfig(init_from=str(tmp_path), max_length=64)).max_length == 64
+    assert TaskReadPretrain(TaskConfig(init_from=str(tmp_path))).max_length == 256
+    assert TaskReadPretrain(TaskConfig(init_from=str(tmp_path), max_length=64)).max_length == 64
 
 
 def test_damaged_export_is_refused(tmp_path):
     """A few bytes of the weights flipped (a bad disk or copy) must not load as NaN weights."""
     import pytest
 
-    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny"))
+    task = TaskReadPretrain(TaskConfig(model_name="cruller_tiny"))
     save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path), task.export_info())
     load_exported(str(tmp_path))  # intact: loads
     weights = tmp_path / "model.safetensors"
@@ -104,7 +104,7 @@ def test_the_hf_folder_reads_a_page_in_transformers_alone_as_pixparse_does(tmp_p
     from pixparse.models.export import save_hf_folder
     from tests.conftest import REPO
 
-    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny", max_length=40))
+    task = TaskReadPretrain(TaskConfig(model_name="cruller_tiny", max_length=40))
     paths, texts = [], ["TOTAL 02.50 RM", "CASH 7.00"]
     for i, (mode, size) in enumerate([("RGB", (600, 850)), ("L", (400, 60))]):  # a page, a line
         page = Image.new(mode, size, "white")

@@ -144,7 +144,7 @@ def test_question_is_drawn_on_the_page_for_pix2struct_only():
 
     cfg = DataLoaderConfig(source="unused", num_samples=1)
     for name in ("pix2struct_tiny", "pali_tiny", "cruller_tiny"):
-        task = create_task(TaskConfig(name="cruller_finetune_docvqa", model_name=name))
+        task = create_task(TaskConfig(name="finetune_docvqa", model_name=name))
         pre = task.preprocess(cfg)
         tok = task.tokenizer
         full = tok(ex[0].prompt, add_special_tokens=False).input_ids

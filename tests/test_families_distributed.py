@@ -13,8 +13,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("preset,task,zero", [
     ("pix2struct_tiny", "parse_pretrain", "zero2_fp32"),
     ("pali_tiny", "span_pretrain", "zero3_fp32"),
-    pytest.param("pix2struct_tiny", "cruller_finetune_sroie", "zero3_fp32", marks=pytest.mark.long),
-    pytest.param("pali_tiny", "cruller_finetune_sroie", "zero2_fp32", marks=pytest.mark.long),
+    pytest.param("pix2struct_tiny", "finetune_sroie", "zero3_fp32", marks=pytest.mark.long),
+    pytest.param("pali_tiny", "finetune_sroie", "zero2_fp32", marks=pytest.mark.long),
 ])
 def test_family_trains_on_two_ranks_exports_and_generates(shared_data, tmp_path, preset, task, zero):
     from pixparse.app.export import export

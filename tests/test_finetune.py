@@ -36,7 +36,7 @@ def test_zero3_finetune_evaluates_in_lockstep_and_eval_app_gathers_ranks(shared_
     train_src = str(tmp_path / "shards" / "sroie-{000000..000003}.tar")
     eval_src = str(tmp_path / "shards" / "sroie-{000000..000002}.tar")
     cmd = two_ranks(
-        "--deepspeed_config", f"{REPO}/ds_configs/zero3_fp32.json", "--task.name", "cruller_finetune_sroie",
+        "--deepspeed_config", f"{REPO}/ds_configs/zero3_fp32.json", "--task.name", "finetune_sroie",
         "--task.model_name", "cruller_tiny", "--task.max_length", "256", "--task.max_new_tokens", "6",
         "--data.train.source", train_src, "--data.train.batch_size", "2", "--data.train.num_samples", "16",
         "--data.train.num_workers", "1", "--data.eval.source", eval_src, "--data.eval.batch_size", "1",
@@ -47,7 +47,7 @@ def test_zero3_finetune_evaluates_in_lockstep_and_eval_app_gathers_ranks(shared_
     assert len(evals) == 1 and evals[0]["eval/num_samples"] == 3 and "eval/field_f1" in evals[0]
 
     ckpt = str(tmp_path / "z3" / "checkpoints")  # the folder: resolved through `latest`
-    args = ["--task.name", "cruller_finetune_sroie", "--data.eval.source", eval_src, "--data.eval.batch-size", "2",
+    args = ["--task.name", "finetune_sroie", "--data.eval.source", eval_src, "--data.eval.batch-size", "2",
             "--data.eval.num-workers", "0", "--task.max_new_tokens", "6", "--eval.checkpoint-path", ckpt]
     one = _run([sys.executable, "-m", "pixparse.app.eval", *args, "--output-dir", str(tmp_path / "e1")])
     two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -85,7 +85,7 @@ def test_docvqa_zero3_eval_with_uneven_prompt_lengths_does_not_hang(synth_shards
         shards += write_shards(iter(samples), str(tmp_path / f"qa{n}-%06d.tar"), 4)
     source = str(tmp_path / "qa{0..1}-000000.tar")
     cmd = two_ranks(
-        "--deepspeed_config", f"{REPO}/ds_configs/zero3_fp32.json", "--task.name", "cruller_finetune_docvqa",
+        "--deepspeed_config", f"{REPO}/ds_configs/zero3_fp32.json", "--task.name", "finetune_docvqa",
         "--task.model_name", "cruller_tiny", "--task.max_new_tokens", "4",
         "--data.train.source", source, "--data.train.batch_size", "2", "--data.train.num_samples", "8",
         "--data.train.num_workers", "1", "--data.eval.source", source, "--data.eval.batch_size", "4",

@@ -79,12 +79,12 @@ def test_evaluate_fields_task_end_to_end(shared_data, tmp_path):
 
     write("sroie", f"{shared_data}/sroie", str(tmp_path), samples_per_shard=2, max_samples=5)
     source = str(tmp_path / "sroie-{000000..000002}.tar")
-    task = create_task(TaskConfig(name="cruller_finetune_sroie", model_name="cruller_tiny", max_length=256),
+    task = create_task(TaskConfig(name="finetune_sroie", model_name="cruller_tiny", max_length=256),
                        train_source=source).eval()
     assert "<s_company>" in task.tokenizer.get_vocab() and "</s_total>" in task.tokenizer.get_vocab()
     cfg = DataEvalConfig(source=source, batch_size=2, num_workers=0)
     loader = create_eval_loader(cfg, task.preprocess(cfg, with_meta=True), task.collate(cfg), 0, 1)
-    task.cfg = TaskConfig(name="cruller_finetune_sroie", model_name="cruller_tiny", max_new_tokens=8)
+    task.cfg = TaskConfig(name="finetune_sroie", model_name="cruller_tiny", max_new_tokens=8)
     records, sums = gather(*evaluate(task, loader, torch.device("cpu")))
     assert [r["key"] for r in records] == sorted(r["key"] for r in records) and len(records) == 5
     assert set(records[0]["reference"]) == {"company", "date", "address", "total"}

@@ -3,12 +3,12 @@ import torch
 
 from pixparse.engine.metrics import count_saved_activations
 from pixparse.tasks.config import TaskConfig
-from pixparse.tasks.pretrain import TaskCrullerPretrain
+from pixparse.tasks.pretrain import TaskReadPretrain
 
 
 def _run(encoder: bool, decoder: bool, preset: str = "cruller_tiny"):
     torch.manual_seed(0)
-    task = TaskCrullerPretrain(TaskConfig(
+    task = TaskReadPretrain(TaskConfig(
         model_name=preset, encoder_grad_checkpointing=encoder, decoder_grad_checkpointing=decoder)).train()
     g = torch.Generator().manual_seed(3)
     batch = task.synthetic_batch(2, g)  # random pixels (or full patch rows), random text

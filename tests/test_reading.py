@@ -80,7 +80,7 @@ def test_random_lines_are_random_characters():
 
 
 def _reader():
-    return create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny"))
+    return create_task(TaskConfig(name="read_pretrain", model_name="cruller_reader_tiny"))
 
 
 def test_the_loader_streams_rendered_lines_deterministically_per_rank_and_worker():
@@ -113,7 +113,7 @@ def test_render_mixes_with_real_shards_by_weight(synth_shards):
 def test_ctc_head_trains_with_the_reader_and_is_refused_elsewhere(preset):
     """The CTC head reads each sample's image-encoder tokens, whatever the family puts after them
     (cruller's decoder memory, pali's text encoder); it adds to the family's own loss."""
-    task = create_task(TaskConfig(name="cruller_pretrain", model_name=preset, ctc_weight=1.0))
+    task = create_task(TaskConfig(name="read_pretrain", model_name=preset, ctc_weight=1.0))
     cfg = DataLoaderConfig(source="render:lines?n=8", num_samples=8, batch_size=8, num_workers=0, resampled=True,
                            shuffle_buffer=0)
     loader = create_loader(cfg, task.preprocess(cfg), task.collate(cfg), 1, 0, 1, 0)
@@ -121,16 +121,16 @@ def test_ctc_head_trains_with_the_reader_and_is_refused_elsewhere(preset):
     batch = {k: v for k, v in next(iter(loader)).items() if torch.is_tensor(v)}
     out = task(batch)
     assert out["ctc_loss"] > 0 and out["loss"] > out["ctc_loss"]
-    plain = create_task(TaskConfig(name="cruller_pretrain", model_name=preset))
+    plain = create_task(TaskConfig(name="read_pretrain", model_name=preset))
     plain.model.load_state_dict(task.model.state_dict())
     assert torch.allclose(out["loss"] - out["ctc_loss"], plain(batch)["loss"])  # the family's loss, plus CTC
     out["loss"].backward()
     assert task.ctc_head.weight.grad.abs().sum() > 0
     assert task.model.image_encoder.trunk.patch_embed.backbone[0].conv.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="needs a cruller or pali preset"):
-        create_task(TaskConfig(name="cruller_pretrain", model_name="pix2struct_tiny", ctc_weight=1.0))
-    with pytest.raises(ValueError, match="auxiliary loss of cruller_pretrain"):
-        TaskConfig(name="cruller_finetune_sroie", model_name="cruller_tiny", ctc_weight=1.0)
+        create_task(TaskConfig(name="read_pretrain", model_name="pix2struct_tiny", ctc_weight=1.0))
+    with pytest.raises(ValueError, match="auxiliary loss of read_pretrain"):
+        TaskConfig(name="finetune_sroie", model_name="cruller_tiny", ctc_weight=1.0)
 
 
 def _held_out(tmp_path, name, per_shard, num_shards, random_share):
@@ -149,7 +149,7 @@ def test_image_gap_does_not_depend_on_batching_workers_or_ranks(tmp_path, family
     _held_out(tmp_path, "gap", 3, 2, 0.5)
     _held_out(tmp_path, "single", 1, 2, 0.5)
     source = f"{tmp_path}/gap-{{000000..000001}}.tar::{tmp_path}/single-{{000000..000001}}.tar"
-    task = create_task(TaskConfig(name="cruller_pretrain", model_name=family, max_new_tokens=1)).eval()
+    task = create_task(TaskConfig(name="read_pretrain", model_name=family, max_new_tokens=1)).eval()
     gaps = []
     for batch_size, workers, world_size in ((1, 0, 1), (4, 2, 1), (3, 1, 2)):
         cfg = DataEvalConfig(source=source, batch_size=batch_size, num_workers=workers)
@@ -173,7 +173,7 @@ def test_a_single_sample_source_has_no_image_gap_and_never_nan(tmp_path):
     from pixparse.engine.evaluate import evaluate, summarize
 
     _held_out(tmp_path, "one", 1, 1, 0.5)
-    task = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny", max_new_tokens=1)).eval()
+    task = create_task(TaskConfig(name="read_pretrain", model_name="cruller_reader_tiny", max_new_tokens=1)).eval()
     cfg = DataEvalConfig(source=f"{tmp_path}/one-000000.tar", batch_size=8, num_workers=0)
     metrics = summarize(task, *evaluate(task, create_eval_loader(cfg, task.preprocess(cfg, with_meta=True),
                                                                    task.collate(cfg), 0, 1), torch.device("cpu")), 0.1)
@@ -186,7 +186,7 @@ def test_eval_scores_each_source_part_apart(tmp_path):
 
     _held_out(tmp_path, "heldout_words", 2, 1, 0.0)
     _held_out(tmp_path, "heldout_random", 3, 1, 1.0)
-    task = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny", max_new_tokens=2)).eval()
+    task = create_task(TaskConfig(name="read_pretrain", model_name="cruller_reader_tiny", max_new_tokens=2)).eval()
     cfg = DataEvalConfig(source=f"{tmp_path}/heldout_words-000000.tar::{tmp_path}/heldout_random-000000.tar",
                          batch_size=8, num_workers=0)
     loader = create_eval_loader(cfg, task.preprocess(cfg, with_meta=True), task.collate(cfg), 0, 1)
@@ -200,7 +200,7 @@ def test_eval_shows_its_progress_only_when_asked(tmp_path, capsys):
     from pixparse.engine.evaluate import evaluate_source
 
     _held_out(tmp_path, "heldout", 5, 1, 0.5)
-    task = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny", max_new_tokens=1)).eval()
+    task = create_task(TaskConfig(name="read_pretrain", model_name="cruller_reader_tiny", max_new_tokens=1)).eval()
     cfg = DataEvalConfig(source=f"{tmp_path}/heldout-000000.tar", batch_size=2, num_workers=0)
     for progress in (False, True):
         loader = create_eval_loader(cfg, task.preprocess(cfg, with_meta=True), task.collate(cfg), 0, 1)
@@ -228,9 +228,9 @@ def test_a_line_reader_goes_on_to_blocks_at_another_image_size(tmp_path):
     resampled to the new grid (the lines' grid read back exactly where the sizes agree)."""
     from pixparse.models.export import save_exported
 
-    reader = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_reader_tiny"))
+    reader = create_task(TaskConfig(name="read_pretrain", model_name="cruller_reader_tiny"))
     save_exported(reader.model, reader.model_cfg, reader.tokenizer, str(tmp_path / "reader"), reader.export_info())
-    blocks = create_task(TaskConfig(name="cruller_pretrain", init_from=str(tmp_path / "reader"), image_size=(96, 256)))
+    blocks = create_task(TaskConfig(name="read_pretrain", init_from=str(tmp_path / "reader"), image_size=(96, 256)))
     assert blocks.model_cfg.image_encoder.image_size == (96, 256)
     trunk, old = blocks.model.image_encoder.trunk, reader.model.image_encoder.trunk
     assert trunk.pos_embed.shape[1] == 1 + 3 * 64 and old.pos_embed.shape[1] == 1 + 64
@@ -239,7 +239,7 @@ def test_a_line_reader_goes_on_to_blocks_at_another_image_size(tmp_path):
     ids = torch.full((2, 4), blocks.tokenizer.eos_token_id)
     assert blocks.model(blocks.normalize(image), ids, torch.ones_like(ids)).shape[:2] == (2, 4)
     with pytest.raises(ValueError, match="does not apply to pix2struct"):
-        create_task(TaskConfig(name="cruller_pretrain", model_name="pix2struct_tiny", image_size=(96, 256)))
+        create_task(TaskConfig(name="read_pretrain", model_name="pix2struct_tiny", image_size=(96, 256)))
 
 
 @pytest.mark.slow
@@ -269,7 +269,7 @@ def test_every_reader_preset_generates():
     """pali_reader_tiny has fewer text-encoder than decoder layers: generate's own cache, sized by
     the encoder's layer count, failed on its second decoder layer."""
     for preset in ("cruller_reader_tiny", "pali_reader_tiny", "pix2struct_reader_tiny"):
-        task = create_task(TaskConfig(name="cruller_pretrain", model_name=preset, max_new_tokens=5)).eval()
+        task = create_task(TaskConfig(name="read_pretrain", model_name=preset, max_new_tokens=5)).eval()
         cfg = DataEvalConfig(source="x.tar", batch_size=2)
         prep = task.preprocess(cfg, with_meta=True)
         items = [prep({"__key__": str(i), "__url__": "u", "__image__": Image.new("L", (256, 32), 255),

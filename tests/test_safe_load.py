@@ -21,10 +21,10 @@ class _Payload:
 def _crafted_tag(tmp_path):
     """A checkpoint tag that looks complete but whose model states carry a payload."""
     from pixparse.tasks.config import TaskConfig
-    from pixparse.tasks.pretrain import TaskCrullerPretrain
+    from pixparse.tasks.pretrain import TaskReadPretrain
 
     tag = tmp_path / "ckpt" / "step_00000004"
-    TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny")).save_assets(str(tag / "assets"))
+    TaskReadPretrain(TaskConfig(model_name="cruller_tiny")).save_assets(str(tag / "assets"))
     (tag / "pixparse_state.json").write_text(json.dumps({"step": 4, "world_size": 1}))
     marker = str(tmp_path / "pwned")
     torch.save({"module": {"w": torch.zeros(2)}, "extra": _Payload(marker)},

@@ -2,7 +2,7 @@ import torch
 
 from pixparse.tasks.config import TaskConfig
 from pixparse.tasks.base import token_cross_entropy
-from pixparse.tasks.pretrain import TaskCrullerPretrain
+from pixparse.tasks.pretrain import TaskReadPretrain
 
 
 def _batch(task, ids_list, pad_to):
@@ -21,7 +21,7 @@ def _batch(task, ids_list, pad_to):
 
 
 def test_loss_ignores_padding():
-    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny")).eval()
+    task = TaskReadPretrain(TaskConfig(model_name="cruller_tiny")).eval()
     prompt = task.tokenizer.convert_tokens_to_ids("<s_pretrain>")
     seq = [prompt] + task.tokenizer("a short line", add_special_tokens=False).input_ids + [task.tokenizer.eos_token_id]
     with torch.no_grad():
@@ -40,7 +40,7 @@ def test_token_cross_entropy_shifts_and_ignores():
 
 
 def test_normalize_maps_uint8_to_model_range():
-    task = TaskCrullerPretrain(TaskConfig(model_name="cruller_tiny"))
+    task = TaskReadPretrain(TaskConfig(model_name="cruller_tiny"))
     x = task.normalize(torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2))
     mean, std = task.pixel_mean.item() / 255, task.pixel_std.item() / 255
     assert torch.allclose(x.flatten(), torch.tensor([-mean / std, (1 - mean) / std]), atol=1e-5)

@@ -45,7 +45,7 @@ def test_docvqa_prompt_holds_the_question_and_the_loss_only_the_answer(tmp_path)
     anno = {"pages": [PAGE], "qa": [{"question": "What is the total?", "answers": ["9.00", "9"]},
                                     {"question": "Date?", "answers": ["1/2/2020"]}]}
     shard = _shard(tmp_path, [anno])
-    task = create_task(TaskConfig(name="cruller_finetune_docvqa", model_name="cruller_tiny"))
+    task = create_task(TaskConfig(name="finetune_docvqa", model_name="cruller_tiny"))
     cfg = DataEvalConfig(source=shard)
     import webdataset as wds
 
@@ -67,7 +67,7 @@ def test_docvqa_prompt_holds_the_question_and_the_loss_only_the_answer(tmp_path)
 def test_rvlcdip_classes_come_from_the_data_and_parse_back(tmp_path):
     annos = [{"pages": [PAGE], "label": label} for label in ("memo", "scientific report", "memo")]
     shard = _shard(tmp_path, annos)
-    task = create_task(TaskConfig(name="cruller_finetune_rvlcdip", model_name="cruller_tiny"), train_source=shard)
+    task = create_task(TaskConfig(name="finetune_rvlcdip", model_name="cruller_tiny"), train_source=shard)
     assert task.labels == {"memo", "scientific report"}
     vocab = task.tokenizer.get_vocab()
     assert "<class_memo/>" in vocab and "<class_scientific_report/>" in vocab and "<class_invoice/>" not in vocab
@@ -82,7 +82,7 @@ def test_rvlcdip_task_on_real_pages(shared_data, tmp_path):
     from pixparse.app.write import write
 
     paths = write("rvl_cdip", f"{shared_data}/rvl_cdip_sample", str(tmp_path))
-    task = create_task(TaskConfig(name="cruller_finetune_rvlcdip", model_name="cruller_tiny"), train_source=paths[0])
+    task = create_task(TaskConfig(name="finetune_rvlcdip", model_name="cruller_tiny"), train_source=paths[0])
     assert len(task.labels) == 3
     # RVL-CDIP pages carry no text lines: a classification sample needs none (reading would)
     import webdataset as wds
@@ -97,7 +97,7 @@ def test_rvlcdip_task_on_real_pages(shared_data, tmp_path):
 def test_cord_nested_fields_become_tokens(tmp_path):
     fields = {"menu": [{"nm": "tea", "price": "3"}, {"nm": "cake", "price": "6"}], "total": {"total_price": "9"}}
     shard = _shard(tmp_path, [{"pages": [PAGE], "fields": fields}])
-    task = create_task(TaskConfig(name="cruller_finetune_cord", model_name="cruller_tiny", max_length=256),
+    task = create_task(TaskConfig(name="finetune_cord", model_name="cruller_tiny", max_length=256),
                        train_source=shard)
     assert task.field_keys == {"menu", "nm", "price", "total", "total_price"}
     text = "<s_menu><s_nm>tea</s_nm><s_price>3</s_price><sep/><s_nm>cake</s_nm><s_price>6</s_price></s_menu>" \
@@ -107,7 +107,7 @@ def test_cord_nested_fields_become_tokens(tmp_path):
 
 
 def test_generation_groups_prompts_of_different_lengths():
-    task = create_task(TaskConfig(name="cruller_finetune_docvqa", model_name="cruller_tiny")).eval()
+    task = create_task(TaskConfig(name="finetune_docvqa", model_name="cruller_tiny")).eval()
     image = torch.randint(0, 256, (3, 1, 128, 96), dtype=torch.uint8)
     tok = task.tokenizer
     prompts = [tok(f"<s_docvqa><s_question>{q}</s_question><s_answer>", add_special_tokens=False).input_ids
@@ -130,7 +130,7 @@ def _labelled_batch(task, tmp_path, labels):
 def test_xent_head_on_pooled_encoder_features(tmp_path):
     labels = ["memo", "letter", "memo", "form"]
     shard = _shard(tmp_path, [{"pages": [PAGE], "label": label} for label in labels])
-    task = create_task(TaskConfig(name="cruller_finetune_xent", model_name="cruller_tiny"), train_source=shard)
+    task = create_task(TaskConfig(name="finetune_xent", model_name="cruller_tiny"), train_source=shard)
     assert task.classes == ["form", "letter", "memo"]
     head = task.model.classifier
     # the encoder's width (64 in cruller_tiny), not the decoder's (96): any encoder width
@@ -158,10 +158,10 @@ def test_xent_head_on_pooled_encoder_features(tmp_path):
 def test_xent_from_a_reader_gets_a_fresh_head_and_exports_with_it(tmp_path):
     from pixparse.models.export import load_exported, save_exported
 
-    reader = create_task(TaskConfig(name="cruller_pretrain", model_name="cruller_tiny"))
+    reader = create_task(TaskConfig(name="read_pretrain", model_name="cruller_tiny"))
     save_exported(reader.model, reader.model_cfg, reader.tokenizer, str(tmp_path / "reader"), reader.export_info())
     shard = _shard(tmp_path, [{"pages": [PAGE], "label": label} for label in ("a", "b")])
-    task = create_task(TaskConfig(name="cruller_finetune_xent", init_from=str(tmp_path / "reader")), train_source=shard)
+    task = create_task(TaskConfig(name="finetune_xent", init_from=str(tmp_path / "reader")), train_source=shard)
     w = reader.model.image_encoder.trunk.blocks[0].attn.qkv.weight
     assert torch.equal(task.model.image_encoder.trunk.blocks[0].attn.qkv.weight, w)
     assert task.model.classifier.out_features == 2
@@ -171,5 +171,5 @@ def test_xent_from_a_reader_gets_a_fresh_head_and_exports_with_it(tmp_path):
     model, _, info = load_exported(str(tmp_path / "xent"))
     assert info["labels"] == ["a", "b"] and torch.all(model.classifier.weight == 0.5)
     # evaluating (or fine-tuning on) the classifier keeps its head: same classes
-    again = create_task(TaskConfig(name="cruller_finetune_xent", init_from=str(tmp_path / "xent")))
+    again = create_task(TaskConfig(name="finetune_xent", init_from=str(tmp_path / "xent")))
     assert torch.all(again.model.classifier.weight == 0.5) and again.classes == ["a", "b"]

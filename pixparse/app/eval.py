@@ -1,6 +1,6 @@
 """`python -m pixparse.app.eval ...` == `pixparse eval ...`: score a checkpoint on eval shards.
 
-    python -m pixparse.app.eval --task.name cruller_finetune_sroie \
+    python -m pixparse.app.eval --task.name finetune_sroie \
         --data.eval.source "shards/sroie-{000000..000007}.tar" --data.eval.batch-size 8 \
         --eval.checkpoint-path runs/x/checkpoints --output-dir eval
 
@@ -45,6 +45,7 @@ def _check(cfg: EvalConfig) -> str:
     """Everything a user can get wrong, before any process group: returns the resolved checkpoint."""
     from pixparse.data.loader import check_eval_shards, probe_pipe_sources
     from pixparse.models.export import read_info, resolve_checkpoint_path
+    from pixparse.tasks.config import canonical_task_name
 
     path = cfg.eval.checkpoint_path
     if cfg.s3_bucket is not None:
@@ -58,7 +59,7 @@ def _check(cfg: EvalConfig) -> str:
         info = read_info(path)
     except ValueError as e:
         raise ValueError(f"--eval.checkpoint_path {e}") from None
-    trained_for = info.get("task", "cruller_pretrain")
+    trained_for = canonical_task_name(info.get("task", "read_pretrain"))
     if trained_for != cfg.task.name:
         raise ValueError(f"--task.name {cfg.task.name}: {path} was trained for {trained_for}; "
                          f"pass --task.name {trained_for}")

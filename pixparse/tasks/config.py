@@ -53,26 +53,33 @@ class OptimConfig:
             raise ValueError(f"--task.opt.decay_fraction must be in (0, 1], got {self.decay_fraction}")
 
 
-# Objective names for the tasks huggingface/pixparse named after its model (each trains every family)
-TASK_ALIASES = {"read_pretrain": "cruller_pretrain", "finetune_sroie": "cruller_finetune_sroie",
-                "finetune_cord": "cruller_finetune_cord", "finetune_docvqa": "cruller_finetune_docvqa",
-                "finetune_rvlcdip": "cruller_finetune_rvlcdip", "finetune_xent": "cruller_finetune_xent"}
+# huggingface/pixparse named its tasks after its model (Cruller); pixparse names the objective
+# (each trains every family) and takes the old names as aliases, on the command line and in the
+# `task` recorded by checkpoints and exports written before the rename.
+TASK_ALIASES = {"cruller_pretrain": "read_pretrain", "cruller_finetune_sroie": "finetune_sroie",
+                "cruller_finetune_cord": "finetune_cord", "cruller_finetune_docvqa": "finetune_docvqa",
+                "cruller_finetune_rvlcdip": "finetune_rvlcdip", "cruller_finetune_xent": "finetune_xent"}
+
+
+def canonical_task_name(name: str) -> str:
+    """A task name or huggingface/pixparse alias -> pixparse's name."""
+    return TASK_ALIASES.get(name, name)
 
 
 @dataclass(kw_only=True)
 class TaskConfig:
-    name: Literal["cruller_pretrain", "cruller_finetune_sroie", "cruller_finetune_cord",
-                  "cruller_finetune_docvqa", "cruller_finetune_rvlcdip", "cruller_finetune_xent",
-                  "parse_pretrain", "prefix_lm_pretrain", "span_pretrain", "read_pretrain", "finetune_sroie",
-                  "finetune_cord", "finetune_docvqa", "finetune_rvlcdip", "finetune_xent"] = "cruller_pretrain"
-    """Objective (each trains every model family it fits; `read_pretrain` and `finetune_<set>` are
-    other names of `cruller_pretrain` and `cruller_finetune_<set>`). 'cruller_pretrain': read the
-    page (write its text lines; CER/WER).
-    'cruller_finetune_sroie' / 'cruller_finetune_cord': key-field parsing of receipts (the shards'
+    name: Literal["read_pretrain", "finetune_sroie", "finetune_cord", "finetune_docvqa", "finetune_rvlcdip",
+                  "finetune_xent", "parse_pretrain", "prefix_lm_pretrain", "span_pretrain",
+                  "cruller_pretrain", "cruller_finetune_sroie", "cruller_finetune_cord", "cruller_finetune_docvqa",
+                  "cruller_finetune_rvlcdip", "cruller_finetune_xent"] = "read_pretrain"
+    """Objective (each trains every model family it fits; huggingface/pixparse's `cruller_pretrain`
+    and `cruller_finetune_<set>` are other names of `read_pretrain` and `finetune_<set>`).
+    'read_pretrain': read the page (write its text lines; CER/WER).
+    'finetune_sroie' / 'finetune_cord': key-field parsing of receipts (the shards'
     `fields` written with field tokens read from the training shards; field F1 and tree-edit-distance
-    accuracy). 'cruller_finetune_docvqa': answer the question in the prompt (the shards' `qa`; ANLS).
-    'cruller_finetune_rvlcdip': one class token for the page (the shards' `label`; accuracy).
-    'cruller_finetune_xent': the same classes from a linear head on the pooled image-encoder
+    accuracy). 'finetune_docvqa': answer the question in the prompt (the shards' `qa`; ANLS).
+    'finetune_rvlcdip': one class token for the page (the shards' `label`; accuracy).
+    'finetune_xent': the same classes from a linear head on the pooled image-encoder
     features, cross-entropy (the decoder frozen; accuracy). 'parse_pretrain': Pix2Struct's
     objective for documents: --task.mask_share of the text lines masked out of the image, the
     model writes the page in blocks of lines, masked text included (CER). 'prefix_lm_pretrain' /
@@ -111,7 +118,7 @@ class TaskConfig:
     mask_share: float = 0.5
     """parse_pretrain: share of the page's boxed text lines masked in the image (Pix2Struct: 0.5)."""
     ctc_weight: float = 0.0
-    """cruller_pretrain on cruller presets: weight of an auxiliary CTC loss on the image encoder's
+    """read_pretrain on cruller presets: weight of an auxiliary CTC loss on the image encoder's
     tokens (a linear head, trained with the task and left out of exports). It shows the encoder
     characters directly, so reading starts earlier; it assumes the tokens run left to right, as
     pixparse_conv_vit's column tokens do (reader presets). 0: off."""
@@ -133,7 +140,7 @@ class TaskConfig:
         return self.num_warmup_intervals
 
     def __post_init__(self) -> None:
-        self.name = TASK_ALIASES.get(self.name, self.name)
+        self.name = canonical_task_name(self.name)
         if self.num_intervals <= 0:
             raise ValueError(f"--task.num_intervals must be > 0, got {self.num_intervals}")
         if self.num_warmup_intervals is not None and not 0 <= self.num_warmup_intervals <= self.num_intervals:
@@ -143,8 +150,8 @@ class TaskConfig:
             )
         if self.ctc_weight < 0:
             raise ValueError(f"--task.ctc_weight must be >= 0, got {self.ctc_weight}")
-        if self.ctc_weight and self.name != "cruller_pretrain":
-            raise ValueError(f"--task.ctc_weight is an auxiliary loss of cruller_pretrain, not {self.name}")
+        if self.ctc_weight and self.name != "read_pretrain":
+            raise ValueError(f"--task.ctc_weight is an auxiliary loss of read_pretrain, not {self.name}")
         if self.init_from is not None and (self.tokenizer is not None or self.pretrained):
             raise ValueError(
                 "--task.init_from brings its own tokenizer and weights: drop --task.tokenizer and "

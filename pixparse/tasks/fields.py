@@ -57,11 +57,11 @@ def read_field_keys(source: str) -> set[str]:
     return keys
 
 
-class TaskCrullerFinetuneFields(DataVocabTask):
+class TaskFinetuneFields(DataVocabTask):
     """Key-field parsing. The field tokens come from the training shards' `fields` (and from the
     checkpoint when fine-tuning goes on or evaluating)."""
 
-    name = "cruller_finetune_fields"
+    name = "finetune_fields"
     prompt = "<s_fields>"
     info_key = "field_keys"
     what = "field names ('fields' objects)"
@@ -92,15 +92,15 @@ class TaskCrullerFinetuneFields(DataVocabTask):
                 "ted_accuracy": ted_accuracy_one(prediction, reference)}
 
 
-class TaskCrullerFinetuneSroie(TaskCrullerFinetuneFields):
+class TaskFinetuneSroie(TaskFinetuneFields):
     """SROIE receipts: company, date, address, total."""
 
-    name = "cruller_finetune_sroie"
+    name = "finetune_sroie"
     prompt = "<s_sroie>"
 
 
-class TaskCrullerFinetuneCord(TaskCrullerFinetuneFields):
+class TaskFinetuneCord(TaskFinetuneFields):
     """CORD receipts: nested menu items (lists of dicts), sub-totals and totals."""
 
-    name = "cruller_finetune_cord"
+    name = "finetune_cord"
     prompt = "<s_cord>"

@@ -1,9 +1,9 @@
 """Pretraining objectives on the page text.
 
-- cruller_pretrain: read the page (Donut): image -> its text lines, any family.
+- read_pretrain: read the page (Donut): image -> its text lines, any family.
 - parse_pretrain (Pix2Struct's screenshot parsing, for documents): a share of the text lines is
   masked out of the image (gray boxes at their line boxes) and the model writes the whole page
-  with its structure (blocks of lines), masked lines included. Warm up with cruller_pretrain
+  with its structure (blocks of lines), masked lines included. Warm up with read_pretrain
   (Pix2Struct's reading curriculum), then --task.init_from that run.
 - prefix_lm_pretrain, span_pretrain (PaLI): a text encoder reads the image tokens and part of
   the page text: its first part (the decoder writes the rest), or the text with random word spans
@@ -38,10 +38,10 @@ class PageText:
         return [Example(self.prompt, page.text, page.text)]
 
 
-class TaskCrullerPretrain(TaskBase):
+class TaskReadPretrain(TaskBase):
     """Read the page: learn to write every text line of the page in reading order."""
 
-    name = "cruller_pretrain"
+    name = "read_pretrain"
     prompt = PRETRAIN_PROMPT
     needs_page_text = True
 
@@ -167,7 +167,7 @@ def mask_lines(image: Image.Image, boxes: list[list[float]]) -> Image.Image:
     return out
 
 
-class TaskParsePretrain(TaskCrullerPretrain):
+class TaskParsePretrain(TaskReadPretrain):
     """Masked page parsing (Pix2Struct's objective for documents)."""
 
     name = "parse_pretrain"
@@ -233,7 +233,7 @@ def _random_split(total: int, parts: int, rng: random.Random) -> list[int]:
     return [b - a for a, b in zip(edges, edges[1:])]
 
 
-class _TextEncoderPretrain(TaskCrullerPretrain):
+class _TextEncoderPretrain(TaskReadPretrain):
     """Objectives that give the page text to a text encoder: the pali family only."""
 
     families = ("pali",)

@@ -49,10 +49,10 @@ class QAExamples:
         return out
 
 
-class TaskCrullerFinetuneDocVQA(TaskBase):
+class TaskFinetuneDocVQA(TaskBase):
     """Answer a question about the page."""
 
-    name = "cruller_finetune_docvqa"
+    name = "finetune_docvqa"
     prompt = "<s_docvqa>"
 
     def task_tokens(self) -> list[str]:
@@ -88,10 +88,10 @@ class ClassExamples:
         return [Example(self.prompt, class_token(label), label)]
 
 
-class TaskCrullerFinetuneRvlcdip(DataVocabTask):
+class TaskFinetuneRvlcdip(DataVocabTask):
     """Classify the page: one generated class token."""
 
-    name = "cruller_finetune_rvlcdip"
+    name = "finetune_rvlcdip"
     prompt = "<s_rvlcdip>"
     info_key = "labels"
     what = "classes ('label' values)"
@@ -122,12 +122,12 @@ class TaskCrullerFinetuneRvlcdip(DataVocabTask):
         return {"accuracy": float(prediction == reference)}
 
 
-class TaskCrullerFinetuneXent(TaskCrullerFinetuneRvlcdip):
+class TaskFinetuneXent(TaskFinetuneRvlcdip):
     """Classify the page with a linear head on the pooled image-encoder features (any encoder
     width), trained with cross-entropy; the text decoder is frozen and unused. Examples are those
     of the RVL-CDIP task: the class is the first target token, mapped to its class index here."""
 
-    name = "cruller_finetune_xent"
+    name = "finetune_xent"
     families = ("cruller",)  # the linear head sits on a fixed-size encoder's pooled tokens
     prompt = "<s_xent>"
 

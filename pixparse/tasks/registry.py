@@ -1,12 +1,12 @@
 """Task registry: --task.name -> the class that owns that objective."""
 from pixparse.tasks.base import TaskBase
-from pixparse.tasks.fields import TaskCrullerFinetuneCord, TaskCrullerFinetuneSroie
-from pixparse.tasks.pretrain import TaskCrullerPretrain, TaskParsePretrain, TaskPrefixLMPretrain, TaskSpanPretrain
-from pixparse.tasks.qa import TaskCrullerFinetuneDocVQA, TaskCrullerFinetuneRvlcdip, TaskCrullerFinetuneXent
+from pixparse.tasks.fields import TaskFinetuneCord, TaskFinetuneSroie
+from pixparse.tasks.pretrain import TaskReadPretrain, TaskParsePretrain, TaskPrefixLMPretrain, TaskSpanPretrain
+from pixparse.tasks.qa import TaskFinetuneDocVQA, TaskFinetuneRvlcdip, TaskFinetuneXent
 
 TASKS: dict[str, type[TaskBase]] = {t.name: t for t in (
-    TaskCrullerPretrain, TaskCrullerFinetuneSroie, TaskCrullerFinetuneCord, TaskCrullerFinetuneDocVQA,
-    TaskCrullerFinetuneRvlcdip, TaskCrullerFinetuneXent, TaskParsePretrain, TaskPrefixLMPretrain, TaskSpanPretrain,
+    TaskReadPretrain, TaskFinetuneSroie, TaskFinetuneCord, TaskFinetuneDocVQA,
+    TaskFinetuneRvlcdip, TaskFinetuneXent, TaskParsePretrain, TaskPrefixLMPretrain, TaskSpanPretrain,
 )}
 
 
