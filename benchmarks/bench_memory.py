@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pixparse.engine.metrics import count_saved_activations  # noqa: E402
+from pixparse.engine.throughput import count_saved_activations  # noqa: E402
 from pixparse.models import create_model, get_model_config  # noqa: E402
 
 GIB = 2**30

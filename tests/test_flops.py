@@ -3,7 +3,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixparse.engine.metrics import mfu, peak_tflops
+from pixparse.engine.throughput import mfu, peak_tflops
 from pixparse.models import create_model, get_model_config
 from pixparse.models.flops import cruller_flops
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pixparse.engine.metrics import count_saved_activations
+from pixparse.engine.throughput import count_saved_activations
 from pixparse.tasks.config import TaskConfig
 from pixparse.tasks.pretrain import TaskReadPretrain
 

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY
-from pixparse.engine.metrics import mfu
+from pixparse.engine.throughput import mfu
 
 
 def _sync(device: torch.device) -> None:

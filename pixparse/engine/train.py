@@ -29,7 +29,7 @@ from pixparse.engine.dist import LauncherWatch, to_device
 from pixparse.engine.ds_config import compute_dtype_name
 from pixparse.engine.evaluate import evaluate_source
 from pixparse.engine.logging import JsonlSink, MetricSink, MultiSink, TensorBoardSink, WandbSink, logs_above_bar
-from pixparse.engine.metrics import mfu, peak_tflops
+from pixparse.engine.throughput import mfu, peak_tflops
 from pixparse.engine.optim import create_optimizer
 from pixparse.engine.schedule import lr_multiplier
 from pixparse.engine.task import EngineTask
