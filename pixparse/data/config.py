@@ -47,7 +47,7 @@ class _PageSettings:
 @dataclass(kw_only=True)
 class DataLoaderConfig(_PageSettings):
     source: str
-    """Shards: a local path, brace pattern ('idl-{000000..000699}.tar'), 'pipe:<command>' or URL,
+    """Shards: a local path, brace pattern ('idl-train-{00000..02999}.tar'), 'pipe:<command>' or URL,
     or rendered text ('render:lines', 'render:blocks', 'render:pages'; see data.render); several
     joined with '::'."""
     batch_size: int = 8
