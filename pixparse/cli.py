@@ -7,7 +7,7 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
-from jsonargparse import auto_cli, set_parsing_settings
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, auto_cli, set_parsing_settings
 
 from pixparse.config import BenchConfig, EvalConfig, PretrainConfig
 
@@ -16,6 +16,22 @@ logger = logging.getLogger(__name__)
 COMMANDS: dict[str, type] = {"pretrain": PretrainConfig, "bench": BenchConfig, "eval": EvalConfig}
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; requeue me
+
+
+class _HelpFormatter(DefaultHelpFormatter):
+    """A subcommand's --help opens with one usage line; the flags follow once, grouped by section."""
+
+    def add_usage(self, usage, actions, groups, prefix=None):
+        # prefix "": argparse composing a subcommand's prog; a prog without a space: the root parser
+        if usage is None and prefix != "" and " " in self._prog:
+            usage = "%(prog)s [--config FILE] [--SECTION.FLAG VALUE ...]"
+        super().add_usage(usage, actions, groups, prefix)
+
+
+class _Parser(ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _config_fields(cls: type, prefix: str = "--") -> Iterator[tuple[str, Any]]:
@@ -153,6 +169,8 @@ def check_flags(argv: list[str], command: str) -> None:
         if name.startswith("--") and name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.85)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            if command == "eval" and name in {flag for flag, _ in _config_fields(PretrainConfig)}:
+                hint = ": a training flag (eval takes the model, tokenizer and size from --eval.checkpoint_path)"
             raise ValueError(f"unknown flag {name}{hint} (pixparse {command} --help lists them)")
 
 
@@ -183,7 +201,7 @@ def parse(argv: list[str]) -> tuple[str, Any]:
         check_flags(argv[1:], argv[0])
         if argv[0] == "eval":
             argv = argv + checkpoint_task(argv[1:])
-    result = auto_cli(COMMANDS, args=argv, as_positional=False)
+    result = auto_cli(COMMANDS, args=argv, as_positional=False, parser_class=_Parser, prog="pixparse")
     # auto_cli returns the instance of the chosen subcommand's class
     command = argv[0] if argv else ""
     return command, result

@@ -3,11 +3,13 @@ from dataclasses import dataclass, field
 
 from pixparse.data.config import DataConfig, EvalAppData
 from pixparse.engine.config import TrainConfig
-from pixparse.tasks.config import TaskConfig
+from pixparse.tasks.config import ObjectiveConfig, TaskConfig
 
 
 @dataclass(kw_only=True)
 class PretrainConfig:
+    """Train a model on 1..N ranks: a task (objective and model) on data, under a DeepSpeed JSON."""
+
     data: DataConfig
     """Data loading."""
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -57,9 +59,9 @@ class EvalConfig:
 
     data: EvalAppData
     """Eval data (--data.eval.*)."""
-    task: TaskConfig = field(default_factory=TaskConfig)
-    """The objective (--task.name must be the one the checkpoint was trained for) and the
-    generation settings (--task.max_new_tokens, --task.num_beams)."""
+    task: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """The objective (--task.name must be the one the checkpoint was trained for; unset: the
+    checkpoint's) and the generation settings (--task.max_new_tokens, --task.num_beams)."""
     eval: EvalCheckpoint
     """The checkpoint."""
     output_dir: str = "eval"
@@ -74,7 +76,5 @@ class EvalConfig:
     """Set by the deepspeed launcher; the rank itself is read from LOCAL_RANK/RANK."""
 
     def __post_init__(self) -> None:
-        if self.task.init_from is not None:
-            raise ValueError("eval: give the checkpoint as --eval.checkpoint_path, not --task.init_from")
         if self.s3_bucket is not None and self.eval.checkpoint_path.startswith("s3://"):
             raise ValueError("--s3-bucket with an s3:// --eval.checkpoint-path: give the bucket once")

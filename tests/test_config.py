@@ -356,3 +356,23 @@ def test_a_mistyped_flag_is_answered_in_one_line_with_a_suggestion(capsys):
     message = str(exc.value.code)
     assert message.count("\n") == 0 and "did you mean --task.opt.learning_rate" in message, message
     assert not capsys.readouterr().err.strip()
+
+
+def test_help_opens_with_one_usage_line_and_eval_lists_no_training_flags():
+    """A subcommand's --help starts with a one-line usage (not every flag twice) and its own
+    description; eval's lists the objective and generation settings, none of the optimizer's or
+    the model's (the checkpoint brings those), and a training flag given to eval says so."""
+    out = _cli("pretrain", "--help")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "usage: pixparse [options] pretrain [--config FILE] [--SECTION.FLAG VALUE ...]", lines[:3]
+    assert lines[2].startswith("Train a model"), lines[:4]
+    assert "--task.opt.learning_rate" in out.stdout and "--task.model_name" in out.stdout
+    out = _cli("eval", "--help")
+    assert out.returncode == 0 and out.stdout.splitlines()[0].endswith("eval [--config FILE] [--SECTION.FLAG VALUE ...]")
+    assert "--task.num_beams" in out.stdout and "--eval.checkpoint_path" in out.stdout
+    for flag in ("--task.opt.", "--task.init_from", "--task.num_intervals", "--task.ctc_weight",
+                 "--task.encoder_grad_checkpointing", "--task.model_name", "--data.train."):
+        assert flag not in out.stdout, flag
+    out = _cli("eval", "--eval.checkpoint_path", "x", "--task.init_from", "y")
+    assert out.returncode != 0 and "--task.init_from: a training flag" in out.stderr, out.stderr

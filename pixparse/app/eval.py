@@ -82,6 +82,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     from pixparse.engine import dist as pdist
     from pixparse.engine import logging as plogging
     from pixparse.engine.evaluate import evaluate_source
+    from pixparse.tasks.config import TaskConfig
     from pixparse.tasks.registry import create_task
 
     checkpoint = _check(cfg)
@@ -94,7 +95,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     dtype, why = resolve_dtype(cfg.task.dtype or "float32")
     logger.info("precision %s (%s)", dtype, why if cfg.task.dtype else "default")
-    task = create_task(dataclasses.replace(cfg.task, init_from=checkpoint)).to(device, getattr(torch, dtype)).eval()
+    task = create_task(TaskConfig(**dataclasses.asdict(cfg.task), init_from=checkpoint)).to(device, getattr(torch, dtype)).eval()
     data = cfg.data.eval
     loader = create_eval_loader(data, task.preprocess(data, with_meta=True), task.collate(data), rank, world_size)
     records, metrics = evaluate_source(task, loader, device, data, world_size,

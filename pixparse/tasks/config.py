@@ -67,7 +67,10 @@ def canonical_task_name(name: str) -> str:
 
 
 @dataclass(kw_only=True)
-class TaskConfig:
+class ObjectiveConfig:
+    """What the eval app takes of the task: the objective and how it generates and is scored (the
+    checkpoint brings the model, tokenizer and input size)."""
+
     name: Literal["read_pretrain", "finetune_sroie", "finetune_cord", "finetune_docvqa", "finetune_rvlcdip",
                   "finetune_xent", "parse_pretrain", "prefix_lm_pretrain", "span_pretrain",
                   "cruller_pretrain", "cruller_finetune_sroie", "cruller_finetune_cord", "cruller_finetune_docvqa",
@@ -85,6 +88,45 @@ class TaskConfig:
     model writes the page in blocks of lines, masked text included (CER). 'prefix_lm_pretrain' /
     'span_pretrain' (pali presets): a text encoder reads the image and the page text's start /
     the text with word spans replaced by sentinels; the decoder writes the rest / the spans."""
+    max_length: int | None = None
+    """Longest target in tokens, task token included. Unset: the preset's decoder max length."""
+    max_new_tokens: int | None = None
+    """Longest generated output in evaluation. Unset: --task.max_length minus the prompt."""
+    num_beams: int = 1
+    """Beam width of generation in evaluation (1: greedy)."""
+    mask_share: float = 0.5
+    """parse_pretrain: share of the page's boxed text lines masked in the image (Pix2Struct: 0.5)."""
+    span_noise_density: float = 0.15
+    """span_pretrain: share of the page's words replaced by sentinel spans (T5: 0.15)."""
+    span_mean_length: float = 3.0
+    """span_pretrain: mean span length in words (T5: 3)."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = None
+    """Compute precision. Training: fills the DeepSpeed JSON's precision where it sets none (or
+    "auto"), and must agree with one it sets (a clash is an error naming both). Evaluation: the
+    model runs in it. 'auto': bfloat16 where the device computes it natively (CUDA with bf16, a CPU
+    with AMX or AVX512-BF16), float32 elsewhere; the choice and the reason are logged. Unset:
+    the JSON's precision (training), float32 (evaluation)."""
+
+    def __post_init__(self) -> None:
+        self.name = canonical_task_name(self.name)
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"--task.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0.0 <= self.mask_share <= 1.0:
+            raise ValueError(f"--task.mask_share must be in [0, 1], got {self.mask_share}")
+        if not 0.0 < self.span_noise_density < 1.0:
+            raise ValueError(f"--task.span_noise_density must be in (0, 1), got {self.span_noise_density}")
+        if self.span_mean_length < 1.0:
+            raise ValueError(f"--task.span_mean_length must be >= 1, got {self.span_mean_length}")
+        if self.num_beams < 1:
+            raise ValueError(f"--task.num_beams must be >= 1, got {self.num_beams}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"--task.max_length must be >= 2, got {self.max_length}")
+
+
+@dataclass(kw_only=True)
+class TaskConfig(ObjectiveConfig):
+    """The objective plus the model, its initialization and the optimizer (training)."""
+
     model_name: str = "cruller_base"
     """Model preset name (see pixparse.models.list_presets()) or a path to a preset JSON."""
     init_from: str | None = None
@@ -95,8 +137,6 @@ class TaskConfig:
     tokenizer: str | None = None
     """'byte' (built in), a SentencePiece .model, a tokenizer.json, an HF folder or hub name.
     Unset: the preset's default tokenizer."""
-    max_length: int | None = None
-    """Longest target in tokens, task token included. Unset: the preset's decoder max length."""
     image_size: tuple[int, int] | None = None
     """The image encoder's input (height, width) instead of the preset's or --task.init_from's (ViT
     and pixparse_conv_vit trunks): with --task.init_from, position embeddings are resampled to the
@@ -111,27 +151,11 @@ class TaskConfig:
     """Intervals to train; an interval is the span between checkpoints (num_samples samples)."""
     num_warmup_intervals: float | None = None
     """LR warmup length in intervals (may be fractional). Unset: 10% of --task.num_intervals."""
-    max_new_tokens: int | None = None
-    """Longest generated output in evaluation. Unset: --task.max_length minus the prompt."""
-    num_beams: int = 1
-    """Beam width of generation in evaluation (1: greedy)."""
-    mask_share: float = 0.5
-    """parse_pretrain: share of the page's boxed text lines masked in the image (Pix2Struct: 0.5)."""
     ctc_weight: float = 0.0
     """read_pretrain on cruller presets: weight of an auxiliary CTC loss on the image encoder's
     tokens (a linear head, trained with the task and left out of exports). It shows the encoder
     characters directly, so reading starts earlier; it assumes the tokens run left to right, as
     pixparse_conv_vit's column tokens do (reader presets). 0: off."""
-    span_noise_density: float = 0.15
-    """span_pretrain: share of the page's words replaced by sentinel spans (T5: 0.15)."""
-    span_mean_length: float = 3.0
-    """span_pretrain: mean span length in words (T5: 3)."""
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = None
-    """Compute precision. Training: fills the DeepSpeed JSON's precision where it sets none (or
-    "auto"), and must agree with one it sets (a clash is an error naming both). Evaluation: the
-    model runs in it. 'auto': bfloat16 where the device computes it natively (CUDA with bf16, a CPU
-    with AMX or AVX512-BF16), float32 elsewhere; the choice and the reason are logged. Unset:
-    the JSON's precision (training), float32 (evaluation)."""
 
     @property
     def warmup_intervals(self) -> float:
@@ -140,7 +164,7 @@ class TaskConfig:
         return self.num_warmup_intervals
 
     def __post_init__(self) -> None:
-        self.name = canonical_task_name(self.name)
+        super().__post_init__()
         if self.num_intervals <= 0:
             raise ValueError(f"--task.num_intervals must be > 0, got {self.num_intervals}")
         if self.num_warmup_intervals is not None and not 0 <= self.num_warmup_intervals <= self.num_intervals:
@@ -157,15 +181,3 @@ class TaskConfig:
                 "--task.init_from brings its own tokenizer and weights: drop --task.tokenizer and "
                 "--task.pretrained"
             )
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"--task.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0.0 <= self.mask_share <= 1.0:
-            raise ValueError(f"--task.mask_share must be in [0, 1], got {self.mask_share}")
-        if not 0.0 < self.span_noise_density < 1.0:
-            raise ValueError(f"--task.span_noise_density must be in (0, 1), got {self.span_noise_density}")
-        if self.span_mean_length < 1.0:
-            raise ValueError(f"--task.span_mean_length must be >= 1, got {self.span_mean_length}")
-        if self.num_beams < 1:
-            raise ValueError(f"--task.num_beams must be >= 1, got {self.num_beams}")
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"--task.max_length must be >= 2, got {self.max_length}")
