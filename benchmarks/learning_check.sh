@@ -11,9 +11,11 @@
 # INIT_FROM=<checkpoint or export> fine-tunes a pretrained reader instead of PRESET from scratch
 # (IMAGE_SIZE="[H, W]" gives it another input size); SKIP=N takes receipts N..N+7 (disjoint sets).
 # EVALS=N splits the run into N intervals and scores the 8 receipts after each: the last line then
-# also holds `field_f1_curve` ([step, field_f1] per evaluation) and `steps_to_field_f1`, the first
-# step at which every field of every receipt was read (null if none was). SAMPLES: training samples
-# per half of the run (4800, pali 9600; at batch 4 on 2 ranks, 1200 and 2400 steps in all).
+# also holds `field_f1_curve` ([step, field_f1] per evaluation), `steps_to_field_f1`, the first
+# step at which every field of every receipt was read, and `steps_to_field_f1_held`, the first from
+# which every later evaluation read them all too (null if none; benchmarks/learning_curve.py).
+# SAMPLES: training samples per half of the run (4800, pali 9600; at batch 4 on 2 ranks, 1200 and
+# 2400 steps in all).
 set -euo pipefail
 SROIE=$(cd "${1:?usage: learning_check.sh SROIE_FOLDER OUT_DIR [PRESET] [train flags...]}" && pwd)
 mkdir -p "${2:?usage: learning_check.sh SROIE_FOLDER OUT_DIR [PRESET] [train flags...]}"
@@ -58,16 +60,7 @@ python -m pixparse.app.eval --task.name finetune_sroie \
   --eval.checkpoint-path "$OUT/runs/sroie/checkpoints" --output-dir "$OUT/eval" \
   ${DECODE:+--data.eval.decode "$DECODE"} > "$OUT/eval.out"
 if [ "$EVALS" -gt 0 ]; then
-  python - "$OUT" <<'PY'
-import json, sys
-out = sys.argv[1]
-metrics = json.loads(open(f"{out}/eval.out").read().strip().splitlines()[-1])
-evals = [json.loads(line) for line in open(f"{out}/runs/sroie/metrics.jsonl")]
-curve = [[r["step"], round(r["eval/field_f1"], 4)] for r in evals if "eval/field_f1" in r]
-metrics["field_f1_curve"] = curve
-metrics["steps_to_field_f1"] = next((step for step, f1 in curve if f1 == 1.0), None)
-print(json.dumps(metrics))
-PY
+  python benchmarks/learning_curve.py "$OUT/eval.out" "$OUT/runs/sroie/metrics.jsonl"
 else
   tail -n 1 "$OUT/eval.out"
 fi

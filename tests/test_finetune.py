@@ -15,10 +15,13 @@ pytestmark = pytest.mark.slow
 def test_learning_check_reads_the_receipts(shared_data, tmp_path):
     """8 SROIE receipts: fine-tune on 2 ranks, then the eval app parses every field of every
     receipt, and the loss depends on the page (a model that ignores its input fails here). The
-    other families are checked on other tasks below (each family and each task learns once)."""
+    other families are checked on other tasks below (each family and each task learns once).
+    EVALS=4: the receipts are scored after each quarter, and the curve ends reading them all."""
     proc = _run(["bash", f"{REPO}/benchmarks/learning_check.sh", f"{shared_data}/sroie", str(tmp_path),
-                 "cruller_tiny"], timeout=900)
+                 "cruller_tiny"], timeout=900, env={"EVALS": "4"})
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [step for step, _ in metrics["field_f1_curve"]] == [300, 600, 900, 1200], metrics
+    assert metrics["field_f1_curve"][-1][1] == 1.0 and metrics["steps_to_field_f1_held"] is not None
     assert metrics["num_samples"] == 8
     assert metrics["field_f1"] == 1.0 and metrics["ted_accuracy"] == 1.0, metrics
     assert metrics["image_gap"] > 0.05, metrics
