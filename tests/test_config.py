@@ -369,7 +369,8 @@ def test_help_opens_with_one_usage_line_and_eval_lists_no_training_flags():
     assert lines[2].startswith("Train a model"), lines[:4]
     assert "--task.opt.learning_rate" in out.stdout and "--task.model_name" in out.stdout
     out = _cli("eval", "--help")
-    assert out.returncode == 0 and out.stdout.splitlines()[0].endswith("eval [--config FILE] [--SECTION.FLAG VALUE ...]")
+    usage = out.stdout.splitlines()[0]
+    assert out.returncode == 0 and usage.endswith("eval [--config FILE] [--SECTION.FLAG VALUE ...]"), usage
     assert "--task.num_beams" in out.stdout and "--eval.checkpoint_path" in out.stdout
     for flag in ("--task.opt.", "--task.init_from", "--task.num_intervals", "--task.ctc_weight",
                  "--task.encoder_grad_checkpointing", "--task.model_name", "--data.train."):

@@ -95,7 +95,8 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     dtype, why = resolve_dtype(cfg.task.dtype or "float32")
     logger.info("precision %s (%s)", dtype, why if cfg.task.dtype else "default")
-    task = create_task(TaskConfig(**dataclasses.asdict(cfg.task), init_from=checkpoint)).to(device, getattr(torch, dtype)).eval()
+    task = create_task(TaskConfig(**dataclasses.asdict(cfg.task), init_from=checkpoint))
+    task = task.to(device, getattr(torch, dtype)).eval()
     data = cfg.data.eval
     loader = create_eval_loader(data, task.preprocess(data, with_meta=True), task.collate(data), rank, world_size)
     records, metrics = evaluate_source(task, loader, device, data, world_size,
