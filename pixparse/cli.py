@@ -167,10 +167,11 @@ def check_flags(argv: list[str], command: str) -> None:
     for arg in argv:
         name = arg.partition("=")[0]
         if name.startswith("--") and name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.85)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
             if command == "eval" and name in {flag for flag, _ in _config_fields(PretrainConfig)}:
                 hint = ": a training flag (eval takes the model, tokenizer and size from --eval.checkpoint_path)"
+            else:
+                close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.85)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise ValueError(f"unknown flag {name}{hint} (pixparse {command} --help lists them)")
 
 

@@ -169,18 +169,19 @@ def test_learning_curve_reports_the_first_step_that_reads_every_field_and_the_fi
     """learning_check.sh EVALS=N: field_f1 after each interval from metrics.jsonl, joined to the eval
     app's metrics; a dip after the first 1.0 moves the held step, not the first."""
     (tmp_path / "eval.out").write_text("log line\n" + json.dumps({"field_f1": 1.0, "num_samples": 8}) + "\n")
+
+    def curve(records):
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        proc = subprocess.run([sys.executable, f"{REPO}/benchmarks/learning_curve.py", str(tmp_path / "eval.out"),
+                               str(tmp_path / "metrics.jsonl")], capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout)
+
     records = [{"step": 50, "train/loss": 1.0}, {"step": 100, "eval/field_f1": 0.5},
                {"step": 200, "eval/field_f1": 1.0}, {"step": 300, "eval/field_f1": 0.87501},
                {"step": 400, "eval/field_f1": 1.0}, {"step": 500, "eval/field_f1": 1.0}]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    proc = subprocess.run([sys.executable, f"{REPO}/benchmarks/learning_curve.py", str(tmp_path / "eval.out"),
-                           str(tmp_path / "metrics.jsonl")], capture_output=True, text=True, check=True)
-    out = json.loads(proc.stdout)
+    out = curve(records)
     assert out["field_f1"] == 1.0 and out["num_samples"] == 8
     assert out["field_f1_curve"] == [[100, 0.5], [200, 1.0], [300, 0.875], [400, 1.0], [500, 1.0]]
     assert out["steps_to_field_f1"] == 200 and out["steps_to_field_f1_held"] == 400
     records[-1]["eval/field_f1"] = 0.9
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    proc = subprocess.run([sys.executable, f"{REPO}/benchmarks/learning_curve.py", str(tmp_path / "eval.out"),
-                           str(tmp_path / "metrics.jsonl")], capture_output=True, text=True, check=True)
-    assert json.loads(proc.stdout)["steps_to_field_f1_held"] is None
+    assert curve(records)["steps_to_field_f1_held"] is None
