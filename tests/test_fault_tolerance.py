@@ -136,27 +136,25 @@ def _nan_run(tmp_path, synth_shards, experiment, nan_at, *extra):
 
 
 def test_nan_loss_on_one_rank_is_skipped_on_all_and_too_many_stop_the_run(synth_shards, tmp_path):
-    """NaN losses on rank 1 only: both ranks skip those batches (no backward: ZeRO's collectives
-    stay matched), count them and train on; 3 in a row stop the run without saving, the last
-    checkpoint intact and still `latest`."""
-    proc = _nan_run(tmp_path, synth_shards, "some", "5,6")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    records = _metrics(tmp_path, "some")
-    assert records[-1]["train/nonfinite"] == 2 and records[-1]["step"] == 16
+    """NaN losses on rank 1 only (one run): at micro-batches 5 and 6 both ranks skip those batches
+    (no backward: ZeRO's collectives stay matched), count them and train on; from micro-batch 12
+    on, 3 in a row stop the run without saving, the last checkpoint intact and still `latest`."""
+    proc = _nan_run(tmp_path, synth_shards, "nan", "5,6,12+", "--train.checkpoint_every_n_steps", "4")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    records = _metrics(tmp_path, "nan")
     # a step whose only batch was skipped has no loss (NaN logged); every other step's is finite
     bad_steps = [r["step"] for r, prev in zip(records[1:], records) if r["train/nonfinite"] > prev["train/nonfinite"]]
-    assert bad_steps == [6, 7]
+    assert bad_steps == [6, 7, 13, 14], bad_steps
     assert all((r["train/loss"] != r["train/loss"]) == (r["step"] in bad_steps) for r in records)
-    assert proc.stdout.count("NaN/inf loss, batch skipped") == 2  # one line per skip, on rank 0
-
-    proc = _nan_run(tmp_path, synth_shards, "many", "9+", "--train.checkpoint_every_n_steps", "4")
-    assert proc.returncode != 0
-    out = proc.stdout + proc.stderr
+    assert [r["train/nonfinite"] for r in records if r["step"] in (8, 12)] == [2, 2]  # trained on
+    assert out.count("NaN/inf loss, batch skipped") == 5  # one line per skip (the stopping one too), rank 0
     assert "3 micro-batches in a row had a NaN/inf loss (--train.max_nonfinite_steps=3)" in out
-    assert "(step_00000008) stays the latest good one" in out
-    ckpt = tmp_path / "many" / "checkpoints"
-    assert (ckpt / "latest").read_text().strip() == "step_00000008"
-    assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith("step_")) == ["step_00000004", "step_00000008"]
+    assert "(step_00000012) stays the latest good one" in out
+    ckpt = tmp_path / "nan" / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == "step_00000012"
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith("step_")) == [
+        "step_00000004", "step_00000008", "step_00000012"]
 
 
 def _launch(ranks, script, *args):
