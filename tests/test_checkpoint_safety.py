@@ -55,7 +55,7 @@ def test_a_file_no_checkpoint_has_is_refused_by_name_before_any_conversion(tmp_p
     marker = tmp_path / "pwned"
     torch.save(_Payload(str(marker)), str(tag / extra))
     with pytest.raises(ValueError, match=f"refusing checkpoint .*{os.path.basename(extra)}"):
-        checkpoint.prepare_resume(str(tag), str(ckpt), world_size=1)
+        checkpoint.prepare_resume(str(ckpt), tag.name, world_size=1)
     assert not marker.exists() and not (ckpt / "universal").exists()
 
 
@@ -98,7 +98,7 @@ def test_a_failed_conversion_is_one_line_and_leaves_no_universal_tag(tmp_path, o
     ckpt = tmp_path / "ckpt"
     tag = _tag(ckpt, world_size=2)  # model states only: nothing for ds_to_universal to convert
     with pytest.raises(ValueError, match="converting .*step_00000004 to a universal checkpoint failed"):
-        checkpoint.prepare_resume(str(tag), str(ckpt), world_size=1)
+        checkpoint.prepare_resume(str(ckpt), tag.name, world_size=1)
     assert not (ckpt / "universal" / tag.name).exists()
 
 
@@ -113,7 +113,7 @@ def test_an_existing_universal_folder_is_checked_dot_files_included(tmp_path, on
     marker = tmp_path / "pwned"
     torch.save(_Payload(str(marker)), str(out / "zero" / "model.w" / ".cache.pt"))
     with pytest.raises(ValueError, match=r"refusing checkpoint .*\.cache\.pt"):
-        checkpoint.prepare_resume(str(tag), str(ckpt), world_size=1)
+        checkpoint.prepare_resume(str(ckpt), tag.name, world_size=1)
     assert not marker.exists()
 
 
@@ -167,7 +167,7 @@ def test_a_linked_universal_folder_is_not_converted_into(tmp_path, one_rank_grou
     (elsewhere / tag.name / "precious.txt").write_text("keep")
     os.symlink(elsewhere, ckpt / "universal")
     with pytest.raises(ValueError, match="symbolic link"):
-        checkpoint.prepare_resume(str(tag), str(ckpt), world_size=1)
+        checkpoint.prepare_resume(str(ckpt), tag.name, world_size=1)
     assert (elsewhere / tag.name / "precious.txt").read_text() == "keep"
 
 

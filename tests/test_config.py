@@ -167,6 +167,39 @@ def test_resume_with_nothing_to_resume_fails_before_the_process_group(synth_shar
     assert not dist.is_initialized()
 
 
+def test_the_resume_and_the_final_deepspeed_dict_are_settled_before_the_process_group(synth_shards, tmp_path):
+    """--train.resume auto is 'latest' only where a complete tag exists; a tag saved on another
+    number of ranks turns DeepSpeed's universal loading on in the dict the engine is given."""
+    import torch.distributed as dist
+
+    from pixparse.app.run import _check_resume, _final_ds_config
+    from pixparse.engine import checkpoint
+
+    def cfg(*flags):
+        return parse(["pretrain", "--deepspeed_config", f"{REPO}/ds_configs/zero2_fp32.json", "--data.train.source",
+                      synth_shards, "--data.train.num_samples", "8", "--train.output_dir", str(tmp_path),
+                      "--train.experiment", "run", *flags])[1]
+
+    auto = cfg("--train.resume", "auto")
+    assert _check_resume(auto) is None  # no checkpoint yet: a fresh start
+    ckpt = tmp_path / "run" / "checkpoints"
+    partial = ckpt / (checkpoint.tag_for_step(8) + checkpoint.PARTIAL)
+    partial.mkdir(parents=True)  # a save a kill interrupted is no checkpoint
+    assert _check_resume(auto) is None
+    tag = ckpt / checkpoint.tag_for_step(4)
+    tag.mkdir()
+    (tag / checkpoint.MARKER).write_text(json.dumps({"step": 4, "world_size": 2}))
+    (ckpt / checkpoint.LATEST).write_text(tag.name)
+    for resume in (_check_resume(auto), _check_resume(cfg("--train.resume", "latest")),
+                   _check_resume(cfg("--train.resume", str(tag)))):
+        assert resume == (str(ckpt), tag.name)
+    ds, _ = _final_ds_config(auto, 2, (str(ckpt), tag.name))
+    assert "load_universal" not in ds.get("checkpoint", {})  # saved on 2 ranks, resumed on 2
+    ds, changed = _final_ds_config(auto, 1, (str(ckpt), tag.name))
+    assert ds["checkpoint"]["load_universal"] is True and changed == ["overlap_comm", "contiguous_gradients"]
+    assert not dist.is_initialized()
+
+
 def test_task_dtype_fills_or_must_agree_with_the_ds_json(tmp_path, monkeypatch):
     from pixparse.engine import ds_config as dsc
 

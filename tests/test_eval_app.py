@@ -10,6 +10,20 @@ from pixparse.config import EvalConfig
 from pixparse.models.export import resolve_checkpoint_path
 
 
+@pytest.fixture(scope="module")
+def reader_export(tmp_path_factory) -> str:
+    """An export of an untrained cruller_tiny reader (read_pretrain), shared by the tests that only
+    read it; its folder is named 'exp' (the outputs are named after it)."""
+    from pixparse.models.export import save_exported
+    from pixparse.tasks.config import TaskConfig
+    from pixparse.tasks.registry import create_task
+
+    task = create_task(TaskConfig(model_name="cruller_tiny"))
+    path = str(tmp_path_factory.mktemp("reader") / "exp")
+    save_exported(task.model, task.model_cfg, task.tokenizer, path, task.export_info())
+    return path
+
+
 def test_seed_eval_spellings_parse():
     """huggingface/pixparse's eval flags, dashed."""
     command, cfg = parse(["eval", "--task.name", "finetune_sroie", "--data.eval.source", "x-{0..3}.tar",
@@ -52,30 +66,18 @@ def test_checkpoint_folder_resolves_through_latest(tmp_path):
         resolve_checkpoint_path(str(tmp_path / "nope"))
 
 
-def test_task_mismatch_is_refused_before_anything_runs(tmp_path):
-    from pixparse.models.export import save_exported
-    from pixparse.tasks.config import TaskConfig
-    from pixparse.tasks.registry import create_task
-
-    task = create_task(TaskConfig(model_name="cruller_tiny"))
-    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
+def test_task_mismatch_is_refused_before_anything_runs(reader_export, tmp_path):
     _, cfg = parse(["eval", "--task.name", "finetune_sroie", "--data.eval.source", str(tmp_path / "x.tar"),
-                    "--eval.checkpoint-path", str(tmp_path / "exp")])
+                    "--eval.checkpoint-path", reader_export])
     with pytest.raises(ValueError, match="trained for read_pretrain; pass --task.name read_pretrain"):
         run_eval(cfg)
 
 
-def test_eval_app_on_an_export(synth_shards, tmp_path, capsys):
+def test_eval_app_on_an_export(reader_export, synth_shards, tmp_path, capsys):
     """One process: an export of an untrained pretrain model, synthetic pages; files written."""
-    from pixparse.models.export import save_exported
-    from pixparse.tasks.config import TaskConfig
-    from pixparse.tasks.registry import create_task
-
-    task = create_task(TaskConfig(model_name="cruller_tiny"))
-    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
     _, cfg = parse(["eval", "--data.eval.source", synth_shards, "--data.eval.num-samples", "5",
                     "--data.eval.batch-size", "3", "--data.eval.num-workers", "0", "--task.max_new_tokens", "4",
-                    "--eval.checkpoint-path", str(tmp_path / "exp"), "--output-dir", str(tmp_path / "out")])
+                    "--eval.checkpoint-path", reader_export, "--output-dir", str(tmp_path / "out")])
     metrics = run_eval(cfg)
     assert metrics["num_samples"] == 5 and "image_gap" in metrics and metrics["loss"] > 0
     saved = json.loads((tmp_path / "out" / "exp-synth-metrics.json").read_text())
@@ -86,19 +88,14 @@ def test_eval_app_on_an_export(synth_shards, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("fmt,folder", [("funsd", "funsd/testing_data"), ("docbank", "docbank_samples")])
-def test_ocr_eval_of_a_reader_on_real_pages(shared_data, tmp_path, fmt, folder):
+def test_ocr_eval_of_a_reader_on_real_pages(reader_export, shared_data, tmp_path, fmt, folder):
     """OCR evaluation (read_pretrain: CER/WER) of a reader on FUNSD forms and DocBank pages."""
     from pixparse.app.write import write
-    from pixparse.models.export import save_exported
-    from pixparse.tasks.config import TaskConfig
-    from pixparse.tasks.registry import create_task
 
     shards = write(fmt, f"{shared_data}/{folder}", str(tmp_path / "shards"), max_samples=3)
-    task = create_task(TaskConfig(model_name="cruller_tiny"))
-    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
     _, cfg = parse(["eval", "--data.eval.source", shards[0], "--data.eval.batch-size", "3",
                     "--data.eval.num-workers", "0", "--task.max_new_tokens", "8",
-                    "--eval.checkpoint-path", str(tmp_path / "exp"), "--output-dir", str(tmp_path / "out")])
+                    "--eval.checkpoint-path", reader_export, "--output-dir", str(tmp_path / "out")])
     metrics = run_eval(cfg)
     assert metrics["num_samples"] == 3 and metrics["skipped"] == 0
     # an untrained reader writes at most 8 tokens of pages of hundreds of characters: CER near 1
@@ -108,17 +105,11 @@ def test_ocr_eval_of_a_reader_on_real_pages(shared_data, tmp_path, fmt, folder):
 
 
 @pytest.mark.parametrize("kind", ["not_a_tar", "empty_tar", "zero_bytes", "unreachable_url"])
-def test_eval_of_unreadable_data_is_an_error(tmp_path, kind):
+def test_eval_of_unreadable_data_is_an_error(reader_export, tmp_path, kind):
     """Finding 8: a non-tar, a 0-byte or an empty tar, an unreachable URL gave rc 0, num_samples 0,
     loss 0.0."""
     import tarfile
 
-    from pixparse.models.export import save_exported
-    from pixparse.tasks.config import TaskConfig
-    from pixparse.tasks.registry import create_task
-
-    task = create_task(TaskConfig(model_name="cruller_tiny"))
-    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
     shard = tmp_path / "bad-000000.tar"
     if kind == "not_a_tar":
         shard.write_bytes(b"hello, this is not a tar file" * 100)
@@ -131,29 +122,23 @@ def test_eval_of_unreadable_data_is_an_error(tmp_path, kind):
 
         shard = f"http://127.0.0.1:{free_port()}/bad-000000.tar"  # nothing listens there
     _, cfg = parse(["eval", "--data.eval.source", str(shard), "--data.eval.num-workers", "0",
-                    "--eval.checkpoint-path", str(tmp_path / "exp"), "--output-dir", str(tmp_path / "out")])
+                    "--eval.checkpoint-path", reader_export, "--output-dir", str(tmp_path / "out")])
     with pytest.raises(ValueError, match="no readable sample in --data.eval.source"):
         run_eval(cfg)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_each_eval_keeps_its_own_predictions_file(synth_shards, tmp_path):
+def test_each_eval_keeps_its_own_predictions_file(reader_export, synth_shards, tmp_path):
     """Finding 9: predictions.jsonl was overwritten by the next eval into the same --output_dir."""
     import shutil
 
-    from pixparse.models.export import save_exported
-    from pixparse.tasks.config import TaskConfig
-    from pixparse.tasks.registry import create_task
-
-    task = create_task(TaskConfig(model_name="cruller_tiny"))
-    save_exported(task.model, task.model_cfg, task.tokenizer, str(tmp_path / "exp"), task.export_info())
     other = tmp_path / "other-000000.tar"
     shutil.copy(synth_shards.replace("{000000..000003}", "000000"), other)
     paths = []
     for source in (synth_shards, str(other)):
         _, cfg = parse(["eval", "--data.eval.source", source, "--data.eval.num-samples", "2",
                         "--data.eval.num-workers", "0", "--task.max_new_tokens", "2",
-                        "--eval.checkpoint-path", str(tmp_path / "exp"), "--output-dir", str(tmp_path / "out")])
+                        "--eval.checkpoint-path", reader_export, "--output-dir", str(tmp_path / "out")])
         paths.append(run_eval(cfg)["predictions"])
     assert [os.path.basename(p) for p in paths] == ["exp-synth-predictions.jsonl", "exp-other-predictions.jsonl"]
     assert all(len(open(p).read().splitlines()) == 2 for p in paths)

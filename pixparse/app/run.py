@@ -101,8 +101,8 @@ def _make_run_folder(cfg: PretrainConfig, rank: int, ds_config: dict, model_conf
 
 @dataclasses.dataclass
 class RunSetup:
-    """What a run is built from: rank, world size, the resolved DeepSpeed config, the step plan,
-    the preset, the run folder's paths and the task (model built)."""
+    """What a run is built from: rank, world size, the final DeepSpeed config, the step plan, the
+    preset, the run folder's paths, the task (model built) and the (checkpoint dir, tag) resumed."""
 
     rank: int
     world_size: int
@@ -111,6 +111,7 @@ class RunSetup:
     model_cfg: Any
     paths: Any
     task: Any
+    resume: tuple[str, str] | None = None
 
 
 def check_patch_budget(min_patches: int | None, model_cfg: ModelConfig) -> None:
@@ -134,19 +135,44 @@ def setup_run(cfg: PretrainConfig, read_shards: bool = True) -> RunSetup:
 
     pdist.check_deepspeed_version()
     rank, _, world_size = pdist.world_info()
-    ds_config, single_rank_changes, plan, model_cfg = _check_config(cfg, world_size, read_shards)
+    resume = _check_resume(cfg)
+    ds_config, single_rank_changes = _final_ds_config(cfg, world_size, resume)
+    plan, model_cfg = _check_config(cfg, world_size, read_shards)
     paths = _start(cfg, rank, world_size, ds_config, single_rank_changes, plan, model_cfg)
-    return RunSetup(rank, world_size, ds_config, plan, model_cfg, paths, _build_task(cfg, model_cfg, ds_config, world_size))
+    task = _build_task(cfg, model_cfg, ds_config, world_size)
+    return RunSetup(rank, world_size, ds_config, plan, model_cfg, paths, task, resume)
 
 
-def _check_config(cfg: PretrainConfig, world_size: int, read_shards: bool) -> tuple[dict, list[str], Any, ModelConfig]:
-    """Every check that needs no process group: the DeepSpeed config (resolved, and changed for
-    one rank), the step plan, the shards, the preset or init checkpoint, resume and run names.
-    Returns (ds_config, what one rank changed in it, plan, model config)."""
-    from pixparse.data.loader import check_eval_shards, check_shards_cover, probe_pipe_sources
+def _check_resume(cfg: PretrainConfig) -> tuple[str, str] | None:
+    """--train.resume resolved to the (checkpoint dir, tag) it resumes from, or None: 'auto' is
+    'latest' when the run has a complete checkpoint. A missing, incomplete or unsafe tag fails here,
+    before any process group."""
+    from pixparse.engine.checkpoint import list_complete_tags, resolve_resume
+
+    spec = cfg.train.resume
+    if spec == "auto" and not cfg.train.experiment:
+        raise ValueError("--train.resume auto needs a fixed --train.experiment to find its checkpoints")
+    if spec == "latest" and not cfg.train.experiment:
+        raise ValueError("--train.resume latest needs --train.experiment: the name of the run to continue")
+    if cfg.train.experiment and not spec:
+        _refuse_to_overwrite(cfg)
+    if not spec:
+        return None
+    ckpt_dir = checkpoint_dir_for(cfg, cfg.train.experiment or "")
+    if spec == "auto":
+        if not list_complete_tags(ckpt_dir):
+            return None
+        spec = "latest"
+    return resolve_resume(spec, ckpt_dir)
+
+
+def _final_ds_config(cfg: PretrainConfig, world_size: int, resume: tuple[str, str] | None) -> tuple[dict, list[str]]:
+    """The DeepSpeed dict handed to deepspeed.initialize, made here and nowhere else: the JSON with
+    every "auto" filled from the flags (resolve_ds_config), what one rank does not need turned off
+    (single_rank_zero), and DeepSpeed's universal loading when the resumed checkpoint was saved
+    on another number of ranks. Returns (the dict, the keys one rank changed)."""
+    from pixparse.engine.checkpoint import saved_world_size
     from pixparse.engine.ds_config import resolve_ds_config, single_rank_zero
-    from pixparse.engine.train import make_plan
-    from pixparse.models import get_model_config
 
     ds_config = resolve_ds_config(
         cfg.deepspeed_config, cfg.data.train.batch_size, cfg.task.opt.grad_accum_steps,
@@ -154,6 +180,18 @@ def _check_config(cfg: PretrainConfig, world_size: int, read_shards: bool) -> tu
     )
     _check_precision_supported(ds_config, cfg.deepspeed_config or "--task.dtype")
     changed = single_rank_zero(ds_config, world_size)
+    if resume is not None and saved_world_size(*resume) != world_size:
+        ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    return ds_config, changed
+
+
+def _check_config(cfg: PretrainConfig, world_size: int, read_shards: bool) -> tuple[Any, ModelConfig]:
+    """The checks that need no process group, beyond the resume and the DeepSpeed config: the step
+    plan, the shards, the preset or init checkpoint. Returns (plan, model config)."""
+    from pixparse.data.loader import check_eval_shards, check_shards_cover, probe_pipe_sources
+    from pixparse.engine.train import make_plan
+    from pixparse.models import get_model_config
+
     plan = make_plan(cfg.data.train, cfg.task.opt, cfg.task.num_intervals,
                      cfg.task.warmup_intervals, world_size)
     if read_shards:
@@ -181,17 +219,7 @@ def _check_config(cfg: PretrainConfig, world_size: int, read_shards: bool) -> tu
 
     TASKS[cfg.task.name].check_model(model_cfg, cfg.task.init_from or cfg.task.model_name)
     check_patch_budget(cfg.data.train.min_patches, model_cfg)
-    if cfg.train.resume == "auto" and not cfg.train.experiment:
-        raise ValueError("--train.resume auto needs a fixed --train.experiment to find its checkpoints")
-    if cfg.train.experiment and not cfg.train.resume:
-        _refuse_to_overwrite(cfg)
-    if cfg.train.resume and cfg.train.resume != "auto":  # a missing or unsafe checkpoint fails here
-        from pixparse.engine.checkpoint import resolve_resume
-
-        if cfg.train.resume == "latest" and not cfg.train.experiment:
-            raise ValueError("--train.resume latest needs --train.experiment: the name of the run to continue")
-        resolve_resume(cfg.train.resume, checkpoint_dir_for(cfg, cfg.train.experiment or ""))
-    return ds_config, changed, plan, model_cfg
+    return plan, model_cfg
 
 
 def _start(cfg: PretrainConfig, rank: int, world_size: int, ds_config: dict, changed: list[str], plan: Any,
@@ -265,13 +293,9 @@ def run_pretrain(cfg: PretrainConfig) -> bool:
     paths, ds_config = setup.paths, setup.ds_config
     if setup.rank == 0:
         checkpoint.clean_partial(paths.checkpoint_dir)  # saves a kill interrupted
-    resume = cfg.train.resume
-    if resume == "auto":
-        resume = "latest" if checkpoint.list_complete_tags(paths.checkpoint_dir) else None
-        logger.info("--train.resume auto: %s", "resuming from latest" if resume else "no checkpoint, starting fresh")
-    source = checkpoint.prepare_resume(resume, paths.checkpoint_dir, setup.world_size) if resume else None
-    if source is not None and source.universal:
-        ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    if cfg.train.resume == "auto":
+        logger.info("--train.resume auto: %s", "resuming from latest" if setup.resume else "no checkpoint, starting fresh")
+    source = checkpoint.prepare_resume(*setup.resume, setup.world_size) if setup.resume else None
     trainer = Trainer(
         setup.task, cfg.data.train, cfg.train, cfg.task.opt, setup.plan, cfg.task.num_intervals, ds_config,
         paths, dataclasses.asdict(cfg), eval_cfg=cfg.data.eval,

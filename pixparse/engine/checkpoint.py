@@ -248,18 +248,24 @@ def _read_world_size(state: dict[str, Any], where: str) -> int:
     return world_size
 
 
-def prepare_resume(spec: str, ckpt_dir: str, world_size: int) -> ResumeSource:
-    """Resolve --train.resume; when the world size changed, convert the tag once (rank 0) to
-    DeepSpeed's universal checkpoint format, which loads on any number of ranks. Collective.
+def saved_world_size(ckpt_dir: str, tag: str) -> int:
+    """The number of ranks that wrote the (complete) tag."""
+    return _read_world_size(read_state(ckpt_dir, tag), os.path.join(ckpt_dir, tag, MARKER))
+
+
+def prepare_resume(ckpt_dir: str, tag: str, world_size: int) -> ResumeSource:
+    """The tag resumed (resolve_resume's answer); when the world size changed, convert it once
+    (rank 0) to DeepSpeed's universal checkpoint format, which loads on any number of ranks.
+    Collective.
 
     The conversion runs under the restricted unpickler (`python -m pixparse.models.safe_load`),
     writes into <ckpt_dir>/universal/<tag>.partial and renames it into place when done; a folder
     left there is reused only if it holds a universal checkpoint's files and nothing else.
     """
-    ckpt_dir, tag = resolve_resume(spec, ckpt_dir)
     state = read_state(ckpt_dir, tag)
     tag_dir = os.path.join(ckpt_dir, tag)
-    if _read_world_size(state, os.path.join(tag_dir, MARKER)) == world_size:
+    check_checkpoint_files(tag_dir)  # again where it is read: nothing was added since the check
+    if saved_world_size(ckpt_dir, tag) == world_size:
         return ResumeSource(ckpt_dir, tag, tag_dir, state, universal=False)
     universal_dir = os.path.join(ckpt_dir, UNIVERSAL_DIR)
     out = os.path.join(universal_dir, tag)
