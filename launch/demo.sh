@@ -21,14 +21,15 @@ fi
 EXPERIMENT="demo-$(date +%Y%m%d-%H%M%S)"
 PORT=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 # A conv-stem reader of 1.1M parameters (cruller_reader_tiny) with an auxiliary CTC loss on its
-# image tokens; LR 2e-3 after a short warmup, decayed over the last 20% of the samples (wsd).
+# image tokens; batch 24 per rank, LR 2.5e-3 after a short warmup, decayed over the last 20% of
+# the samples (wsd). The batch and LR were chosen by measurement (docs/reading.md, "The demo").
 deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
   --deepspeed_config ds_configs/zero2_fp32.json \
   --data.train.source render:lines --data.train.resampled true --data.train.shuffle_buffer 0 \
-  --data.train.batch_size 16 --data.train.num_samples $((SAMPLES / 4)) --data.train.num_workers 1 \
+  --data.train.batch_size 24 --data.train.num_samples $((SAMPLES / 4)) --data.train.num_workers 1 \
   --data.eval.source "$HELDOUT/heldout-{000000..000001}.tar" --data.eval.batch_size 50 --data.eval.num_workers 0 \
   --task.name read_pretrain --task.model_name cruller_reader_tiny --task.ctc_weight 1.0 \
-  --task.opt.learning_rate 2e-3 --task.opt.schedule wsd --task.num_warmup_intervals 0.3 \
+  --task.opt.learning_rate 2.5e-3 --task.opt.schedule wsd --task.num_warmup_intervals 0.3 \
   --task.num_intervals 4 --train.output_dir "$OUT" --train.experiment "$EXPERIMENT" --train.tensorboard true \
   --train.log_every_n_steps 100 "$@"
 python -m pixparse.app.eval --task.name read_pretrain --data.eval.source "$HELDOUT/heldout-{000000..000001}.tar" \
