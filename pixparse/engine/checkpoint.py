@@ -265,7 +265,7 @@ def prepare_resume(ckpt_dir: str, tag: str, world_size: int) -> ResumeSource:
     state = read_state(ckpt_dir, tag)
     tag_dir = os.path.join(ckpt_dir, tag)
     check_checkpoint_files(tag_dir)  # again where it is read: nothing was added since the check
-    if saved_world_size(ckpt_dir, tag) == world_size:
+    if _read_world_size(state, os.path.join(tag_dir, MARKER)) == world_size:
         return ResumeSource(ckpt_dir, tag, tag_dir, state, universal=False)
     universal_dir = os.path.join(ckpt_dir, UNIVERSAL_DIR)
     out = os.path.join(universal_dir, tag)
