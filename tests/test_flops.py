@@ -17,7 +17,7 @@ def test_formula_matches_flop_counter(text_len):
     # The fused CPU attention kernel is invisible to the counter: count the math path.
     with sdpa_kernel(SDPBackend.MATH):
         with FlopCounterMode(display=False) as counter:
-            logits = model(image, ids, torch.ones_like(ids))
+            model(image, ids, torch.ones_like(ids))
         assert counter.get_total_flops() == 2 * fwd
         with FlopCounterMode(display=False) as counter:
             model(image, ids, torch.ones_like(ids)).float().logsumexp(-1).sum().backward()
