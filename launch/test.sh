@@ -15,7 +15,7 @@ LONG="and not long"
 if [ "${1:-}" = "--full" ]; then LONG=""; shift; fi
 # The one-process tests, then the multi-process ones, each tier on 2 pytest workers. Two 2-rank
 # launches at once oversubscribe the 2 cores, yet their start-up, saves and waits overlap: the
-# multi-process tier took 495 s so against 621 s one at a time (2-core AMD EPYC; docs/testing.md).
+# multi-process tier took 495 s against 621 s one at a time (2-core AMD EPYC; docs/testing.md).
 # Exit status 5 is "no test selected" (arguments that pick only one kind).
 tier() {
   local status=0

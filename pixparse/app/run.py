@@ -111,7 +111,7 @@ class RunSetup:
     model_cfg: Any
     paths: Any
     task: Any
-    resume: tuple[str, str] | None = None
+    resume: tuple[str, str] | None
 
 
 def check_patch_budget(min_patches: int | None, model_cfg: ModelConfig) -> None:
