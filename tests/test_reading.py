@@ -109,10 +109,11 @@ def test_render_mixes_with_real_shards_by_weight(synth_shards):
     assert sum(b["image"].shape[0] for b in loader) == 16  # all from the render source (weight 0 on shards)
 
 
-@pytest.mark.parametrize("preset", ["cruller_reader_tiny", "pali_reader_tiny"])
+@pytest.mark.parametrize("preset", ["cruller_reader_tiny", "pali_reader_tiny", "pix2struct_reader_tiny"])
 def test_ctc_head_trains_with_the_reader_and_is_refused_elsewhere(preset):
-    """The CTC head reads each sample's image-encoder tokens, whatever the family puts after them
-    (cruller's decoder memory, pali's text encoder); it adds to the family's own loss."""
+    """The CTC head reads each sample's image-encoder tokens as a line, whatever the family puts
+    after them (cruller's decoder memory, pali's text encoder, pix2struct's packed rows); it adds
+    to the family's own loss."""
     task = create_task(TaskConfig(name="read_pretrain", model_name=preset, ctc_weight=1.0))
     cfg = DataLoaderConfig(source="render:lines?n=8", num_samples=8, batch_size=8, num_workers=0, resampled=True,
                            shuffle_buffer=0)
@@ -126,11 +127,28 @@ def test_ctc_head_trains_with_the_reader_and_is_refused_elsewhere(preset):
     assert torch.allclose(out["loss"] - out["ctc_loss"], plain(batch)["loss"])  # the family's loss, plus CTC
     out["loss"].backward()
     assert task.ctc_head.weight.grad.abs().sum() > 0
-    assert task.model.image_encoder.trunk.patch_embed.backbone[0].conv.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="needs a cruller or pali preset"):
-        create_task(TaskConfig(name="read_pretrain", model_name="pix2struct_tiny", ctc_weight=1.0))
+    encoder = task.model.image_encoder
+    first = encoder.patch_embed if preset.startswith("pix2struct") else encoder.trunk.patch_embed.backbone[0].conv
+    assert first.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="auxiliary loss of read_pretrain"):
         TaskConfig(name="finetune_sroie", model_name="cruller_tiny", ctc_weight=1.0)
+
+
+def test_pix2struct_line_tokens_are_each_samples_patch_columns():
+    """Two pages packed in one row (a 2x3 and a 1x3 patch grid, then padding): each sample's line
+    is its own columns, left to right, each the mean of that column's patches."""
+    from pixparse.models.registry import get_model_config
+    from pixparse.tasks.family import Pix2StructFamily
+
+    family = Pix2StructFamily(get_model_config("pix2struct_tiny"), patch_size=16)
+    tokens = torch.arange(20, dtype=torch.float32).view(1, 10, 2)  # (rows, row length, channels)
+    pos = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (0, 0), (0, 1), (0, 2), (0, 0)]
+    batch = {"patch_pos": torch.tensor([pos]), "segment": torch.tensor([[1] * 6 + [2] * 3 + [0]]),
+             "sample_row": torch.tensor([0, 0]), "sample_segment": torch.tensor([1, 2])}
+    line, lengths = family.line_tokens(batch, tokens, 0)
+    assert lengths.tolist() == [3, 3] and line.shape == (2, 10, 2)
+    assert torch.equal(line[0, :3], (tokens[0, 0:3] + tokens[0, 3:6]) / 2)
+    assert torch.equal(line[1, :3], tokens[0, 6:9])
 
 
 def _held_out(tmp_path, name, per_shard, num_shards, random_share):

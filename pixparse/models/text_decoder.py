@@ -169,5 +169,5 @@ class TextEncoderDecoder(nn.Module):
         return self.model.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=memory_mask,
             decoder_input_ids=input_ids, generation_config=config, synced_gpus=synced,
-            past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
+            cache=EncoderDecoderCache(DynamicCache(), DynamicCache()),
         )

@@ -32,9 +32,6 @@ class Family:
     name: ClassVar[str] = "cruller"
     # TextTargets' decoder_prompt: 'all' (the prompt's text in the decoder) or 'first' (the task token)
     decoder_prompt: ClassVar[str] = "all"
-    # each sample's image-encoder tokens on their own (a CTC head can read them as a line where the
-    # encoder lays them left to right, as pixparse_conv_vit's columns)
-    tokens_in_a_row: ClassVar[bool] = True
 
     def __init__(self, model_cfg: ModelConfig, patch_size: int | None = None) -> None:
         self.encoder_cfg = model_cfg.image_encoder
@@ -77,6 +74,15 @@ class Family:
     def work_shape(self, batch: dict[str, Any]) -> tuple[int, ...]:
         """The batch dimensions a step's FLOPs depend on (padded: the kernels do that work)."""
         return tuple(batch["input_ids"].shape)
+
+    def line_tokens(self, batch: dict[str, Any], tokens: torch.Tensor,
+                    num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image encoder's output `tokens` as each sample's line, left to right, for a CTC
+        head: ((B, N, C) tokens, (B,) how many are the sample's). Here each sample's own tokens
+        after the prefix (class) tokens, in the encoder's order: a line where the encoder lays
+        them out by column, as pixparse_conv_vit does."""
+        line = tokens[:, num_prefix:]
+        return line, torch.full((line.shape[0],), line.shape[1], dtype=torch.long, device=line.device)
 
     def image_tokens(self, batch: dict[str, Any], model: nn.Module) -> float:
         """Image tokens the encoder ran on (real ones only where pages are packed)."""
@@ -127,7 +133,6 @@ class Pix2StructFamily(Family):
 
     name = "pix2struct"
     decoder_prompt = "first"
-    tokens_in_a_row = False  # packed rows of several pages
 
     def image_transform(self, augment: DocAugment | None, exact: bool,
                         min_patches: int | None = None) -> PatchPage:
@@ -168,6 +173,19 @@ class Pix2StructFamily(Family):
     def work_shape(self, batch: dict[str, Any]) -> tuple[int, ...]:
         # the packed rows' work: rows, row length, samples, text length
         return (*batch["segment"].shape, *batch["input_ids"].shape)
+
+    def line_tokens(self, batch: dict[str, Any], tokens: torch.Tensor,
+                    num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The packed rows' tokens (R, L, C) -> each sample's patch columns, left to right, each
+        the mean of the column's patches: (B, L, C) and the sample's column count (B,). A line's
+        page is one or a few patch rows high, so its columns run along the text."""
+        rows = tokens[batch["sample_row"]]  # (B, L, C): the row holding each sample's page
+        own = (batch["segment"][batch["sample_row"]] == batch["sample_segment"][:, None]).to(rows.dtype)
+        col = batch["patch_pos"][batch["sample_row"]][..., 1]  # (B, L)
+        sums = torch.zeros_like(rows).scatter_add_(1, col[..., None].expand_as(rows), rows * own[..., None])
+        counts = torch.zeros_like(own).scatter_add_(1, col, own)
+        lengths = torch.where(own > 0, col + 1, 0).amax(dim=1)
+        return sums / counts.clamp(min=1)[..., None], lengths
 
     def image_tokens(self, batch: dict[str, Any], model: nn.Module) -> float:
         return float((batch["segment"] > 0).sum())

@@ -49,9 +49,6 @@ class TaskReadPretrain(TaskBase):
         super().__init__(cfg, *args, **kwargs)
         self.ctc_head: nn.Linear | None = None
         if cfg.ctc_weight:
-            if not self.family.tokens_in_a_row:
-                raise ValueError(f"--task.ctc_weight needs a cruller or pali preset (each sample's image tokens "
-                                 f"in a left-to-right row), not a {self.model_cfg.type} one (packed rows)")
             # one class per token id plus the CTC blank (the last class)
             self.ctc_head = nn.Linear(self.model.image_encoder.num_features, len(self.tokenizer) + 1)
 
@@ -61,16 +58,17 @@ class TaskReadPretrain(TaskBase):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.ctc_head is None:
             return super().forward(batch)
-        # the image encoder's tokens (B, N_prefix + N_img, C_enc), taken on their way to the
-        # family's encoder side (the decoder's memory, or pali's text encoder)
+        # the image encoder's tokens, taken on their way to the family's encoder side (the
+        # decoder's memory, or pali's text encoder), laid out as each sample's line by the family
         seen: list[torch.Tensor] = []
         hook = self.model.image_encoder.register_forward_hook(lambda module, args, out: seen.append(out))
         try:
             out = super().forward(batch)
         finally:
             hook.remove()
-        prefix = getattr(self.model.image_encoder.trunk, "num_prefix_tokens", 0)
-        ctc = ctc_loss(self.ctc_head(seen[0][:, prefix:]), batch["labels"], self.tokenizer.eos_token_id)
+        prefix = getattr(getattr(self.model.image_encoder, "trunk", None), "num_prefix_tokens", 0)
+        line, lengths = self.family.line_tokens(batch, seen[0], prefix)
+        ctc = ctc_loss(self.ctc_head(line), batch["labels"], self.tokenizer.eos_token_id, lengths)
         return {**out, "loss": out["loss"] + self.cfg.ctc_weight * ctc, "ctc_loss": ctc.detach()}
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
@@ -80,15 +78,18 @@ class TaskReadPretrain(TaskBase):
         return reading_scores([prediction], [reference])
 
 
-def ctc_loss(logits: torch.Tensor, labels: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """CTC (Graves et al. 2006) of per-token class logits (B, N, V + 1; blank = V) against each
-    sample's target ids (its labels that are not ignored, eos left out); mean over samples of the
-    loss per target token. Targets longer than the tokens can hold give 0 (zero_infinity)."""
+def ctc_loss(logits: torch.Tensor, labels: torch.Tensor, eos_id: int,
+             input_lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """CTC (Graves et al. 2006) of per-token class logits (B, N, V + 1; blank = V; a sample's
+    first `input_lengths` tokens, default all N) against each sample's target ids (its labels that
+    are not ignored, eos left out); mean over samples of the loss per target token. Targets longer
+    than the tokens can hold give 0 (zero_infinity)."""
     log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (N, B, V + 1)
     keep = (labels != -100) & (labels != eos_id)
     targets = labels[keep]
     lengths = keep.sum(dim=1)
-    inputs = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
+    inputs = (torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
+              if input_lengths is None else input_lengths)
     return F.ctc_loss(log_probs, targets, inputs, lengths, blank=logits.shape[-1] - 1, zero_infinity=True)
 
 
