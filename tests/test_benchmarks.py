@@ -185,3 +185,18 @@ def test_learning_curve_reports_the_first_step_that_reads_every_field_and_the_fi
     assert out["steps_to_field_f1"] == 200 and out["steps_to_field_f1_held"] == 400
     records[-1]["eval/field_f1"] = 0.9
     assert curve(records)["steps_to_field_f1_held"] is None
+
+
+def test_reading_probe_reports_image_gap_and_cer_on_held_out_lines():
+    """The one-process probe of docs/reading.md: a JSON line per evaluation, scored on held-out
+    lines (pix2struct with CTC: its patch columns as the line)."""
+    proc = subprocess.run(
+        [sys.executable, f"{REPO}/benchmarks/reading_probe.py", "pix2struct_reader_tiny", "--steps", "4",
+         "--every", "2", "--batch_size", "4", "--warmup", "1", "--ctc", "1"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [r["step"] for r in records] == [2, 4] and records[-1]["samples"] == 16
+    for r in records:
+        assert r["cer"] >= 0 and r["heldout_loss"] > 0 and r["image_gap"] == r["image_gap"]  # never NaN
+        assert len(r["example"]) == 2 and r["example"][1]  # (prediction, truth)

@@ -187,6 +187,70 @@ def test_pix2struct_formula_matches_flop_counter(text_len):
         assert counter.get_total_flops() == train
 
 
+def _reader_lines(n, pack):
+    """n noise lines of 256x32 px in pix2struct_reader_tiny's packed rows (128 patches of 8x8 each)."""
+    items = _page_items([(256, 32)] * n, max_patches=128)
+    batch = collate_patches(items, pad_id=0, max_patches=256 if pack else 128, patch_size=8, pack=pack)
+    pixels = {k: batch[k] for k in ("patch_pos", "segment", "sample_row", "sample_segment")}
+    pixels["patches"] = batch["patches"].float() / 255
+    return pixels
+
+
+def test_pix2struct_patch_stem_sees_across_patch_borders_and_not_across_pages():
+    """The conv stem (patch_stem) puts each page back together: a pixel changed in one patch
+    changes its neighbours' tokens (a linear patch embedding would not), never the tokens of
+    another page packed in the same row."""
+    torch.manual_seed(0)
+    model = create_model(get_model_config("pix2struct_reader_tiny"), 300, 0, 1)
+    stem = model.image_encoder.stem
+    pixels = _reader_lines(2, pack=True)  # two lines in one row of 256 slots
+    assert pixels["segment"].shape == (1, 256) and set(pixels["segment"][0].tolist()) == {1, 2}
+    args = (pixels["patch_pos"], pixels["segment"])
+    with torch.no_grad():
+        before = stem(pixels["patches"], *args)
+        changed = pixels["patches"].clone()
+        changed[0, 5, 7] += 1.0  # page 1, patch (row 0, column 5): its top row's last pixel
+        after = stem(changed, *args)
+    moved = (after - before).abs().amax(-1)[0]  # (slots,)
+    pos = pixels["patch_pos"][0]
+    assert moved[5] > 0 and moved[6] > 0  # the patch and its right neighbour on the page
+    assert moved[128:].max() == 0  # the other line
+    far = (pos[:, 1] - 5).abs() > 1  # patches beyond the neighbours
+    assert moved[:128][far[:128]].max() == 0
+
+
+@pytest.mark.parametrize("text_len", [7, 33])
+def test_pix2struct_patch_stem_formula_matches_flop_counter_on_lines(text_len):
+    """With the conv stem the formula counts its convs per patch slot: exact where each page
+    fills its row, as lines do."""
+    model = create_model(get_model_config("pix2struct_reader_tiny"), 300, 0, 1)
+    pixels = _reader_lines(3, pack=False)
+    ids = torch.randint(0, 300, (3, text_len))
+    rows, row_len = pixels["segment"].shape
+    assert (rows, row_len) == (3, 128) and (pixels["segment"] > 0).all()
+    fwd, train = pix2struct_flops(model, rows, row_len, 3, text_len)
+    with sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as counter:
+            model(pixels, ids, torch.ones_like(ids))
+        assert counter.get_total_flops() == fwd
+        with FlopCounterMode(display=False) as counter:
+            model(pixels, ids, torch.ones_like(ids)).float().logsumexp(-1).sum().backward()
+        assert counter.get_total_flops() == train
+
+
+def test_patch_stem_is_for_pix2struct_and_matches_the_patch_size():
+    from pixparse.models.config import ModelConfig
+
+    preset = get_model_config("pix2struct_reader_tiny").to_dict()
+    preset["image_encoder"]["patch_stem"] = [16, 32]
+    with pytest.raises(ValueError, match=r"patches of 8 px need log2\(8\)"):
+        ModelConfig.from_dict(preset)
+    cruller = get_model_config("cruller_reader_tiny").to_dict()
+    cruller["image_encoder"]["patch_stem"] = [16, 32, 64]
+    with pytest.raises(ValueError, match="patch_stem is for pix2struct"):
+        ModelConfig.from_dict(cruller)
+
+
 @pytest.mark.parametrize("text_len,prompt_len", [(7, 1), (33, 9)])
 def test_pali_formula_matches_flop_counter(text_len, prompt_len):
     model = create_model(get_model_config("pali_tiny"), 300, 0, 1)

@@ -18,6 +18,10 @@ class ImageEncoderConfig:
     """Extra timm create_model kwargs (embed_dim, depth, patch_size, ...)."""
     pretrained_tag: str | None = None
     """timm pretrained tag or local weights file used when the task asks for pretrained weights."""
+    patch_stem: list[int] | None = None
+    """pix2struct: channels of 3x3 stride-2 convs run over each page's pixels in place of the linear
+    patch embedding, log2(patch size) of them (8x8 patches: 3), so each patch's token sees the
+    strokes across its borders; e.g. [16, 32, 64]."""
 
     @property
     def in_chans(self) -> int:
@@ -54,6 +58,13 @@ class ModelConfig:
         if self.type == "pix2struct":
             if not enc.max_patches or enc.max_patches <= 0:
                 raise ValueError("a pix2struct preset needs image_encoder.max_patches > 0 (e.g. 2048)")
+            patch = enc.model_args.get("patch_size", 16)
+            if enc.patch_stem is not None and 2 ** len(enc.patch_stem) != patch:
+                raise ValueError(f"image_encoder.patch_stem {enc.patch_stem} has {len(enc.patch_stem)} stride-2 "
+                                 f"convs; patches of {patch} px need log2({patch}) of them")
+        elif enc.patch_stem is not None:
+            raise ValueError(f"image_encoder.patch_stem is for pix2struct's patches, not a {self.type} preset "
+                             f"(pixparse_conv_vit has its own stem_channels)")
         elif enc.image_size is None:
             raise ValueError(f"a {self.type} preset needs image_encoder.image_size [height, width]")
         if self.text_decoder.arch == "t5" and self.type != "pali":

@@ -99,7 +99,11 @@ def pix2struct_flops(model: nn.Module, num_rows: int, row_len: int, num_samples:
     tokens, each cross-attending to its row (row_len keys, masked to its page)."""
     enc = model.image_encoder
     d = enc.num_features
-    embed = 2 * num_rows * row_len * enc.patch_embed.in_features * d
+    if enc.stem is None:
+        embed = no_input_grad = 2 * num_rows * row_len * enc.patch_embed.in_features * d
+    else:  # counted per patch slot: exact where pages fill their rows (lines: a page per row)
+        per_patch, first = enc.stem.flops_per_patch()
+        embed, no_input_grad = num_rows * row_len * per_patch, num_rows * row_len * first
     blocks = 0
     for block in enc.blocks:
         hidden = block.mlp.fc1.out_features
@@ -111,7 +115,7 @@ def pix2struct_flops(model: nn.Module, num_rows: int, row_len: int, num_samples:
     _, layers = _decoder_stack(hf)
     dec = sum(_layer_flops(layer, text_len, row_len) for layer in layers) + _head_flops(hf, text_len)
     fwd = embed + num_rows * blocks + proj + num_samples * dec
-    return fwd, 3 * fwd - embed
+    return fwd, 3 * fwd - no_input_grad
 
 
 def pali_flops(model: nn.Module, text_len: int, prompt_len: int) -> tuple[int, int]:
