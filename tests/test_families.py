@@ -187,6 +187,15 @@ def test_pix2struct_formula_matches_flop_counter(text_len):
         assert counter.get_total_flops() == train
 
 
+def _stem_reader():
+    """pix2struct_reader_tiny with a conv stem over each page (image_encoder.patch_stem)."""
+    from pixparse.models.config import ModelConfig
+
+    preset = get_model_config("pix2struct_reader_tiny").to_dict()
+    preset["image_encoder"]["patch_stem"] = [16, 32, 64]
+    return create_model(ModelConfig.from_dict(preset), 300, 0, 1)
+
+
 def _reader_lines(n, pack):
     """n noise lines of 256x32 px in pix2struct_reader_tiny's packed rows (128 patches of 8x8 each)."""
     items = _page_items([(256, 32)] * n, max_patches=128)
@@ -201,7 +210,7 @@ def test_pix2struct_patch_stem_sees_across_patch_borders_and_not_across_pages():
     changes its neighbours' tokens (a linear patch embedding would not), never the tokens of
     another page packed in the same row."""
     torch.manual_seed(0)
-    model = create_model(get_model_config("pix2struct_reader_tiny"), 300, 0, 1)
+    model = _stem_reader()
     stem = model.image_encoder.stem
     pixels = _reader_lines(2, pack=True)  # two lines in one row of 256 slots
     assert pixels["segment"].shape == (1, 256) and set(pixels["segment"][0].tolist()) == {1, 2}
@@ -223,7 +232,7 @@ def test_pix2struct_patch_stem_sees_across_patch_borders_and_not_across_pages():
 def test_pix2struct_patch_stem_formula_matches_flop_counter_on_lines(text_len):
     """With the conv stem the formula counts its convs per patch slot: exact where each page
     fills its row, as lines do."""
-    model = create_model(get_model_config("pix2struct_reader_tiny"), 300, 0, 1)
+    model = _stem_reader()
     pixels = _reader_lines(3, pack=False)
     ids = torch.randint(0, 300, (3, text_len))
     rows, row_len = pixels["segment"].shape
