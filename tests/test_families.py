@@ -175,9 +175,16 @@ def test_pix2struct_formula_matches_flop_counter(text_len):
     batch = collate_patches(items, pad_id=0, max_patches=192, patch_size=8)
     pixels = {k: batch[k] for k in ("patch_pos", "segment", "sample_row", "sample_segment")}
     pixels["patches"] = batch["patches"].float() / 255
-    ids = torch.randint(0, 300, (3, text_len))
-    rows, row_len = batch["segment"].shape
-    fwd, train = pix2struct_flops(model, rows, row_len, 3, text_len)
+    _assert_pix2struct_flops(model, pixels, text_len)
+
+
+def _assert_pix2struct_flops(model, pixels, text_len):
+    """pix2struct_flops of the batch's packed rows equals what FlopCounterMode counts, forward and
+    a training step's forward and backward."""
+    samples = pixels["sample_row"].shape[0]
+    ids = torch.randint(0, 300, (samples, text_len))
+    rows, row_len = pixels["segment"].shape
+    fwd, train = pix2struct_flops(model, rows, row_len, samples, text_len)
     with sdpa_kernel(SDPBackend.MATH):
         with FlopCounterMode(display=False) as counter:
             model(pixels, ids, torch.ones_like(ids))
@@ -234,17 +241,8 @@ def test_pix2struct_patch_stem_formula_matches_flop_counter_on_lines(text_len):
     fills its row, as lines do."""
     model = _stem_reader()
     pixels = _reader_lines(3, pack=False)
-    ids = torch.randint(0, 300, (3, text_len))
-    rows, row_len = pixels["segment"].shape
-    assert (rows, row_len) == (3, 128) and (pixels["segment"] > 0).all()
-    fwd, train = pix2struct_flops(model, rows, row_len, 3, text_len)
-    with sdpa_kernel(SDPBackend.MATH):
-        with FlopCounterMode(display=False) as counter:
-            model(pixels, ids, torch.ones_like(ids))
-        assert counter.get_total_flops() == fwd
-        with FlopCounterMode(display=False) as counter:
-            model(pixels, ids, torch.ones_like(ids)).float().logsumexp(-1).sum().backward()
-        assert counter.get_total_flops() == train
+    assert pixels["segment"].shape == (3, 128) and (pixels["segment"] > 0).all()
+    _assert_pix2struct_flops(model, pixels, text_len)
 
 
 def test_patch_stem_is_for_pix2struct_and_matches_the_patch_size():
