@@ -52,14 +52,11 @@ class PageConvStem(nn.Module):
 
     def flops_per_patch(self) -> tuple[int, int]:
         """(forward FLOPs of one patch slot, those of the first conv: no input gradient)."""
-        convs = [m for m in self.convs if isinstance(m, nn.Conv2d)]
-        side, total = self.patch_size, 0
-        per_conv = []
-        for conv in convs:
-            side //= 2
+        side, per_conv = self.patch_size, []
+        for conv in (m for m in self.convs if isinstance(m, nn.Conv2d)):
+            side //= 2  # each conv halves the patch's side
             per_conv.append(2 * conv.in_channels * conv.out_channels * 9 * side * side)
-        total = sum(per_conv) + 2 * self.proj.in_features * self.proj.out_features
-        return total, per_conv[0]
+        return sum(per_conv) + 2 * self.proj.in_features * self.proj.out_features, per_conv[0]
 
 
 class PatchEncoder(nn.Module):
