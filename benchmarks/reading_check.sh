@@ -18,7 +18,7 @@
 # Env: SAMPLES (default 102400), INTERVALS (evaluations, 10), CTC (auxiliary CTC weight; default 1 on
 # lines, else 0), REAL_SHARE (share of real lines in training, 0.2), LONG_SHARE (share of
 # lines of up to 40 characters rendered 512 wide, seen at half scale as long receipt lines are, 0), LR (2e-3; pali
-# presets 5e-4: their T5 stays where its decoder ignores the image at 1e-3 and above), SCHEDULE
+# presets 5e-4: at 2e-3 their T5 decoder learns to ignore the image), SCHEDULE
 # (wsd: constant after the warmup, then a linear decay to 0 over the last 20% of the samples; constant; cosine: decay
 # to 0 by the last sample), RENDER_ARGS (render settings of every rendered source, training and held out, e.g.
 # "chars=8&alphabet=digits"), DATA (the shared data, ../shared/data).
