@@ -26,17 +26,18 @@ from pixparse.tasks.registry import create_task
 
 
 def held_out_scores(task, batch) -> dict[str, float]:
+    """Held-out loss and image_gap as the eval app sums them (TaskBase.eval_batch: one pass with
+    the sample's own image, one with another's, then greedy generation); CER as plain edit distance
+    over reference characters (no stripping, unlike jiwer in the eval app)."""
     task.eval()
-    with torch.no_grad():
-        tokens = (batch["labels"] != -100).sum()
-        own = task.token_losses(batch).sum() / tokens
-        other = task.token_losses(batch, roll=True).sum() / tokens
-        _, _, _, texts = task.eval_batch(batch, None)
+    own, rolled, num_tokens, texts = task.eval_batch(batch, None)
     task.train()
     truths = [task.decode([t for t in row.tolist() if t != -100]) for row in batch["labels"]]
+    tokens = num_tokens.sum()
     cer = sum(Levenshtein.distance(p, t) for p, t in zip(texts, truths)) / sum(len(t) for t in truths)
-    return {"heldout_loss": round(float(own), 4), "image_gap": round(float(other - own), 4), "cer": round(cer, 4),
-            "example": [texts[0], truths[0]]}
+    return {"heldout_loss": round(float(own.sum() / tokens), 4),
+            "image_gap": round(float((rolled.sum() - own.sum()) / tokens), 4),
+            "cer": round(cer, 4), "example": [texts[0], truths[0]]}
 
 
 def main() -> None:

@@ -145,7 +145,7 @@ def test_pix2struct_line_tokens_are_each_samples_patch_columns():
     pos = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (0, 0), (0, 1), (0, 2), (0, 0)]
     batch = {"patch_pos": torch.tensor([pos]), "segment": torch.tensor([[1] * 6 + [2] * 3 + [0]]),
              "sample_row": torch.tensor([0, 0]), "sample_segment": torch.tensor([1, 2])}
-    line, lengths = family.line_tokens(batch, tokens, 0)
+    line, lengths = family.line_tokens(batch, tokens, None)  # packed rows have no prefix tokens
     assert lengths.tolist() == [3, 3] and line.shape == (2, 10, 2)
     assert torch.equal(line[0, :3], (tokens[0, 0:3] + tokens[0, 3:6]) / 2)
     assert torch.equal(line[1, :3], tokens[0, 6:9])

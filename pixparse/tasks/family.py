@@ -76,12 +76,12 @@ class Family:
         return tuple(batch["input_ids"].shape)
 
     def line_tokens(self, batch: dict[str, Any], tokens: torch.Tensor,
-                    num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """The image encoder's output `tokens` as each sample's line, left to right, for a CTC
         head: ((B, N, C) tokens, (B,) how many are the sample's). Here each sample's own tokens
-        after the prefix (class) tokens, in the encoder's order: a line where the encoder lays
-        them out by column, as pixparse_conv_vit does."""
-        line = tokens[:, num_prefix:]
+        after the trunk's prefix (class) tokens, in the encoder's order: a line where the encoder
+        lays them out by column, as pixparse_conv_vit does."""
+        line = tokens[:, getattr(model.image_encoder.trunk, "num_prefix_tokens", 0):]  # conv trunks: none
         return line, torch.full((line.shape[0],), line.shape[1], dtype=torch.long, device=line.device)
 
     def image_tokens(self, batch: dict[str, Any], model: nn.Module) -> float:
@@ -175,7 +175,7 @@ class Pix2StructFamily(Family):
         return (*batch["segment"].shape, *batch["input_ids"].shape)
 
     def line_tokens(self, batch: dict[str, Any], tokens: torch.Tensor,
-                    num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """The packed rows' tokens (R, L, C) -> each sample's patch columns, left to right, each
         the mean of the column's patches: (B, L, C) and the sample's column count (B,). A line's
         page is one or a few patch rows high, so its columns run along the text."""

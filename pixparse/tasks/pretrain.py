@@ -66,8 +66,7 @@ class TaskReadPretrain(TaskBase):
             out = super().forward(batch)
         finally:
             hook.remove()
-        prefix = getattr(getattr(self.model.image_encoder, "trunk", None), "num_prefix_tokens", 0)
-        line, lengths = self.family.line_tokens(batch, seen[0], prefix)
+        line, lengths = self.family.line_tokens(batch, seen[0], self.model)
         ctc = ctc_loss(self.ctc_head(line), batch["labels"], self.tokenizer.eos_token_id, lengths)
         return {**out, "loss": out["loss"] + self.cfg.ctc_weight * ctc, "ctc_loss": ctc.detach()}
 
