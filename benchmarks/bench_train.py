@@ -31,8 +31,8 @@ phases on rank 0 at 1 and N ranks (what N ranks add to backward and step is comm
 rank its own batch of --batch_size, every variant in a fresh launch, interleaved rounds, also at
 1 rank for scaling (samples/s at N ranks over samples/s at 1). Variants: ddp (the plain loop under
 DistributedDataParallel), fsdp (the plain loop under FSDP2, torch.distributed.fsdp.fully_shard on
-every block of a ModuleList, then the whole task), zero2 / zero3 (the engine's micro-step with
-ds_configs/zero{2,3}_fp32.json), zero2-unpatched / zero3-unpatched (the same with
+every block of a ModuleList, then the whole task), zero0 / zero2 / zero3 (the engine's micro-step
+with ds_configs/zero{0,2,3}_fp32.json; zero0 is fp32 only), zero2-unpatched / zero3-unpatched (the same with
 --train.patch_deepspeed false: DeepSpeed's own ZeRO methods). A run's step time is the slowest
 rank's mean over the timed window. Last line: zero2_vs_ddp, zero3_vs_fsdp, scaling_zero2,
 scaling_ddp (and the others measured).
@@ -358,7 +358,7 @@ def paired_engine(args, stage: int, dtype: str) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------- N ranks (one launch per run)
-DIST_VARIANTS = ("ddp", "fsdp", "zero2", "zero3", "zero2-unpatched", "zero3-unpatched")
+DIST_VARIANTS = ("ddp", "fsdp", "zero0", "zero2", "zero3", "zero2-unpatched", "zero3-unpatched")
 
 
 def _shard_blocks(task) -> None:

@@ -1,5 +1,6 @@
 """DeepSpeed ZeRO settings on N ranks against DDP and FSDP2: each setting a copy of
-ds_configs/zero{2,3}_<dtype>.json with some `zero_optimization` keys changed, launched as
+ds_configs/zero{2,3}_<dtype>.json with some `zero_optimization` keys changed (`zero0`: zero2's
+with `zero_optimization` {"stage": 0}, DeepSpeed's data parallel without ZeRO), launched as
 `bench_train.py --world_size N` launches its variants (a fresh launch each, interleaved rounds,
 the slowest rank's mean step, median of rounds).
 
@@ -20,6 +21,7 @@ import bench_train  # noqa: E402
 
 # name: (stage, zero_optimization keys changed from ds_configs/zero{stage}_<dtype>.json)
 SETTINGS: dict[str, tuple[int, dict]] = {
+    "zero0": (0, {}),
     "zero2": (2, {}),
     "zero2 overlap_comm off": (2, {"overlap_comm": False}),
     "zero2 overlap_comm, contiguous_gradients off": (2, {"overlap_comm": False, "contiguous_gradients": False}),
@@ -52,8 +54,10 @@ def main() -> None:
     dirs = {}
     for name in chosen:
         stage, changes = SETTINGS[name]
-        with open(os.path.join(bench_train.REPO, "ds_configs", f"zero{stage}_{args.dtype}.json")) as f:
+        with open(os.path.join(bench_train.REPO, "ds_configs", f"zero{max(stage, 2)}_{args.dtype}.json")) as f:
             config = json.load(f)
+        if stage == 0:
+            config["zero_optimization"] = {"stage": 0}
         config["zero_optimization"].update(changes)
         dirs[name] = tempfile.mkdtemp(prefix="zero_settings_")
         with open(os.path.join(dirs[name], f"zero{stage}_{args.dtype}.json"), "w") as f:

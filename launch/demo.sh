@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The built-in default: pretrain a reader from scratch on 2 CPU ranks (DeepSpeed ZeRO-2, fp32) on a
+# The built-in default: pretrain a reader from scratch on 2 CPU ranks (DeepSpeed, fp32) on a
 # stream of freshly rendered text lines (render:lines: a new text every sample, nothing to memorize),
 # evaluate at every interval end on 100 held-out lines of another seed, then print the held-out CER
 # and 5 unseen lines as truth against what the model reads. No download.
@@ -23,8 +23,11 @@ PORT=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); pr
 # A conv-stem reader of 1.1M parameters (cruller_reader_tiny) with an auxiliary CTC loss on its
 # image tokens; batch 24 per rank, LR 2.5e-3 after a short warmup, decayed over the last 20% of
 # the samples (wsd). The batch and LR were chosen by measurement (docs/reading.md, "The demo").
+# ZeRO stage 0 (each rank holds the whole model and optimizer, gradients all-reduced): sharding
+# 1.1M parameters saves nothing, and stage 0 trains this reader about 20% faster than ZeRO-2 on
+# 2 CPU ranks (docs/reading.md).
 deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py \
-  --deepspeed_config ds_configs/zero2_fp32.json \
+  --deepspeed_config ds_configs/zero0_fp32.json \
   --data.train.source render:lines --data.train.resampled true --data.train.shuffle_buffer 0 \
   --data.train.batch_size 24 --data.train.num_samples $((SAMPLES / 4)) --data.train.num_workers 1 \
   --data.eval.source "$HELDOUT/heldout-{000000..000001}.tar" --data.eval.batch_size 50 --data.eval.num_workers 0 \

@@ -23,7 +23,8 @@ class _Payload:
 
 
 def _tag(root, world_size=1, step=4):
-    """A tag with a real preset's assets, the marker file and plain-tensor model states."""
+    """A ZeRO tag with a real preset's assets, the marker file, plain-tensor model states and an
+    optimizer shard (a stage-0 tag has none and is never converted)."""
     from pixparse.tasks.config import TaskConfig
     from pixparse.tasks.pretrain import TaskReadPretrain
 
@@ -31,6 +32,7 @@ def _tag(root, world_size=1, step=4):
     TaskReadPretrain(TaskConfig(model_name="cruller_tiny")).save_assets(str(tag / "assets"))
     (tag / checkpoint.MARKER).write_text(json.dumps({"step": step, "world_size": world_size}))
     torch.save({"module": {"w": torch.zeros(2)}}, str(tag / "mp_rank_00_model_states.pt"))
+    torch.save({"optimizer_state_dict": {}}, str(tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt"))
     (root / checkpoint.LATEST).write_text(tag.name)
     return tag
 
@@ -96,7 +98,7 @@ def test_every_torch_load_inside_the_context_is_restricted_deepspeeds_included(t
 def test_a_failed_conversion_is_one_line_and_leaves_no_universal_tag(tmp_path, one_rank_group):
     """Finding 12: a failed universal conversion raised CalledProcessError."""
     ckpt = tmp_path / "ckpt"
-    tag = _tag(ckpt, world_size=2)  # model states only: nothing for ds_to_universal to convert
+    tag = _tag(ckpt, world_size=2)  # no real optimizer state: nothing for ds_to_universal to convert
     with pytest.raises(ValueError, match="converting .*step_00000004 to a universal checkpoint failed"):
         checkpoint.prepare_resume(str(ckpt), tag.name, world_size=1)
     assert not (ckpt / "universal" / tag.name).exists()

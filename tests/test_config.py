@@ -168,8 +168,10 @@ def test_resume_with_nothing_to_resume_fails_before_the_process_group(synth_shar
 
 
 def test_the_resume_and_the_final_deepspeed_dict_are_settled_before_the_process_group(synth_shards, tmp_path):
-    """--train.resume auto is 'latest' only where a complete tag exists; a tag saved on another
-    number of ranks turns DeepSpeed's universal loading on in the dict the engine is given."""
+    """--train.resume auto is 'latest' only where a complete tag exists; a ZeRO tag saved on another
+    number of ranks turns DeepSpeed's universal loading on in the dict the engine is given, a
+    stage-0 tag loads as it is; a tag resumed under the other kind of stage is refused."""
+    import torch
     import torch.distributed as dist
 
     from pixparse.app.run import _check_resume, _final_ds_config
@@ -189,6 +191,7 @@ def test_the_resume_and_the_final_deepspeed_dict_are_settled_before_the_process_
     tag = ckpt / checkpoint.tag_for_step(4)
     tag.mkdir()
     (tag / checkpoint.MARKER).write_text(json.dumps({"step": 4, "world_size": 2}))
+    torch.save({}, tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt")  # a ZeRO tag: optimizer shards
     (ckpt / checkpoint.LATEST).write_text(tag.name)
     for resume in (_check_resume(auto), _check_resume(cfg("--train.resume", "latest")),
                    _check_resume(cfg("--train.resume", str(tag)))):
@@ -197,6 +200,12 @@ def test_the_resume_and_the_final_deepspeed_dict_are_settled_before_the_process_
     assert "load_universal" not in ds.get("checkpoint", {})  # saved on 2 ranks, resumed on 2
     ds, changed = _final_ds_config(auto, 1, (str(ckpt), tag.name))
     assert ds["checkpoint"]["load_universal"] is True and changed == ["overlap_comm", "contiguous_gradients"]
+    stage0 = cfg("--train.resume", "auto", "--deepspeed_config", f"{REPO}/ds_configs/zero0_fp32.json")
+    with pytest.raises(ValueError, match="written with ZeRO .* this run has ZeRO stage 0"):
+        _final_ds_config(stage0, 2, (str(ckpt), tag.name))
+    (tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()  # now a stage-0 tag
+    ds, _ = _final_ds_config(stage0, 1, (str(ckpt), tag.name))
+    assert "load_universal" not in ds.get("checkpoint", {})
     assert not dist.is_initialized()
 
 

@@ -170,8 +170,9 @@ def _final_ds_config(cfg: PretrainConfig, world_size: int, resume: tuple[str, st
     """The DeepSpeed dict handed to deepspeed.initialize, made here and nowhere else: the JSON with
     every "auto" filled from the flags (resolve_ds_config), what one rank does not need turned off
     (single_rank_zero), and DeepSpeed's universal loading when the resumed checkpoint was saved
-    on another number of ranks. Returns (the dict, the keys one rank changed)."""
-    from pixparse.engine.checkpoint import saved_world_size
+    on another number of ranks (ZeRO tags; a stage-0 tag loads as it is). Returns (the dict, the keys
+    one rank changed)."""
+    from pixparse.engine.checkpoint import check_resume_stage, saved_world_size
     from pixparse.engine.ds_config import resolve_ds_config, single_rank_zero
 
     ds_config = resolve_ds_config(
@@ -180,8 +181,11 @@ def _final_ds_config(cfg: PretrainConfig, world_size: int, resume: tuple[str, st
     )
     _check_precision_supported(ds_config, cfg.deepspeed_config or "--task.dtype")
     changed = single_rank_zero(ds_config, world_size)
-    if resume is not None and saved_world_size(*resume) != world_size:
-        ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    if resume is not None:
+        stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+        check_resume_stage(*resume, stage)
+        if stage > 0 and saved_world_size(*resume) != world_size:
+            ds_config.setdefault("checkpoint", {})["load_universal"] = True
     return ds_config, changed
 
 
@@ -239,7 +243,7 @@ def _start(cfg: PretrainConfig, rank: int, world_size: int, ds_config: dict, cha
     logger.info("run %s: %d rank(s), %d steps/interval x %d intervals, global batch %d",
                 paths.run_dir, world_size, plan.steps_per_interval, cfg.task.num_intervals,
                 plan.global_batch_size)
-    if changed and ds_config["zero_optimization"]["stage"] == 3:
+    if changed and ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
         logger.info("one rank: every parameter persistent (one rank's partition is the whole parameter); "
                     "changed: %s", ", ".join(changed))
     elif changed:

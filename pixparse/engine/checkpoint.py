@@ -253,10 +253,29 @@ def saved_world_size(ckpt_dir: str, tag: str) -> int:
     return _read_world_size(read_state(ckpt_dir, tag), os.path.join(ckpt_dir, tag, MARKER))
 
 
+def optimizer_sharded(tag_dir: str) -> bool:
+    """Whether a tag holds ZeRO's optimizer shards, one per rank (`*optim_states.pt`). A tag
+    written without ZeRO (stage 0) keeps the whole optimizer in mp_rank_00_model_states.pt."""
+    return any(name.endswith("optim_states.pt") for name in os.listdir(tag_dir))
+
+
+def check_resume_stage(ckpt_dir: str, tag: str, stage: int) -> None:
+    """A tag written with ZeRO (stages 1-3) resumes under ZeRO, one written without (stage 0) under
+    stage 0: otherwise DeepSpeed finds no optimizer state where it looks. Before any process group."""
+    tag_dir = os.path.join(ckpt_dir, tag)
+    sharded = optimizer_sharded(tag_dir)
+    if sharded != (stage > 0):
+        raise ValueError(
+            f"--train.resume: {tag_dir} was written {'with ZeRO (stage 1-3)' if sharded else 'without ZeRO (stage 0)'}"
+            f" and this run has ZeRO stage {stage}; resume with a --deepspeed_config of "
+            f"{'ZeRO stage 1, 2 or 3' if sharded else 'zero_optimization.stage 0'}")
+
+
 def prepare_resume(ckpt_dir: str, tag: str, world_size: int) -> ResumeSource:
-    """The tag resumed (resolve_resume's answer); when the world size changed, convert it once
-    (rank 0) to DeepSpeed's universal checkpoint format, which loads on any number of ranks.
-    Collective.
+    """The tag resumed (resolve_resume's answer); when the world size changed, convert a ZeRO tag
+    once (rank 0) to DeepSpeed's universal checkpoint format, which loads on any number of ranks.
+    A stage-0 tag loads as it is on any number of ranks (every rank reads the whole model and
+    optimizer from mp_rank_00_model_states.pt). Collective.
 
     The conversion runs under the restricted unpickler (`python -m pixparse.models.safe_load`),
     writes into <ckpt_dir>/universal/<tag>.partial and renames it into place when done; a folder
@@ -265,7 +284,7 @@ def prepare_resume(ckpt_dir: str, tag: str, world_size: int) -> ResumeSource:
     state = read_state(ckpt_dir, tag)
     tag_dir = os.path.join(ckpt_dir, tag)
     check_checkpoint_files(tag_dir)  # again where it is read: nothing was added since the check
-    if _read_world_size(state, os.path.join(tag_dir, MARKER)) == world_size:
+    if _read_world_size(state, os.path.join(tag_dir, MARKER)) == world_size or not optimizer_sharded(tag_dir):
         return ResumeSource(ckpt_dir, tag, tag_dir, state, universal=False)
     universal_dir = os.path.join(ckpt_dir, UNIVERSAL_DIR)
     out = os.path.join(universal_dir, tag)

@@ -2,6 +2,7 @@
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from typing import Any
@@ -49,6 +50,18 @@ def _caption(item: dict[str, Any]) -> str:
     return f"{item['key']}\n\nprediction:\n{item['text']}\n\nreference:\n{item['reference']}"
 
 
+def _null_if_not_finite(value: Any) -> Any:
+    """Strict JSON: a float that is not finite (the loss of a window whose batches were all skipped)
+    becomes null, at any depth; json.dumps would write a bare NaN that strict readers refuse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _null_if_not_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_null_if_not_finite(v) for v in value]
+    return value
+
+
 class JsonlSink(MetricSink):
     """One JSON object per log step in <run>/metrics.jsonl (easy to diff and plot across runs)."""
 
@@ -56,7 +69,7 @@ class JsonlSink(MetricSink):
         self.file = open(path, "a")
 
     def scalars(self, step: int, values: dict[str, Any]) -> None:
-        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.write(json.dumps({"step": step, **_null_if_not_finite(values)}) + "\n")
         self.file.flush()
 
     def close(self) -> None:

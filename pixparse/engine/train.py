@@ -170,7 +170,13 @@ class Trainer:
             eval_cfg, task.preprocess(eval_cfg, with_meta=True), task.collate(eval_cfg), self.rank, self.world_size,
         ) if eval_cfg is not None and build_loader else None
         # ZeRO-3 forwards gather parameters collectively: eval ranks must step in lockstep.
-        self.zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
+        stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+        self.zero3 = stage == 3
+        # DeepSpeed's ZeRO and bf16/fp16 optimizers keep the gradient norm they clip with; stage 0 in
+        # fp32 clips with clip_grad_norm_ and drops it, so the trainer takes it (after backward's
+        # all-reduce, the same on every rank) for the log.
+        self.own_grad_norm = stage == 0 and compute_dtype_name(ds_config) == "float32"
+        self.grad_norm: torch.Tensor | None = None
         self.sink: MetricSink = MetricSink()
         if self.rank == 0:
             sinks: list[MetricSink] = [JsonlSink(os.path.join(paths.run_dir, "metrics.jsonl"))]
@@ -355,6 +361,9 @@ class Trainer:
             if bad:
                 return None, work
         self.engine.backward(loss)
+        if self.own_grad_norm and self.engine.is_gradient_accumulation_boundary():
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            self.grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
         self.engine.step()
         return loss, work
 
@@ -425,7 +434,7 @@ class Trainer:
         wall = elapsed_sum / self.world_size
         loss = loss_sum / micro if micro else float("nan")
         lr = max(self.scheduler.get_last_lr())  # the peak group (others are layer-decayed)
-        gnorm = self.engine.get_global_grad_norm()
+        gnorm = self.grad_norm if self.own_grad_norm else self.engine.get_global_grad_norm()
         gnorm = float(gnorm) if gnorm is not None else float("nan")
         tflops_per_device = flops / wall / self.world_size / 1e12
         utilization = mfu(tflops_per_device, self.peak_tflops)
