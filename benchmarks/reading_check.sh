@@ -17,8 +17,9 @@
 # from blocks to pages (add --task.max_length 512: a page holds up to ~500 characters).
 # Env: SAMPLES (default 102400), INTERVALS (evaluations, 10), CTC (auxiliary CTC weight; default 1 on
 # lines, else 0), REAL_SHARE (share of real lines in training, 0.2), LONG_SHARE (share of
-# lines of up to 40 characters rendered 512 wide, seen at half scale as long receipt lines are, 0), LR (2e-3; pali
-# presets 5e-4: at 2e-3 their T5 decoder learns to ignore the image), SCHEDULE
+# lines of up to 40 characters rendered 512 wide, seen at half scale as long receipt lines are, 0), LR (2e-3 for
+# cruller presets; 5e-4 for pali and pix2struct: at 2e-3 pali's T5 learns to ignore the image, and pix2struct's
+# ViT over 8x8 patches did not start reading), SCHEDULE
 # (wsd: constant after the warmup, then a linear decay to 0 over the last 20% of the samples; constant; cosine: decay
 # to 0 by the last sample), RENDER_ARGS (render settings of every rendered source, training and held out, e.g.
 # "chars=8&alphabet=digits"), DATA (the shared data, ../shared/data).
@@ -41,7 +42,7 @@ RENDER_ARGS=${RENDER_ARGS:-}
 LABEL=$PRESET  # what the result calls the model
 source benchmarks/model_flags.sh  # MODEL flags and FAMILY (PRESET, or INIT_FROM and IMAGE_SIZE)
 if [ -n "${INIT_FROM:-}" ]; then LABEL="$PRESET+$KIND"; fi
-LR=${LR:-$([ "$FAMILY" = pali ] && echo 5e-4 || echo 2e-3)}
+LR=${LR:-$([ "$FAMILY" = cruller ] && echo 2e-3 || echo 5e-4)}
 # CTC reads the image tokens left to right (pix2struct: its patch columns): one line only
 CTC=${CTC:-$([ "$KIND" = lines ] && echo 1.0 || echo 0.0)}
 DATA_DIR="$OUT/data_$KIND${RENDER_ARGS:+_$(echo "$RENDER_ARGS" | tr "=&" "-_")}"
