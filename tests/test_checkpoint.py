@@ -73,8 +73,6 @@ def _tag_with(tmp_path, files, world_size):
 def test_a_tag_resumes_only_under_the_zero_kind_it_was_written_with(tmp_path):
     """A ZeRO tag (per-rank optimizer shards) under stage 0, or a stage-0 tag (the whole optimizer
     in the model states) under ZeRO, is one line naming both, before any process group."""
-    import pytest
-
     from pixparse.engine.checkpoint import check_resume_stage
 
     zero = _tag_with(tmp_path / "z", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"], 2)
