@@ -173,7 +173,7 @@ def _final_ds_config(cfg: PretrainConfig, world_size: int, resume: tuple[str, st
     on another number of ranks (ZeRO tags; a stage-0 tag loads as it is). Returns (the dict, the keys
     one rank changed)."""
     from pixparse.engine.checkpoint import check_resume_stage, saved_world_size
-    from pixparse.engine.ds_config import resolve_ds_config, single_rank_zero
+    from pixparse.engine.ds_config import resolve_ds_config, single_rank_zero, zero_stage
 
     ds_config = resolve_ds_config(
         cfg.deepspeed_config, cfg.data.train.batch_size, cfg.task.opt.grad_accum_steps,
@@ -182,7 +182,7 @@ def _final_ds_config(cfg: PretrainConfig, world_size: int, resume: tuple[str, st
     _check_precision_supported(ds_config, cfg.deepspeed_config or "--task.dtype")
     changed = single_rank_zero(ds_config, world_size)
     if resume is not None:
-        stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+        stage = zero_stage(ds_config)
         check_resume_stage(*resume, stage)
         if stage > 0 and saved_world_size(*resume) != world_size:
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
@@ -232,7 +232,7 @@ def _start(cfg: PretrainConfig, rank: int, world_size: int, ds_config: dict, cha
     run folder's paths."""
     from pixparse.engine import dist as pdist
     from pixparse.engine import logging as plogging
-    from pixparse.engine.ds_config import compute_dtype_name, resolve_dtype
+    from pixparse.engine.ds_config import compute_dtype_name, resolve_dtype, zero_stage
 
     plogging.setup(rank)
     threads = pdist.share_cpu_threads()
@@ -243,7 +243,7 @@ def _start(cfg: PretrainConfig, rank: int, world_size: int, ds_config: dict, cha
     logger.info("run %s: %d rank(s), %d steps/interval x %d intervals, global batch %d",
                 paths.run_dir, world_size, plan.steps_per_interval, cfg.task.num_intervals,
                 plan.global_batch_size)
-    if changed and ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+    if changed and zero_stage(ds_config) == 3:
         logger.info("one rank: every parameter persistent (one rank's partition is the whole parameter); "
                     "changed: %s", ", ".join(changed))
     elif changed:
@@ -251,7 +251,7 @@ def _start(cfg: PretrainConfig, rank: int, world_size: int, ds_config: dict, cha
 
     logger.info("precision %s (%s), ZeRO stage %d", compute_dtype_name(ds_config),
                 resolve_dtype(cfg.task.dtype)[1] if cfg.task.dtype else cfg.deepspeed_config or "built-in config",
-                ds_config.get("zero_optimization", {}).get("stage", 0))
+                zero_stage(ds_config))
     return paths
 
 
@@ -275,9 +275,10 @@ def _model_build(cfg: PretrainConfig, model_cfg: Any, ds_config: dict[str, Any],
     """Under ZeRO-3 (and --train.zero_init), the context that builds the model partitioned."""
     import contextlib
 
+    from pixparse.engine.ds_config import zero_stage
     from pixparse.models import zero_init
 
-    if ds_config.get("zero_optimization", {}).get("stage", 0) != 3 or not cfg.train.zero_init:
+    if zero_stage(ds_config) != 3 or not cfg.train.zero_init:
         return contextlib.nullcontext()
     reason = zero_init.unsupported_reason(model_cfg, cfg.task.pretrained, cfg.task.init_from,
                                           cfg.task.opt.layer_decay)

@@ -102,7 +102,7 @@ def resolve_ds_config(
     for key, why in _OWNED_BY_PIXPARSE.items():
         if key in ds:
             raise ValueError(f"{path} sets {key!r}, but {why}; remove {key!r} from the JSON")
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    stage = zero_stage(ds)
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"{path}: zero_optimization.stage must be 0-3, got {stage!r}")
     if ds.get("bf16", {}).get("enabled") is True and ds.get("fp16", {}).get("enabled") is True:
@@ -133,6 +133,11 @@ def resolve_ds_config(
     return ds
 
 
+def zero_stage(ds: dict[str, Any]) -> int:
+    """The ZeRO stage of a DeepSpeed dict (0: no `zero_optimization`, DeepSpeed's data parallel)."""
+    return ds.get("zero_optimization", {}).get("stage", 0)
+
+
 def compute_dtype_name(ds: dict[str, Any]) -> str:
     if ds.get("bf16", {}).get("enabled") is True:
         return "bfloat16"
@@ -150,7 +155,7 @@ def single_rank_zero(ds: dict[str, Any], world_size: int) -> list[str]:
     contiguous_gradients off as well (no bucket buffer of reduce_bucket_size elements, no copy of
     every gradient into it). Returns the keys changed."""
     zero = ds.get("zero_optimization", {})
-    stage = zero.get("stage", 0)
+    stage = zero_stage(ds)
     if world_size != 1 or stage not in (1, 2, 3):
         return []
     persistent: list[str] = []

@@ -26,7 +26,7 @@ from pixparse.data.loader import LAST_SKIPPED_KEY, SKIPPED_KEY, create_eval_load
 from pixparse.engine import checkpoint, zero_fast
 from pixparse.engine.config import TrainConfig
 from pixparse.engine.dist import LauncherWatch, to_device
-from pixparse.engine.ds_config import compute_dtype_name
+from pixparse.engine.ds_config import compute_dtype_name, zero_stage
 from pixparse.engine.evaluate import evaluate_source
 from pixparse.engine.logging import JsonlSink, MetricSink, MultiSink, TensorBoardSink, WandbSink, logs_above_bar
 from pixparse.engine.throughput import mfu, peak_tflops
@@ -170,7 +170,7 @@ class Trainer:
             eval_cfg, task.preprocess(eval_cfg, with_meta=True), task.collate(eval_cfg), self.rank, self.world_size,
         ) if eval_cfg is not None and build_loader else None
         # ZeRO-3 forwards gather parameters collectively: eval ranks must step in lockstep.
-        stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+        stage = zero_stage(ds_config)
         self.zero3 = stage == 3
         # DeepSpeed's ZeRO and bf16/fp16 optimizers keep the gradient norm they clip with; stage 0 in
         # fp32 clips with clip_grad_norm_ and drops it, so the trainer takes it (after backward's
